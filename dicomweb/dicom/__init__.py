@@ -1,0 +1,1 @@
+"""Pure DICOM logic. Nothing in this package imports Twisted."""

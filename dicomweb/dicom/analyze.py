@@ -1,0 +1,361 @@
+"""Everything about one instance that retrieval needs, computed once at STOW.
+
+``analyze`` reads a Part 10 object's header with pydicom (never its pixel
+data) and returns an :class:`InstanceInfo`: the identifying UIDs, the
+instance's DICOM JSON metadata (bulk values as BulkDataURIs), the attributes
+of each QIDO level, and the byte ranges of every frame and bulk value inside
+the file, so that WADO can serve them by offset without parsing again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
+
+from . import levels
+from .fileio import FileWindow
+from .uids import clean_uid, is_valid_uid
+
+log = logging.getLogger(__name__)
+
+#: Binary VRs whose values become BulkDataURIs when larger than the threshold.
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+BULK_THRESHOLD = 1024
+#: Values above this are not read into memory while parsing the header.
+DEFER_SIZE = 64 * 1024
+PIXEL_TAGS = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
+
+# STOW failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B).
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_ITEM = 0xFFFEE000
+_SEQ_DELIM = 0xFFFEE0DD
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+
+class InvalidInstance(ValueError):
+    """The object cannot be stored; ``failure`` is the DICOM failure reason."""
+
+    def __init__(self, reason: str, failure: int = CANNOT_UNDERSTAND, sop_class_uid: str = "", sop_uid: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.failure = failure
+        self.sop_class_uid = sop_class_uid
+        self.sop_uid = sop_uid
+
+
+Range = tuple[int, int]  # (offset, length) inside the stored file
+
+
+@dataclass
+class InstanceInfo:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size: int
+    #: DICOM JSON of the whole instance; BulkDataURI values are relative to the
+    #: service root ("studies/.../bulk/7FE00010") and made absolute on output.
+    metadata: dict[str, Any]
+    study: dict[str, Any]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+    #: Per frame, the (offset, length) of each of its fragments (native: one).
+    #: None when frames cannot be addressed by byte range (deflated, 1-bit).
+    frames: list[list[Range]] | None
+    #: Bulk value path ("7FE00010", "00540016/0/00181072") -> range.
+    bulk: dict[str, Range] = field(default_factory=dict)
+    encapsulated: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def metadata_bytes(self) -> bytes:
+        return dumps(self.metadata)
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON: the output form relies on ``"BulkDataURI":"`` with no space."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _uid(ds: Dataset, keyword: str, required: bool = True) -> str:
+    value = ds.get(keyword)
+    text = clean_uid(str(value)) if value is not None else ""
+    if required and not text:
+        raise InvalidInstance(f"{keyword} is missing")
+    if text and not is_valid_uid(text):
+        raise InvalidInstance(f"{keyword} is not a valid UID")
+    return text
+
+
+def analyze(fp: BinaryIO, offset: int = 0, length: int | None = None) -> InstanceInfo:
+    """Analyse the Part 10 object at ``offset`` (``length`` bytes) of ``fp``."""
+    if length is None:
+        fp.seek(0, io.SEEK_END)
+        length = fp.tell() - offset
+    window = io.BufferedReader(FileWindow(fp, offset, length), 64 * 1024)  # type: ignore[arg-type]
+    try:
+        ds = pydicom.dcmread(window, defer_size=DEFER_SIZE, stop_before_pixels=True)
+        pixel_pos = window.tell()
+    except InvalidDicomError:
+        raise InvalidInstance("not a DICOM Part 10 object (no DICM prefix)") from None
+    except Exception as exc:  # pydicom raises many types on damaged input
+        raise InvalidInstance(f"cannot parse the DICOM header ({type(exc).__name__})") from None
+    meta = ds.file_meta
+    tsuid = clean_uid(str(meta.get("TransferSyntaxUID", "")))
+    if not tsuid or not is_valid_uid(tsuid):
+        raise InvalidInstance("file meta has no valid TransferSyntaxUID", TRANSFER_SYNTAX_NOT_SUPPORTED)
+    sop_class = _uid(ds, "SOPClassUID", required=False) or clean_uid(str(meta.get("MediaStorageSOPClassUID", "")))
+    sop_uid = _uid(ds, "SOPInstanceUID", required=False)
+    try:
+        if not sop_class or not is_valid_uid(sop_class):
+            raise InvalidInstance("SOPClassUID is missing or not a valid UID")
+        if not sop_uid:
+            raise InvalidInstance("SOPInstanceUID is missing")
+        study_uid = _uid(ds, "StudyInstanceUID")
+        series_uid = _uid(ds, "SeriesInstanceUID")
+        return _build(ds, window, pixel_pos, length, tsuid, study_uid, series_uid, sop_uid, sop_class)
+    except InvalidInstance as exc:
+        exc.sop_class_uid, exc.sop_uid = sop_class if is_valid_uid(sop_class) else "", sop_uid
+        raise
+
+
+def _build(ds: Dataset, fp: BinaryIO, pixel_pos: int, size: int, tsuid: str,
+           study_uid: str, series_uid: str, sop_uid: str, sop_class: str) -> InstanceInfo:
+    prefix = f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulk/"
+    bulk: dict[str, Range] = {}
+    warnings: list[str] = []
+    metadata = dataset_to_json(ds, fp, prefix, bulk, [], warnings)
+    frames: list[list[Range]] | None = None
+    encapsulated = False
+    if pixel_pos < size and tsuid != DEFLATED:
+        pixel = _read_pixel_element(fp, pixel_pos, ds, tsuid)
+        if pixel is not None:
+            tag, vr, value_range, fragments = pixel
+            key = f"{tag:08X}"
+            encapsulated = fragments is not None
+            if encapsulated:
+                vr = "OB"
+            metadata[key] = {"vr": vr, "BulkDataURI": prefix + key}
+            bulk[key] = value_range
+            frames = _frames(ds, fp, value_range, fragments, warnings)
+    elif tsuid == DEFLATED:
+        warnings.append("deflated transfer syntax: frames are decoded on request")
+    return InstanceInfo(
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=tsuid,
+        size=size,
+        metadata=metadata,
+        study=levels.pick(metadata, levels.STUDY_TAGS),
+        series=levels.pick(metadata, levels.SERIES_TAGS),
+        instance=levels.pick(metadata, levels.INSTANCE_TAGS),
+        frames=frames,
+        bulk=bulk,
+        encapsulated=encapsulated,
+        warnings=warnings,
+    )
+
+
+def _vr_of(tag: BaseTag, raw: Any) -> str:
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    if vr in ("OB or OW", "US or OW", "US or SS or OW", "US or SS"):
+        return "OW" if "OW" in vr else "US"
+    return str(vr)
+
+
+def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Range],
+                    path: list[str], warnings: list[str]) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2) of ``ds``; large binary values become BulkDataURIs."""
+    out: dict[str, Any] = {}
+    for tag in ds.keys():
+        if tag.element == 0 or tag in PIXEL_TAGS and not path:
+            continue  # group lengths are not part of DICOM JSON
+        key = f"{tag:08X}"
+        raw = ds.get_item(tag)
+        vr = _vr_of(tag, raw)
+        if vr == "SQ":
+            items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings)
+                     for i, item in enumerate(ds[tag].value or [])]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        if isinstance(raw, RawDataElement):
+            if vr in BINARY_VRS and raw.length > BULK_THRESHOLD and raw.length != 0xFFFFFFFF:
+                where = "/".join([*path, key])
+                bulk[where] = (int(raw.value_tell), int(raw.length))
+                out[key] = {"vr": vr, "BulkDataURI": prefix + where}
+                continue
+            if raw.value is None and raw.length:
+                fp.seek(raw.value_tell)
+                ds[tag] = pydicom.dataelem.convert_raw_data_element(
+                    raw._replace(value=fp.read(raw.length)), encoding=ds._character_set, ds=ds)
+        try:
+            out[key] = ds[tag].to_json_dict(None, 1 << 62)
+        except Exception as exc:  # a malformed value must not lose the instance
+            warnings.append(f"{key}: value not representable in JSON ({type(exc).__name__})")
+            out[key] = {"vr": vr}
+    return out
+
+
+def _read_pixel_element(fp: BinaryIO, pos: int, ds: Dataset, tsuid: str
+                        ) -> tuple[int, str, Range, list[Range] | None] | None:
+    """Parse the pixel data element header at ``pos``.
+
+    Returns (tag, vr, value range, fragments or None for native data).
+    """
+    implicit = tsuid == "1.2.840.10008.1.2"
+    big = tsuid == "1.2.840.10008.1.2.2"
+    end = "<" if not big else ">"
+    fp.seek(pos)
+    head = fp.read(12)
+    if len(head) < 8:
+        return None
+    group, elem = struct.unpack(end + "HH", head[:4])
+    tag = (group << 16) | elem
+    if tag not in PIXEL_TAGS:
+        return None
+    if implicit:
+        (length,) = struct.unpack(end + "L", head[4:8])
+        vr = PIXEL_TAGS[tag] if tag != 0x7FE00010 else ("OW" if int(ds.get("BitsAllocated", 16) or 16) > 8 else "OB")
+        value_start = pos + 8
+    else:
+        vr_bytes = head[4:6]
+        vr = vr_bytes.decode("ascii", "replace")
+        if vr_bytes in _LONG_VRS:
+            (length,) = struct.unpack(end + "L", head[8:12])
+            value_start = pos + 12
+        else:
+            (length,) = struct.unpack(end + "H", head[6:8])
+            value_start = pos + 8
+    if length != 0xFFFFFFFF:
+        return tag, vr, (value_start, length), None
+    fragments, value_end = _read_fragments(fp, value_start, end)
+    return tag, vr, (value_start, value_end - value_start), fragments
+
+
+def _read_fragments(fp: BinaryIO, pos: int, end: str) -> tuple[list[Range], int]:
+    """Fragments of encapsulated pixel data; the first item (Basic Offset Table) is included."""
+    items: list[Range] = []
+    while True:
+        fp.seek(pos)
+        head = fp.read(8)
+        if len(head) < 8:
+            raise InvalidInstance("encapsulated pixel data is truncated")
+        group, elem, length = struct.unpack(end + "HHL", head)
+        tag = (group << 16) | elem
+        if tag == _SEQ_DELIM:
+            return items, pos + 8
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            raise InvalidInstance("encapsulated pixel data has a malformed item")
+        items.append((pos + 8, length))
+        pos += 8 + length
+
+
+def _frames(ds: Dataset, fp: BinaryIO, value: Range, items: list[Range] | None,
+            warnings: list[str]) -> list[list[Range]] | None:
+    try:
+        nframes = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        nframes = 1
+    if items is None:
+        return _native_frames(ds, value, nframes, warnings)
+    if not items:
+        raise InvalidInstance("encapsulated pixel data has no Basic Offset Table item")
+    bot, fragments = items[0], items[1:]
+    if not fragments:
+        warnings.append("encapsulated pixel data has no fragments")
+        return []
+    if nframes == 1:
+        return [fragments]
+    starts = _frame_starts(ds, fp, bot, fragments, nframes)
+    if starts is None:
+        warnings.append("cannot split fragments into frames; frames are decoded on request")
+        return None
+    bounds = [*starts, len(fragments)]
+    return [fragments[bounds[i]:bounds[i + 1]] for i in range(nframes)]
+
+
+def _native_frames(ds: Dataset, value: Range, nframes: int, warnings: list[str]) -> list[list[Range]] | None:
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+            samples = 2  # two chroma samples are shared by each pair of pixels
+        bits = int(ds.Rows) * int(ds.Columns) * samples * int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        warnings.append("pixel data without Rows/Columns/BitsAllocated")
+        return None
+    if bits % 8:
+        return None  # frames are not byte aligned (1-bit data): decode on request
+    frame_len = bits // 8
+    offset, length = value
+    if frame_len == 0 or frame_len * nframes > length:
+        warnings.append("pixel data is shorter than its frames")
+        nframes = length // frame_len if frame_len else 0
+    return [[(offset + i * frame_len, frame_len)] for i in range(nframes)]
+
+
+def _frame_starts(ds: Dataset, fp: BinaryIO, bot: Range, fragments: list[Range], nframes: int) -> list[int] | None:
+    """Index of the first fragment of each frame, or None if it cannot be told."""
+    item_pos = [off - 8 - fragments[0][0] + 8 for off, _ in fragments]  # relative to first item tag
+    offsets: list[int] = []
+    eot = ds.get_item(0x7FE00001)
+    if eot is not None:
+        offsets = _read_offsets(fp, eot, "<Q")
+    if not offsets and bot[1]:
+        fp.seek(bot[0])
+        raw = fp.read(bot[1])
+        offsets = list(struct.unpack(f"<{len(raw) // 4}L", raw[: len(raw) // 4 * 4]))
+    if len(offsets) == nframes:
+        index = {pos: i for i, pos in enumerate(item_pos)}
+        starts = [index.get(o) for o in offsets]
+        if all(s is not None for s in starts) and starts == sorted(starts):  # type: ignore[type-var]
+            return starts  # type: ignore[return-value]
+    if len(fragments) == nframes:
+        return list(range(nframes))
+    # Fall back to markers: each JPEG family frame begins with SOI (FFD8) or SOC (FF4F).
+    starts = []
+    for i, (off, length) in enumerate(fragments):
+        fp.seek(off)
+        if fp.read(2) in (b"\xff\xd8", b"\xff\x4f"):
+            starts.append(i)
+    if len(starts) == nframes and starts[0] == 0:
+        return starts
+    return None
+
+
+def _read_offsets(fp: BinaryIO, elem: Any, fmt: str) -> list[int]:
+    if isinstance(elem, RawDataElement):
+        if elem.value is not None:
+            data = elem.value
+        else:
+            fp.seek(elem.value_tell)
+            data = fp.read(elem.length)
+    else:
+        data = elem.value or b""
+    size = struct.calcsize(fmt)
+    return [struct.unpack(fmt, data[i:i + size])[0] for i in range(0, len(data) // size * size, size)]

@@ -1,0 +1,98 @@
+"""File helpers: a read-only window onto part of a file."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO
+
+
+class FileWindow(io.RawIOBase):
+    """A seekable, read-only view of ``length`` bytes of ``fp`` from ``offset``.
+
+    Lets pydicom read one multipart part in place, inside the spooled request
+    body, without copying it first.
+    """
+
+    def __init__(self, fp: BinaryIO, offset: int, length: int) -> None:
+        super().__init__()
+        self._fp = fp
+        self._offset = offset
+        self._length = length
+        self._pos = 0
+
+    #: pydicom's FileDataset reads ``.name``; a window has no file name of its own.
+    name = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_SET:
+            new = pos
+        elif whence == os.SEEK_CUR:
+            new = self._pos + pos
+        elif whence == os.SEEK_END:
+            new = self._length + pos
+        else:
+            raise ValueError(f"bad whence {whence}")
+        if new < 0:
+            raise ValueError("negative seek position")
+        self._pos = new
+        return new
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        remaining = self._length - self._pos
+        if remaining <= 0:
+            return 0
+        view = memoryview(buffer)
+        want = min(len(view), remaining)
+        self._fp.seek(self._offset + self._pos)
+        data = self._fp.read(want)
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def __len__(self) -> int:
+        return self._length
+
+
+def copy_range(src: BinaryIO, offset: int, length: int, dst: BinaryIO, chunk: int = 1 << 20) -> None:
+    """Copy ``length`` bytes of ``src`` from ``offset`` into ``dst``.
+
+    Uses ``os.copy_file_range`` (in-kernel, no user-space copy) when both are
+    real files, else a bounded read/write loop.
+    """
+    try:
+        src_fd, dst_fd = src.fileno(), dst.fileno()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        src_fd = dst_fd = -1
+    if src_fd >= 0 and hasattr(os, "copy_file_range"):
+        dst.flush()
+        done = 0
+        try:
+            while done < length:
+                n = os.copy_file_range(src_fd, dst_fd, length - done, offset + done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:
+            pass
+        if done == length:
+            dst.seek(0, os.SEEK_END)
+            return
+        offset, length = offset + done, length - done
+        dst.seek(0, os.SEEK_END)
+    src.seek(offset)
+    while length > 0:
+        data = src.read(min(chunk, length))
+        if not data:
+            raise EOFError("source ended before the range did")
+        dst.write(data)
+        length -= len(data)

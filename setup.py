@@ -1,0 +1,49 @@
+"""Packaging for dicomweb: a DICOMweb server on Twisted.
+
+``twisted.plugins`` is listed as a package (without an ``__init__``) so that
+``twistd`` finds the ``dicomweb`` plugin after ``pip install .``.
+"""
+
+from setuptools import setup
+
+setup(
+    name="dicomweb",
+    version="0.1.0",
+    description="A DICOMweb (STOW-RS, QIDO-RS, WADO-RS, WADO-URI) server on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=[
+        "dicomweb",
+        "dicomweb.dicom",
+        "dicomweb.store",
+        "dicomweb.web",
+        "twisted.plugins",
+    ],
+    package_data={"twisted.plugins": ["dicomweb_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "pydicom>=3.0,<4",
+        "pyopenssl>=24",
+        "numpy>=1.26",
+        "pillow>=10",
+        "pylibjpeg>=2.0",
+        "pylibjpeg-libjpeg>=2.1",
+        "pylibjpeg-openjpeg>=2.3",
+        "pylibjpeg-rle>=2.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "dicomweb-client>=0.60",
+            "pydicom-data>=1.0",
+            "hypothesis>=6",
+            "psutil>=5.9",
+            "mypy>=1.10",
+            "ruff>=0.5",
+        ],
+    },
+)
