@@ -194,7 +194,7 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
     """DICOM JSON (PS3.18 F.2) of ``ds``; large binary values become BulkDataURIs."""
     out: dict[str, Any] = {}
     for tag in ds.keys():
-        if tag.element == 0 or tag in PIXEL_TAGS and not path:
+        if tag.element == 0 or (tag in PIXEL_TAGS and not path):
             continue  # group lengths are not part of DICOM JSON
         key = f"{tag:08X}"
         raw = ds.get_item(tag)
@@ -338,13 +338,13 @@ def _frame_starts(ds: Dataset, fp: BinaryIO, bot: Range, fragments: list[Range],
     if len(fragments) == nframes:
         return list(range(nframes))
     # Fall back to markers: each JPEG family frame begins with SOI (FFD8) or SOC (FF4F).
-    starts = []
-    for i, (off, length) in enumerate(fragments):
+    marked: list[int] = []
+    for i, (off, _length) in enumerate(fragments):
         fp.seek(off)
         if fp.read(2) in (b"\xff\xd8", b"\xff\x4f"):
-            starts.append(i)
-    if len(starts) == nframes and starts[0] == 0:
-        return starts
+            marked.append(i)
+    if len(marked) == nframes and marked[0] == 0:
+        return marked
     return None
 
 

@@ -69,7 +69,7 @@ class _Scanner:
         scanned = 0
         while start < self.end:
             self.fp.seek(start)
-            size = min(CHUNK, self.end - start)
+            size = min(max(CHUNK, 2 * len(pattern)), self.end - start)
             chunk = self.fp.read(size)
             if not chunk:
                 return -1

@@ -6,8 +6,10 @@ Every UID taken from a URL, a query or an uploaded object passes through
 
 import re
 
-# Components are digits with no leading zero (except "0" itself), joined by dots.
-_UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+# Components are digits joined by single dots. PS3.5 also forbids leading zeros
+# in a component, but real modalities write them (pydicom's own rtdose.dcm
+# does), and they are harmless in paths and queries, so they are accepted.
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 MAX_UID_LENGTH = 64
 

@@ -1,0 +1,327 @@
+"""The embedded store: SQLite for the index, plain files for the bytes.
+
+Layout under ``data_dir``::
+
+    index.sqlite3           WAL mode, schema versioned in table ``meta``
+    files/ab/cd/<uuid>.dcm  the Part 10 bytes exactly as received
+    spool/                  request bodies being received (same file system)
+
+Durability (the fsync policy): for each STOW batch, every new file is written
+and ``fsync``-ed, then its directory is ``fsync``-ed, and only then is the
+index committed in one transaction with ``synchronous=FULL``. The STOW
+response is sent after that commit, so an acknowledged instance survives a
+crash or power loss. A crash before the commit leaves at most an orphan file
+that no index row points to: invisible, and removed by ``collect_garbage``.
+
+Concurrency: SQLite work runs in the service's thread pool, one connection
+per thread; WAL lets readers run while one writer (serialised by a lock)
+commits.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
+from ..dicom.fileio import copy_range
+from . import sqlschema
+from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome
+
+T = TypeVar("T")
+log = Logger()
+
+
+class EmbeddedStore:
+    """SQLite index + files. See the module docstring for guarantees."""
+
+    name = "embedded"
+
+    def __init__(self, data_dir: str, reactor: Any, pool: ThreadPool) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.files_dir = os.path.join(self.data_dir, "files")
+        self.spool_dir = os.path.join(self.data_dir, "spool")
+        self.db_path = os.path.join(self.data_dir, "index.sqlite3")
+        self._reactor = reactor
+        self._pool = pool
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._conn_lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> Any:
+        return deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=60)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA cache_size=-65536")
+            self._local.conn = conn
+            with self._conn_lock:
+                self._connections.append(conn)
+        return conn
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def open(self) -> None:
+        for path in (self.data_dir, self.files_dir, self.spool_dir):
+            os.makedirs(path, exist_ok=True)
+        await self._run(self._open_sync)
+        log.info("embedded store ready at {path}", path=self.data_dir)
+
+    def _open_sync(self) -> None:
+        conn = self._conn()
+        with self._write_lock:
+            sqlschema.migrate(conn)
+        # Bodies left in the spool by a crash were never acknowledged.
+        for name in os.listdir(self.spool_dir):
+            try:
+                os.unlink(os.path.join(self.spool_dir, name))
+            except OSError:
+                pass
+
+    async def close(self) -> None:
+        with self._conn_lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+
+    async def ready(self) -> bool:
+        try:
+            await self._run(lambda: self._conn().execute("SELECT 1").fetchone())
+        except sqlite3.Error:
+            return False
+        return True
+
+    def spool_file(self) -> Any:
+        """An anonymous temporary file on the store's file system, for a
+        request body (so parts can be copied into place without crossing
+        file systems)."""
+        import tempfile
+
+        return tempfile.TemporaryFile(dir=self.spool_dir)
+
+    # -- store --------------------------------------------------------------
+
+    async def store_batch(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
+        result: list[StoreOutcome] = await self._run(self._store_batch_sync, list(items))
+        return result
+
+    def _store_batch_sync(self, items: list[StoreItem]) -> list[StoreOutcome]:
+        outcomes: list[StoreOutcome | None] = [None] * len(items)
+        written: dict[int, str] = {}
+        dirs: set[str] = set()
+        conn = self._conn()
+        for i, item in enumerate(items):
+            try:
+                if self._is_identical(conn, item):
+                    outcomes[i] = StoreOutcome("unchanged")
+                    continue
+                path = self._write_file(item, dirs)
+            except OSError as exc:
+                outcomes[i] = _io_failure(exc)
+                continue
+            written[i] = path
+        try:
+            for directory in dirs:
+                _fsync_dir(directory)
+        except OSError as exc:
+            return self._abandon(items, outcomes, written, _io_failure(exc))
+        replaced_paths: list[str] = []
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for i, path in written.items():
+                    outcomes[i] = self._index_one(conn, items[i].info, path, replaced_paths)
+                    if outcomes[i] and outcomes[i].outcome == "failed":  # type: ignore[union-attr]
+                        _unlink(path)
+                sqlschema.refresh_aggregates(conn, {items[i].info.study_uid for i in written},
+                                             {items[i].info.series_uid for i in written})
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK") if conn.in_transaction else None
+                log.error("index commit failed: {error}", error=str(exc))
+                return self._abandon(items, outcomes, written, StoreOutcome("failed", "index write failed", PROCESSING_FAILURE))
+        for path in replaced_paths:
+            _unlink(path)
+        return [o or StoreOutcome("failed", "not processed", PROCESSING_FAILURE) for o in outcomes]
+
+    def _abandon(self, items: list[StoreItem], outcomes: list[StoreOutcome | None],
+                 written: dict[int, str], failure: StoreOutcome) -> list[StoreOutcome]:
+        for i, path in written.items():
+            _unlink(path)
+            outcomes[i] = failure
+        return [o or failure for o in outcomes]
+
+    def _is_identical(self, conn: sqlite3.Connection, item: StoreItem) -> bool:
+        row = conn.execute("SELECT path, size FROM instances WHERE sop_uid=?", (item.info.sop_uid,)).fetchone()
+        if row is None or row[1] != item.length:
+            return False
+        try:
+            with open(os.path.join(self.files_dir, row[0]), "rb") as stored:
+                item.source.seek(item.offset)
+                remaining = item.length
+                while remaining:
+                    size = min(1 << 20, remaining)
+                    if stored.read(size) != item.source.read(size):
+                        return False
+                    remaining -= size
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _write_file(self, item: StoreItem, dirs: set[str]) -> str:
+        """Write one instance's bytes to a new file; ``dirs`` collects the
+        directories whose entries changed and so must be fsync-ed."""
+        name = uuid.uuid4().hex
+        parent = os.path.join(self.files_dir, name[:2])
+        directory = os.path.join(parent, name[2:4])
+        if not os.path.isdir(directory):
+            if not os.path.isdir(parent):
+                os.makedirs(parent, exist_ok=True)
+                dirs.add(self.files_dir)
+            os.makedirs(directory, exist_ok=True)
+            dirs.add(parent)
+        dirs.add(directory)
+        path = os.path.join(directory, name + ".dcm")
+        try:
+            with open(path, "wb") as out:
+                copy_range(item.source, item.offset, item.length, out)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            _unlink(path)
+            raise
+        return path
+
+    def _index_one(self, conn: sqlite3.Connection, info: InstanceInfo, path: str,
+                   replaced_paths: list[str]) -> StoreOutcome:
+        rel = os.path.relpath(path, self.files_dir)
+        conn.execute("SAVEPOINT one")
+        try:
+            old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
+            sqlschema.upsert_instance(conn, info, rel)
+            conn.execute("RELEASE one")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO one")
+            conn.execute("RELEASE one")
+            log.error("indexing one instance failed: {error}", error=str(exc))
+            return StoreOutcome("failed", "index write failed", PROCESSING_FAILURE)
+        if old is not None:
+            replaced_paths.append(os.path.join(self.files_dir, old[0]))
+            return StoreOutcome("replaced")
+        return StoreOutcome("stored")
+
+    # -- retrieve -----------------------------------------------------------
+
+    async def instances(self, study: str, series: str | None = None,
+                        sop: str | None = None) -> list[InstanceRecord]:
+        rows = await self._run(self._select, "path, size, frames, bulk, sop_class_uid, transfer_syntax_uid",
+                               study, series, sop)
+        return [
+            InstanceRecord(
+                study_uid=r[0], series_uid=r[1], sop_uid=r[2],
+                location=r[3], size=r[4], frames=_frames(r[5]), bulk={k: tuple(v) for k, v in json.loads(r[6]).items()},  # type: ignore[misc]
+                sop_class_uid=r[7], transfer_syntax_uid=r[8],
+            )
+            for r in rows
+        ]
+
+    async def metadata(self, study: str, series: str | None = None,
+                       sop: str | None = None) -> list[bytes]:
+        rows = await self._run(self._select, "(SELECT json FROM metadata m WHERE m.sop_uid=i.sop_uid)", study, series, sop)
+        return [bytes(r[3]) for r in rows]
+
+    def _select(self, columns: str, study: str, series: str | None, sop: str | None) -> list[tuple[Any, ...]]:
+        where, args = ["i.study_uid=?"], [study]
+        if series is not None:
+            where.append("i.series_uid=?")
+            args.append(series)
+        if sop is not None:
+            where.append("i.sop_uid=?")
+            args.append(sop)
+        sql = (
+            f"SELECT i.study_uid, i.series_uid, i.sop_uid, {columns} FROM instances i "
+            "JOIN series s ON s.series_uid=i.series_uid "
+            f"WHERE {' AND '.join(where)} "
+            "ORDER BY s.series_number IS NULL, s.series_number, i.series_uid, "
+            "i.instance_number IS NULL, i.instance_number, i.sop_uid"
+        )
+        rows = self._conn().execute(sql, args).fetchall()
+        if not rows:
+            raise NotFound("no such " + ("instance" if sop else "series" if series else "study"))
+        return rows
+
+    async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes:
+        data: bytes = await self._run(self._read_sync, record.location, offset, length)
+        return data
+
+    def _read_sync(self, location: str, offset: int, length: int) -> bytes:
+        with open(os.path.join(self.files_dir, location), "rb") as fp:
+            fp.seek(offset)
+            return fp.read(length)
+
+    async def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        fp = await self._run(open, os.path.join(self.files_dir, record.location), "rb")
+        try:
+            while True:
+                data = await self._run(fp.read, chunk_size)
+                if not data:
+                    return
+                yield data
+        finally:
+            fp.close()
+
+    # -- search -------------------------------------------------------------
+
+    async def search(self, query: Any) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._run(lambda: sqlschema.search(self._conn(), query))
+        return result
+
+
+def _frames(text: str | None) -> list[list[tuple[int, int]]] | None:
+    if text is None:
+        return None
+    return [[(int(o), int(n)) for o, n in frame] for frame in json.loads(text)]
+
+
+def _io_failure(exc: OSError) -> StoreOutcome:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreOutcome("failed", "out of storage space", OUT_OF_RESOURCES)
+    log.error("writing an instance failed: {error}", error=exc.strerror or str(exc))
+    return StoreOutcome("failed", "storage write failed", PROCESSING_FAILURE)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+

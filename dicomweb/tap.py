@@ -1,0 +1,168 @@
+"""twistd plugin wiring: ``Options`` and ``makeService``. Wiring only."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from .config import Settings, env_overrides, load_config_file, parse_size
+
+log = Logger()
+
+_FLAGS = {"allow-remote", "trust-forwarded", "log-query-strings"}
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "A DICOMweb server (STOW-RS, QIDO-RS, WADO-RS, WADO-URI). See README.md."
+    optParameters = [
+        ["port", "p", None, "Port number (binds 127.0.0.1) or a Twisted endpoint string [default: 5985]"],
+        ["data-dir", "d", None, "Embedded store directory [default: ./dicomweb-data]"],
+        ["base-url", None, None, "Public base URL used in RetrieveURL and BulkDataURI (behind a proxy)"],
+        ["max-request-size", None, None, "Largest request body accepted, e.g. 500M, 4G [default: 4G]"],
+        ["threads", None, None, "Worker threads for DICOM, image and SQLite work [default: 4]"],
+        ["config", "c", None, "TOML config file with the same option names"],
+    ]
+    optFlags = [
+        ["allow-remote", None, "Allow listening on non-loopback addresses without authentication"],
+        ["trust-forwarded", None, "Build public URLs from X-Forwarded-Proto/Host/Prefix"],
+        ["log-query-strings", None, "Put query strings (may hold patient names/IDs) in the access log"],
+    ]
+
+    def postOptions(self) -> None:
+        self.settings = self.to_settings()
+        check_exposure(self.settings)
+
+    def to_settings(self) -> Settings:
+        merged: dict[str, Any] = {}
+        config_path = self["config"] or os.environ.get("DICOMWEB_CONFIG")
+        if config_path:
+            try:
+                merged.update(load_config_file(config_path))
+            except (OSError, ValueError) as exc:
+                raise usage.UsageError(f"cannot read config file: {exc}") from None
+        merged.update(env_overrides())
+        merged.pop("config", None)
+        for key in list(self.keys()):
+            if key in _FLAGS:
+                if self[key]:
+                    merged[key] = True
+            elif self[key] is not None and key != "config":
+                merged[key] = self[key]
+        return _settings_from(merged)
+
+
+def _settings_from(values: dict[str, Any]) -> Settings:
+    known = {"port", "data-dir", "base-url", "max-request-size", "threads", *_FLAGS}
+    unknown = set(values) - known
+    if unknown:
+        raise usage.UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    try:
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            attr = key.replace("-", "_")
+            if key == "max-request-size":
+                kwargs[attr] = parse_size(value)
+            elif key == "threads":
+                kwargs[attr] = int(value)
+                if kwargs[attr] < 1:
+                    raise ValueError("threads must be at least 1")
+            elif key in _FLAGS:
+                kwargs[attr] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+            else:
+                kwargs[attr] = str(value)
+        return Settings(**kwargs)
+    except ValueError as exc:
+        raise usage.UsageError(str(exc)) from None
+
+
+def endpoint_description(port: str) -> str:
+    """A bare port number listens on loopback only; anything else is an endpoint."""
+    if port.isdigit():
+        return f"tcp:{port}:interface=127.0.0.1"
+    return port
+
+
+def _is_loopback_endpoint(description: str) -> bool:
+    if description.startswith("unix:"):
+        return True
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            host = part[len("interface="):].strip("[]").replace("\\", "")
+            try:
+                return ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                return host == "localhost"
+    return False
+
+
+def check_exposure(settings: Settings, authenticated: bool = False) -> None:
+    """Refuse to listen beyond loopback without auth unless explicitly allowed."""
+    if authenticated or settings.allow_remote:
+        return
+    if not _is_loopback_endpoint(endpoint_description(settings.port)):
+        raise usage.UsageError(
+            "refusing to listen on a non-loopback address without authentication; "
+            "configure --auth or pass --allow-remote")
+
+
+class _StoreThenListen(service.MultiService):
+    """Start the thread pool, open the store, then start listening."""
+
+    def __init__(self, store: Any, pool: ThreadPool, listener: service.Service) -> None:
+        super().__init__()
+        self.store, self.pool, self.listener = store, pool, listener
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+        from twisted.internet import reactor
+
+        d = ensureDeferred(self.store.open())
+        d.addCallback(lambda _: self.listener.setServiceParent(self))
+        d.addErrback(self._failed, reactor)
+
+    def _failed(self, failure: Any, reactor: Any) -> None:
+        log.failure("cannot open the store", failure)
+        reactor.stop()
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+
+        def _after(_: Any) -> None:
+            ensureDeferred(self.store.close())
+            self.pool.stop()
+
+        if d is None:
+            _after(None)
+            return None
+        return d.addBoth(_after)
+
+
+def makeService(options: Options | dict[str, Any], reactor: Any = None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    from .store.embedded import EmbeddedStore
+    from .web.accesslog import access_log_formatter
+    from .web.app import DICOMwebApp, WebSettings
+    from .web.request import request_factory
+
+    settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
+    pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="dicomweb")
+    store = EmbeddedStore(settings.data_dir, reactor, pool)
+    app = DICOMwebApp(store, reactor, pool, WebSettings(settings.base_url, settings.trust_forwarded))
+    site = Site(app.resource(), logFormatter=access_log_formatter(settings.log_query_strings))
+    site.requestFactory = request_factory(settings.max_request_size, store.spool_file)
+    site.displayTracebacks = False
+    listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
+    return _StoreThenListen(store, pool, listener)

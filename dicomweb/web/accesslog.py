@@ -1,0 +1,31 @@
+"""A patient-safe access log format.
+
+twisted.web's default combined log line carries the full URI, and QIDO query
+strings carry patient names and IDs. This formatter logs the path only
+(UIDs are not patient-identifying by themselves); the query string is kept
+only when the operator turns it on explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.http import _escape  # type: ignore[attr-defined]
+
+
+def access_log_formatter(include_query: bool = False) -> Any:
+    def formatter(timestamp: str, request: Any) -> str:
+        uri = request.uri if include_query else request.uri.split(b"?", 1)[0]
+        return '"%s" "%s %s %s" %d %s' % (
+            _escape(request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-"),
+            _escape(request.method),
+            _escape(uri),
+            _escape(request.clientproto),
+            request.code,
+            request.sentLength or "-",
+        )
+
+    return formatter
+
+
+__all__ = ["access_log_formatter"]

@@ -1,0 +1,258 @@
+"""The Klein application: thin async routes over one store.
+
+Everything the routes need (store, reactor, thread pool, settings) is
+injected through ``__init__``; routes raise :class:`HTTPError`, which is
+turned into an HTTP answer in one place (``_http_error``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from ..dicom import stow as stow_response
+from ..dicom.analyze import dumps
+from ..dicom.dicomxml import to_xml
+from ..dicom.multipart import close_delimiter, delimiter, part_header
+from ..dicom.uids import is_valid_uid
+from ..store import InstanceRecord, NotFound, Store, StoreUnavailable
+from ..store.sqlsearch import StudyListQuery
+from . import negotiation
+from .errors import HTTPError, bad_request, not_acceptable
+from .stow import body_boundary, store_body
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    base_url: str | None = None  # public URL used in RetrieveURL / BulkDataURI
+    trust_forwarded: bool = False  # honour X-Forwarded-Proto/Host/Prefix
+
+
+class DICOMwebApp:
+    app = Klein()
+
+    def __init__(self, store: Store, reactor: Any, pool: Any, settings: WebSettings | None = None) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.pool = pool
+        self.settings = settings or WebSettings()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- helpers ------------------------------------------------------------
+
+    def base_url(self, request: Request) -> str:
+        """The public root URL for links, without a trailing slash."""
+        if self.settings.base_url:
+            return self.settings.base_url.rstrip("/")
+        scheme = b"https" if request.isSecure() else b"http"
+        host = request.getHeader(b"host") or b"localhost"
+        prefix = b""
+        if self.settings.trust_forwarded:
+            scheme = (request.getHeader(b"x-forwarded-proto") or scheme).split(b",")[0].strip()
+            host = (request.getHeader(b"x-forwarded-host") or host).split(b",")[0].strip()
+            prefix = (request.getHeader(b"x-forwarded-prefix") or b"").rstrip(b"/")
+        return (scheme + b"://" + host + prefix).decode("latin-1")
+
+    @staticmethod
+    def _uids(**uids: str | None) -> None:
+        for name, value in uids.items():
+            if value is not None and not is_valid_uid(value):
+                raise bad_request(f"{name} is not a valid UID")
+
+    def _dataset_body(self, request: Request, datasets: list[dict[str, Any]], single: bool = False) -> bytes:
+        """Encode datasets as DICOM JSON or (multipart) XML, as negotiated."""
+        kind = negotiation.choose_dataset_type(request.getHeader(b"accept"))
+        if kind == negotiation.DICOM_JSON:
+            request.setHeader(b"content-type", b"application/dicom+json")
+            return dumps(datasets[0] if single else datasets)
+        if single:
+            request.setHeader(b"content-type", b"application/dicom+xml")
+            return to_xml(datasets[0])
+        boundary = uuid.uuid4().hex
+        request.setHeader(b"content-type",
+                          f'multipart/related; type="application/dicom+xml"; boundary={boundary}'.encode())
+        parts = [delimiter(boundary, first=(i == 0)) + part_header("application/dicom+xml") + to_xml(ds)
+                 for i, ds in enumerate(datasets)]
+        return b"".join(parts) + close_delimiter(boundary)
+
+    # -- errors -------------------------------------------------------------
+
+    @app.handle_errors(HTTPError)
+    def _http_error(self, request: Request, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPError)
+        request.setResponseCode(error.status)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        for name, value in error.headers.items():
+            request.setHeader(name.encode(), value.encode())
+        return (error.reason + "\n").encode("utf-8")
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: Request, failure: Failure) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (str(failure.value) + "\n").encode("utf-8")
+
+    @app.handle_errors(StoreUnavailable)
+    def _unavailable(self, request: Request, failure: Failure) -> bytes:
+        request.setResponseCode(503)
+        request.setHeader(b"retry-after", b"5")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"the store is unavailable; retry later\n"
+
+    @app.handle_errors(CancelledError)
+    def _cancelled(self, request: Request, failure: Failure) -> bytes:
+        return b""  # the client went away; nothing to answer
+
+    # -- health -------------------------------------------------------------
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        return b"ok\n"
+
+    # -- STOW-RS ------------------------------------------------------------
+
+    @app.route("/studies", methods=["POST"])
+    async def stow_all(self, request: Request) -> bytes:
+        return await self._stow(request, None)
+
+    @app.route("/studies/<study>", methods=["POST"])
+    async def stow_study(self, request: Request, study: str) -> bytes:
+        self._uids(study=study)
+        return await self._stow(request, study)
+
+    async def _stow(self, request: Request, study: str | None) -> bytes:
+        body: Any = request.content
+        try:
+            if getattr(request, "too_large", False):
+                limit = getattr(request, "max_body", 0)
+                raise HTTPError(413, f"request body larger than the {limit} byte limit")
+            boundary = body_boundary(request.getHeader(b"content-type"))
+            negotiation.choose_dataset_type(request.getHeader(b"accept"))  # 406 before storing anything
+            results = await store_body(self.store, self.reactor, self.pool, body, boundary, study)
+        finally:
+            body.close()
+        status, dataset = stow_response.response(results, self.base_url(request), study)
+        request.setResponseCode(status)
+        log.info("STOW: {stored} stored, {failed} failed", stored=sum(1 for r in results if not r.failure),
+                 failed=sum(1 for r in results if r.failure))
+        return self._dataset_body(request, [dataset], single=True)
+
+    # -- QIDO-RS (study list) -----------------------------------------------
+
+    @app.route("/studies", methods=["GET", "HEAD"])
+    async def search_studies(self, request: Request) -> bytes:
+        query = self._study_query(request)
+        negotiation.choose_dataset_type(request.getHeader(b"accept"))
+        results = await self.store.search(query)
+        base = self.base_url(request)
+        for item in results:
+            url = item.get("00081190", {}).get("Value")
+            if url:
+                item["00081190"] = {"vr": "UR", "Value": [f"{base}/{url[0]}"]}
+        return self._dataset_body(request, results)
+
+    def _study_query(self, request: Request) -> StudyListQuery:
+        args = {k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in vs]
+                for k, vs in request.args.items()}
+        uids: list[str] = []
+        for key in ("StudyInstanceUID", "0020000D"):
+            for value in args.pop(key, []):
+                uids.extend(u for u in value.replace("\\", ",").split(",") if u)
+        self._uids(**{f"StudyInstanceUID[{i}]": u for i, u in enumerate(uids)})
+        patient = (args.pop("PatientID", []) + args.pop("00100020", []))
+        limit = _non_negative(args.pop("limit", [None])[-1], "limit")
+        offset = _non_negative(args.pop("offset", ["0"])[-1], "offset") or 0
+        return StudyListQuery(tuple(uids), patient[-1] if patient else None, limit, offset)
+
+    # -- WADO-RS ------------------------------------------------------------
+
+    @app.route("/studies/<study>", methods=["GET", "HEAD"])
+    async def retrieve_study(self, request: Request, study: str) -> None:
+        self._uids(study=study)
+        await self._retrieve(request, study)
+
+    @app.route("/studies/<study>/series/<series>", methods=["GET", "HEAD"])
+    async def retrieve_series(self, request: Request, study: str, series: str) -> None:
+        self._uids(study=study, series=series)
+        await self._retrieve(request, study, series)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>", methods=["GET", "HEAD"])
+    async def retrieve_instance(self, request: Request, study: str, series: str, sop: str) -> None:
+        self._uids(study=study, series=series, sop=sop)
+        await self._retrieve(request, study, series, sop)
+
+    async def _retrieve(self, request: Request, study: str, series: str | None = None,
+                        sop: str | None = None) -> None:
+        syntaxes = negotiation.choose_instance_syntaxes(request.getHeader(b"accept"))
+        records = await self.store.instances(study, series, sop)
+        for record in records:
+            if "*" not in syntaxes and record.transfer_syntax_uid not in syntaxes:
+                raise not_acceptable("the instances are not available in the requested transfer syntax")
+        boundary = uuid.uuid4().hex
+        request.setHeader(b"content-type",
+                          f'multipart/related; type="application/dicom"; boundary={boundary}'.encode())
+        if request.method == b"HEAD":
+            return
+        from .stream import stream
+
+        await stream(request, self._instance_parts(records, boundary, self.base_url(request)))
+
+    async def _instance_parts(self, records: list[InstanceRecord], boundary: str, base: str) -> Any:
+        for i, record in enumerate(records):
+            location = f"{base}/{stow_response.instance_path(record.study_uid, record.series_uid, record.sop_uid)}"
+            yield delimiter(boundary, first=(i == 0)) + part_header(
+                f"application/dicom; transfer-syntax={record.transfer_syntax_uid}",
+                {"Content-Location": location, "Content-Length": str(record.size)})
+            async for chunk in self.store.chunks(record):
+                yield chunk
+        yield close_delimiter(boundary)
+
+    # -- metadata -----------------------------------------------------------
+
+    @app.route("/studies/<study>/metadata", methods=["GET", "HEAD"])
+    async def study_metadata(self, request: Request, study: str) -> bytes:
+        self._uids(study=study)
+        return await self._metadata(request, study)
+
+    @app.route("/studies/<study>/series/<series>/metadata", methods=["GET", "HEAD"])
+    async def series_metadata(self, request: Request, study: str, series: str) -> bytes:
+        self._uids(study=study, series=series)
+        return await self._metadata(request, study, series)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/metadata", methods=["GET", "HEAD"])
+    async def instance_metadata(self, request: Request, study: str, series: str, sop: str) -> bytes:
+        self._uids(study=study, series=series, sop=sop)
+        return await self._metadata(request, study, series, sop)
+
+    async def _metadata(self, request: Request, study: str, series: str | None = None,
+                        sop: str | None = None) -> bytes:
+        kind = negotiation.choose_dataset_type(request.getHeader(b"accept"))
+        texts = await self.store.metadata(study, series, sop)
+        prefix = b'"BulkDataURI":"' + self.base_url(request).encode() + b"/"
+        texts = [t.replace(b'"BulkDataURI":"', prefix) for t in texts]
+        if kind == negotiation.DICOM_JSON:
+            request.setHeader(b"content-type", b"application/dicom+json")
+            return b"[" + b",".join(texts) + b"]"
+        return self._dataset_body(request, [json.loads(t) for t in texts])
+
+
+def _non_negative(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or len(value) > 9:
+        raise bad_request(f"{name} must be a non-negative integer")
+    return int(value)

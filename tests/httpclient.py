@@ -1,0 +1,59 @@
+"""Small helpers to talk to the server over real HTTP (requests)."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from typing import Any
+
+import requests
+
+from dicomweb.dicom.multipart import iter_parts
+from dicomweb.mediatype import parse_media_type
+
+
+def multipart_body(parts: list[bytes], boundary: str | None = None,
+                   content_type: str = "application/dicom") -> tuple[bytes, str]:
+    boundary = boundary or uuid.uuid4().hex
+    out = io.BytesIO()
+    for part in parts:
+        out.write(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
+        out.write(part)
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), boundary
+
+
+def stow(url: str, parts: list[bytes], study: str | None = None, **kwargs: Any) -> requests.Response:
+    body, boundary = multipart_body(parts)
+    target = f"{url}/studies" + (f"/{study}" if study else "")
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json"}
+    headers.update(kwargs.pop("headers", {}))
+    return requests.post(target, data=body, headers=headers, timeout=120, **kwargs)
+
+
+def split_multipart(response: requests.Response) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart response: (headers, body)."""
+    media = parse_media_type(response.headers["Content-Type"])
+    boundary = media.param("boundary")
+    assert boundary, response.headers["Content-Type"]
+    fp = io.BytesIO(response.content)
+    return [(p.headers, response.content[p.offset:p.offset + p.length]) for p in iter_parts(fp, boundary)]
+
+
+def json_of(response: requests.Response) -> Any:
+    return json.loads(response.content)
+
+
+def referenced(body: dict[str, Any]) -> list[str]:
+    return [item["00081155"]["Value"][0] for item in body.get("00081199", {}).get("Value", [])]
+
+
+def failed(body: dict[str, Any]) -> list[tuple[str | None, int]]:
+    out = []
+    for item in body.get("00081198", {}).get("Value", []):
+        uid = item.get("00081155", {}).get("Value", [None])[0]
+        out.append((uid, item["00081197"]["Value"][0]))
+    return out
