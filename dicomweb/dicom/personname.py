@@ -11,7 +11,10 @@ depends on ICU), both sides are reduced to a *key* by :func:`normalise_text`
 and compared as plain strings:
 
 * NFKD decomposition, then the combining marks on Latin, Greek and Cyrillic
-  letters are dropped (``Müller`` -> ``MULLER``, ``Çelik`` -> ``CELIK``). Marks on
+  letters are dropped (``Müller`` -> ``MULLER``, ``Çelik`` -> ``CELIK``), and the
+  few Latin letters Unicode does not decompose are folded (``Ø`` -> ``O``,
+  ``Ł`` -> ``L``, ``Æ`` -> ``AE``). Transliterations (``ü`` -> ``UE``) are not
+  applied: ``Mueller`` and ``Müller`` stay different names. Marks on
   other scripts are kept and recomposed (NFC): the kana voicing mark is a
   combining mark too and ``ブ`` must not become ``フ``.
 * upper-case (Python's full mapping: ``ß`` -> ``SS``);
@@ -33,6 +36,12 @@ GROUP_NAMES = ("Alphabetic", "Ideographic", "Phonetic")
 #: Marks on code points below this (Latin, Greek, Cyrillic blocks) are accents.
 _ACCENTED_SCRIPTS_END = 0x0530
 _SPACES = re.compile(r"\s+")
+#: Latin letters that are not a base letter plus an accent in Unicode, folded
+#: like their accented neighbours (Ø is O for a Norwegian clerk typing Oystein).
+_LATIN_FOLD = str.maketrans({
+    "Ø": "O", "ø": "o", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Ð": "D", "ð": "d",
+    "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "TH", "þ": "th", "ı": "i", "Ħ": "H", "ħ": "h",
+})
 #: Fuzzy matching splits a name into words at these characters.
 _WORD_SPLIT = re.compile(r"[\^=\s\-]+")
 
@@ -50,7 +59,7 @@ def normalise_text(text: str) -> str:
         else:
             base = ord(char)
         out.append(char)
-    return unicodedata.normalize("NFC", "".join(out).upper())
+    return unicodedata.normalize("NFC", "".join(out).translate(_LATIN_FOLD).upper())
 
 
 def pn_string(value: PNValue) -> str:

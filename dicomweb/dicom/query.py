@@ -734,7 +734,7 @@ def stored_keys(vr: str, elements: Iterable[Mapping[str, Any]]) -> list[str]:
 def _stored_key(vr: str, value: Any) -> str | None:
     if value is None or isinstance(value, (dict, list)):
         return None
-    text = str(value).strip()
+    text = str(value).strip(" \t\r\n\x00")  # NUL: padding some writers use
     try:
         if vr == "DA":
             return _date_key(text)
