@@ -24,22 +24,23 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.python.threadpool import ThreadPool
-from twisted.web.iweb import IAgent
 
 from ._core import ANONYMOUS, Authenticator, AuthError, NoAuth, Principal, require_write
 from ._settings import ASYMMETRIC_ALGORITHMS, AuthSettings
 from .basic import BasicAuthenticator
+from .oidc import OidcAuthenticator
 
 AUTH_KINDS = ("none", "basic", "oidc")
 
 
 def build_authenticator(kind: str, settings: AuthSettings, reactor: Any,
-                        agent: IAgent | None = None, *,
+                        agent: Any = None, *,
                         threadpool: ThreadPool | None = None) -> Authenticator:
     """The authenticator for ``--auth kind``; ValueError on bad settings.
 
     ``reactor`` gives time, threads and (for oidc) network; ``agent`` is the
-    HTTP agent used to reach the identity provider (default: a new
+    HTTP agent (an ``IAgent``; typed Any because mypy cannot see zope
+    interfaces) used to reach the identity provider (default: a new
     :class:`twisted.web.client.Agent`, which verifies TLS certificates);
     ``threadpool`` runs bcrypt (default: the reactor's thread pool).
     """
@@ -50,6 +51,8 @@ def build_authenticator(kind: str, settings: AuthSettings, reactor: Any,
             raise ValueError("--auth basic needs a users file")
         return BasicAuthenticator(settings.users_file, reactor, threadpool,
                                   realm=settings.realm, cache_ttl=settings.basic_cache_ttl)
+    if kind == "oidc":
+        return OidcAuthenticator(settings, reactor, agent)
     raise ValueError(f"unknown auth kind {kind!r}; expected one of {AUTH_KINDS}")
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "Authenticator",
     "BasicAuthenticator",
     "NoAuth",
+    "OidcAuthenticator",
     "Principal",
     "build_authenticator",
     "require_write",
