@@ -9,6 +9,7 @@ are refreshed in the background after ``max_age``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from jwt import PyJWK
@@ -43,39 +44,44 @@ def key_fits(alg: str, jwk: dict[str, Any]) -> bool:
     return jwk.get("alg") in (None, alg)
 
 
-def parse_jwks(document: dict[str, Any], algorithms: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class PublicKey:
+    """A published signing key, parsed once when the key set is loaded."""
+
+    jwk: dict[str, Any]
+    #: The cryptography key object; one object serves every algorithm that
+    #: fits (RS* and PS* share an RSA key), so nothing is parsed per request.
+    key: Any
+
+    def fits(self, alg: str) -> bool:
+        return key_fits(alg, self.jwk)
+
+
+def parse_jwks(document: dict[str, Any], algorithms: tuple[str, ...]) -> dict[str, PublicKey]:
     """Usable signing keys by kid (``""`` for a key without kid)."""
-    keys: dict[str, dict[str, Any]] = {}
     entries = document.get("keys")
     if not isinstance(entries, list):
         raise IdpUnavailable("key set has no keys list")
+    keys: dict[str, PublicKey] = {}
     for jwk in entries:
-        if _usable(jwk, algorithms):
-            keys[str(jwk.get("kid", ""))] = jwk
+        key = _parse_key(jwk, algorithms)
+        if key is not None:
+            keys[str(jwk.get("kid", ""))] = key
     return keys
 
 
-def _usable(jwk: Any, algorithms: tuple[str, ...]) -> bool:
+def _parse_key(jwk: Any, algorithms: tuple[str, ...]) -> PublicKey | None:
     if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
-        return False
-    # A symmetric ("oct") key has no business in a public key set: never
-    # accept one, whatever the allow-list says.
-    if not any(key_fits(alg, jwk) for alg in algorithms):
-        return False
+        return None
+    # Only keys fitting an allowed algorithm: a symmetric ("oct") key has no
+    # business in a public key set and never fits.
+    alg = next((a for a in algorithms if key_fits(a, jwk)), None)
+    if alg is None:
+        return None
     try:
-        PyJWK(jwk, _any_fitting(jwk, algorithms))
+        return PublicKey(jwk, PyJWK(jwk, alg).key)
     except PyJWKError:
-        return False
-    return True
-
-
-def _any_fitting(jwk: dict[str, Any], algorithms: tuple[str, ...]) -> str:
-    return next(alg for alg in algorithms if key_fits(alg, jwk))
-
-
-def make_key(jwk: dict[str, Any], alg: str) -> Any:
-    """The cryptography public key object for ``jwk`` used with ``alg``."""
-    return PyJWK(jwk, alg).key
+        return None
 
 
 class KeyCache:
@@ -90,15 +96,15 @@ class KeyCache:
         self._min_refresh = min_refresh
         self._max_age = max_age
         self._retry_interval = retry_interval
-        self._keys: dict[str, dict[str, Any]] | None = None
+        self._keys: dict[str, PublicKey] | None = None
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
         self._failed = False
         # One fetch at a time: a burst of requests shares it.
         self._lock = DeferredLock()
 
-    async def get(self, kid: str) -> dict[str, Any] | None:
-        """The JWK for ``kid``; None if unknown even after a permitted refresh.
+    async def get(self, kid: str) -> PublicKey | None:
+        """The key for ``kid``; None if unknown even after a permitted refresh.
 
         Raises :class:`IdpUnavailable` when keys are needed but cannot be had.
         """
@@ -110,7 +116,7 @@ class KeyCache:
             return found
         return await self._locked(lambda: self._refresh_for(kid))
 
-    def _lookup(self, kid: str) -> dict[str, Any] | None:
+    def _lookup(self, kid: str) -> PublicKey | None:
         keys = self._keys or {}
         if kid == "" and len(keys) == 1:
             # A token without kid is fine when there is only one key to try.
@@ -131,7 +137,7 @@ class KeyCache:
             raise IdpUnavailable("identity provider recently unreachable")
         await self._load()
 
-    async def _refresh_for(self, kid: str) -> dict[str, Any] | None:
+    async def _refresh_for(self, kid: str) -> PublicKey | None:
         found = self._lookup(kid)
         if found is not None:
             return found  # a refresh while we waited brought it

@@ -236,17 +236,18 @@ class BcryptChecker:
     async def _check(self, username: bytes, password: bytes) -> str:
         self._users.refresh()
         version = self._users.version
+        name = username.decode("utf-8", "replace")
         key = self._cache.key(username, password)
         if self._cache.hit(key, version):
-            return username.decode("utf-8")
-        entry = self._users.users.get(username.decode("utf-8", "replace"))
+            return name
+        entry = self._users.users.get(name)
         # Unknown users still pay for a bcrypt check: equal timing.
         hashed = entry.hashed if entry is not None else self._users.dummy
         ok = await deferToThreadPool(self._reactor, self._threadpool, _checkpw, password, hashed)
         if not (ok and entry is not None):
             raise UnauthorizedLogin()
         self._cache.add(key, version)
-        return username.decode("utf-8")
+        return name
 
 
 @implementer(IRealm)

@@ -48,7 +48,7 @@ from twisted.web.client import Agent
 from ._core import ROLE_READ, ROLE_WRITE, AuthError, Clock, Principal, quote
 from ._http import IdpClient, IdpUnavailable
 from ._introspect import InactiveToken, Introspector
-from ._jwks import KeyCache, key_fits, make_key
+from ._jwks import KeyCache
 from ._settings import ASYMMETRIC_ALGORITHMS, AuthSettings
 
 #: Twisted's Logger spells it .warn; ruff's G010 assumes stdlib logging.
@@ -200,15 +200,17 @@ class OidcAuthenticator:
         if header is None:
             raise self._invalid("malformed token")
         alg, kid = header.get("alg"), header.get("kid", "")
-        if alg not in self._settings.oidc_algorithms or not isinstance(kid, str):
+        if not isinstance(kid, str):
+            raise self._invalid("malformed token")
+        if alg not in self._settings.oidc_algorithms:
             # Covers "none" and HS*: they never reach a key.
             raise self._invalid("unsupported algorithm")
-        jwk = await self.keys.get(kid)
-        if jwk is None:
+        key = await self.keys.get(kid)
+        if key is None:
             raise self._invalid("unknown signing key")
-        if not key_fits(alg, jwk):
+        if not key.fits(alg):
             raise self._invalid("algorithm does not fit the key")
-        return self._decode(token, make_key(jwk, alg), alg)
+        return self._decode(token, key.key, alg)
 
     def _decode(self, token: str, key: Any, alg: str) -> dict[str, Any]:
         audience = self._settings.oidc_audience
