@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._http import IdpClient, IdpUnavailable
+from ._http import IdpClient
 
 
 class InactiveToken(Exception):
@@ -22,6 +22,8 @@ class InactiveToken(Exception):
 
 
 class Introspector:
+    """Asks the IdP about tokens; IdpUnavailable (from _http) when it cannot."""
+
     def __init__(self, http: IdpClient, endpoint: Callable[[], Awaitable[str]],
                  client_id: str, client_secret: str, cache_size: int, ttl: float,
                  wallclock: Callable[[], float] = time.time) -> None:
@@ -66,5 +68,3 @@ class Introspector:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-
-__all__ = ["IdpUnavailable", "InactiveToken", "Introspector"]
