@@ -33,6 +33,8 @@ setup(
         "pylibjpeg-libjpeg>=2.1",
         "pylibjpeg-openjpeg>=2.3",
         "pylibjpeg-rle>=2.0",
+        "bcrypt>=4.1",
+        "pyjwt[crypto]>=2.8",
     ],
     extras_require={
         "test": [
