@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.11",
     packages=[
         "dicomweb",
+        "dicomweb.auth",
         "dicomweb.dicom",
         "dicomweb.store",
         "dicomweb.web",

@@ -15,7 +15,12 @@ from typing import Any
 import bcrypt
 import pytest
 import pytest_twisted
-from idp import (  # noqa: F401  # fixtures
+from twisted.internet import reactor
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.web.client import Agent
+
+from dicomweb.auth import AuthError, AuthSettings, BasicAuthenticator, OidcAuthenticator
+from tests.idp import (  # noqa: F401  # fixtures
     AUDIENCE,
     CLIENT_ID,
     CLIENT_SECRET,
@@ -25,11 +30,6 @@ from idp import (  # noqa: F401  # fixtures
     idp_fixture,
     rsa_key,
 )
-from twisted.internet import reactor
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
-from twisted.web.client import Agent
-
-from dicomweb.auth import AuthError, AuthSettings, BasicAuthenticator, OidcAuthenticator
 
 PASSWORD = "correct-horse-battery-staple"
 WRONG_PASSWORD = "Tr0ub4dor&3-wrong"

@@ -11,18 +11,6 @@ from typing import Any
 import jwt
 import pytest
 import pytest_twisted
-from idp import (  # noqa: F401  # fixtures
-    AUDIENCE,
-    CLIENT_ID,
-    CLIENT_SECRET,
-    IdentityProvider,
-    agent_fixture,
-    bearer,
-    ec_key,
-    fake_clock_fixture,
-    idp_fixture,
-    rsa_key,
-)
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
@@ -34,6 +22,18 @@ from dicomweb.auth import (
     OidcAuthenticator,
     Principal,
     build_authenticator,
+)
+from tests.idp import (  # noqa: F401  # fixtures
+    AUDIENCE,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    IdentityProvider,
+    agent_fixture,
+    bearer,
+    ec_key,
+    fake_clock_fixture,
+    idp_fixture,
+    rsa_key,
 )
 
 BARE = 'Bearer realm="dicomweb"'

@@ -227,7 +227,7 @@ def test_datetime_ranges(value: str, values: tuple[str | None, ...]) -> None:
     ("StudyTime", "2400", "not a valid TM"),
     ("StudyTime", "1060", "not a valid TM"),
     ("StudyTime", "10.5", "not a valid TM"),
-    ("StudyInstanceUID", "1.2.03", "not a valid UID"),
+    ("StudyInstanceUID", "1.2..3", "not a valid UID"),
     ("StudyInstanceUID", "1.2.*", "not a valid UID"),
     ("StudyInstanceUID", "1.2.3,,1.2.4", "not a valid UID"),
     ("StudyInstanceUID", "1." + "2" * 63, "not a valid UID"),

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_query_match import CASES, SERIES, STUDIES
 
 from dicomweb.dicom.query import Filter, index_entries, matches, parse_query
+from tests.test_query_match import CASES, SERIES, STUDIES
 
 
 def _condition(flt: Filter) -> tuple[str, list[Any]]:

@@ -52,12 +52,12 @@ class IdpClient:
                 method, url, headers=Headers({b"Accept": [b"application/json"]}),
                 timeout=self._timeout, reactor=self._reactor, **kwargs)
             body = await _read_limited(response)
-        except Exception as e:  # noqa: BLE001  # any failure means "unavailable"
-            log.warn("identity provider {method} {url} failed: {error}",  # noqa: G010
+        except Exception as e:  # any failure means "unavailable"
+            log.warn("identity provider {method} {url} failed: {error}",
                      method=method, url=url, error=type(e).__name__)
             raise IdpUnavailable(f"{method} {url} failed") from None
         if response.code != 200:
-            log.warn("identity provider {method} {url} answered {code}",  # noqa: G010
+            log.warn("identity provider {method} {url} answered {code}",
                      method=method, url=url, code=response.code)
             raise IdpUnavailable(f"{method} {url} answered {response.code}")
         return _parse_object(body, method, url)
@@ -84,7 +84,7 @@ def _parse_object(body: bytes, method: str, url: str) -> dict[str, Any]:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        log.warn("identity provider {method} {url}: answer is not a JSON object",  # noqa: G010
+        log.warn("identity provider {method} {url}: answer is not a JSON object",
                  method=method, url=url)
         raise IdpUnavailable(f"{method} {url}: not a JSON object")
     return value

@@ -89,7 +89,7 @@ def _parse_roles(text: str, lineno: int) -> frozenset[str]:
     roles = {r.strip() for r in text.split(",") if r.strip()}
     unknown = roles - KNOWN_ROLES
     if unknown:
-        log.warn("users file line {lineno}: unknown roles ignored", lineno=lineno)  # noqa: G010
+        log.warn("users file line {lineno}: unknown roles ignored", lineno=lineno)
     # Everyone who may log in may read; write is the extra permission.
     return frozenset((roles & KNOWN_ROLES) | {ROLE_READ})
 
@@ -110,11 +110,11 @@ def parse_users(text: str) -> dict[str, UserEntry]:
 def _parse_line(line: str, lineno: int) -> tuple[str, UserEntry] | None:
     parts = line.split(":")
     if len(parts) not in (2, 3) or not parts[0]:
-        log.warn("users file line {lineno}: expected name:hash[:roles]", lineno=lineno)  # noqa: G010
+        log.warn("users file line {lineno}: expected name:hash[:roles]", lineno=lineno)
         return None
     hashed = _normalise_hash(parts[1].strip())
     if hashed is None:
-        log.warn(  # noqa: G010
+        log.warn(
             "users file line {lineno}: not a bcrypt hash (use htpasswd -B)", lineno=lineno
         )
         return None

@@ -139,7 +139,7 @@ class OidcAuthenticator:
         self._introspector = self._make_introspector(settings)
         self._challenge = f"Bearer realm={quote(settings.realm)}"
         if settings.oidc_audience is None:
-            log.warn("no OIDC audience configured: tokens for any audience of {issuer} "  # noqa: G010
+            log.warn("no OIDC audience configured: tokens for any audience of {issuer} "
                      "are accepted", issuer=self._issuer)
 
     def _make_introspector(self, settings: AuthSettings) -> Introspector | None:

@@ -40,7 +40,7 @@ _SPACES = re.compile(r"\s+")
 #: like their accented neighbours (Ø is O for a Norwegian clerk typing Oystein).
 _LATIN_FOLD = str.maketrans({
     "Ø": "O", "ø": "o", "Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Ð": "D", "ð": "d",
-    "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "TH", "þ": "th", "ı": "i", "Ħ": "H", "ħ": "h",
+    "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "TH", "þ": "th", "ı": "i", "Ħ": "H", "ħ": "h",  # noqa: RUF001
 })
 #: Fuzzy matching splits a name into words at these characters.
 _WORD_SPLIT = re.compile(r"[\^=\s\-]+")
