@@ -401,7 +401,7 @@ def frame_attributes(metadata: dict[str, Any], stored_tsuid: str, target_tsuid: 
     client decoding such frames with the stored metadata needs these values;
     the web layer may send them (e.g. in a Warning) or apply them to metadata.
     """
-    if target_tsuid == stored_tsuid or stored_tsuid in NATIVE and target_tsuid == EXPLICIT_VR_LE:
+    if target_tsuid == stored_tsuid or (stored_tsuid in NATIVE and target_tsuid == EXPLICIT_VR_LE):
         return {}
     if int(_first(metadata, "00280002", 1) or 1) == 1:
         return {}
