@@ -25,9 +25,9 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests import dicomgen  # noqa: E402
-from tests.httpclient import stow  # noqa: E402
-from tests.server import ServerProcess  # noqa: E402
+from tests import dicomgen
+from tests.httpclient import stow
+from tests.server import ServerProcess
 
 
 class PeakRSS:
