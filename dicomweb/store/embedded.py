@@ -218,7 +218,8 @@ class EmbeddedStore:
 
     def _index_one(self, conn: sqlite3.Connection, info: InstanceInfo, path: str,
                    replaced_paths: list[str]) -> StoreOutcome:
-        rel = os.path.relpath(path, self.files_dir)
+        # Files linked in place (offline import) keep their absolute path.
+        rel = os.path.relpath(path, self.files_dir) if self._owned(path) else path
         conn.execute("SAVEPOINT one")
         try:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
@@ -230,9 +231,51 @@ class EmbeddedStore:
             log.error("indexing one instance failed: {error}", error=str(exc))
             return StoreOutcome("failed", "index write failed", PROCESSING_FAILURE)
         if old is not None:
-            replaced_paths.append(os.path.join(self.files_dir, old[0]))
+            old_path = os.path.join(self.files_dir, old[0])
+            if self._owned(old_path) and old_path != path:
+                replaced_paths.append(old_path)  # never delete a file linked in place
             return StoreOutcome("replaced")
         return StoreOutcome("stored")
+
+    def _owned(self, path: str) -> bool:
+        """Whether ``path`` is one of the store's own files (not linked in place)."""
+        return os.path.commonpath([self.files_dir, os.path.abspath(path)]) == self.files_dir
+
+    # -- offline import -----------------------------------------------------
+
+    def open_sync(self) -> None:
+        """Open without a reactor (command-line tools)."""
+        for path in (self.data_dir, self.files_dir, self.spool_dir):
+            os.makedirs(path, exist_ok=True)
+        with self._write_lock:
+            sqlschema.migrate(self._conn())
+
+    def link_sync(self, infos: Sequence[InstanceInfo], paths: Sequence[str]) -> list[StoreOutcome]:
+        """Index files in place, without copying them (the seed's "linkFolder").
+
+        The store never deletes or rewrites a linked file; deleting such an
+        instance only removes it from the index.
+        """
+        conn = self._conn()
+        outcomes: list[StoreOutcome] = []
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                replaced: list[str] = []
+                for info, path in zip(infos, paths, strict=True):
+                    row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
+                    if row is not None and row[0] == os.path.abspath(path):
+                        outcomes.append(StoreOutcome("unchanged"))
+                        continue
+                    outcomes.append(self._index_one(conn, info, os.path.abspath(path), replaced))
+                sqlschema.refresh_aggregates(conn, {i.study_uid for i in infos}, {i.series_uid for i in infos})
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        for path in replaced:
+            _unlink(path)
+        return outcomes
 
     # -- retrieve -----------------------------------------------------------
 
