@@ -30,6 +30,7 @@ setup(
         "pyopenssl>=24",
         "numpy>=1.26",
         "requests>=2.28",
+        "prometheus-client>=0.20",
         "pillow>=10",
         "pylibjpeg>=2.0",
         "pylibjpeg-libjpeg>=2.1",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +28,7 @@ from ..store import InstanceRecord, NotFound, Store, StoreUnavailable
 from ..store.sqlsearch import StudyListQuery
 from . import negotiation
 from .errors import HTTPError, bad_request, not_acceptable
+from .metrics import Metrics
 from .stow import body_boundary, store_body
 
 log = Logger()
@@ -41,7 +43,9 @@ class WebSettings:
 class DICOMwebApp:
     app = Klein()
 
-    def __init__(self, store: Store, reactor: Any, pool: Any, settings: WebSettings | None = None) -> None:
+    def __init__(self, store: Store, reactor: Any, pool: Any, settings: WebSettings | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.reactor = reactor
         self.pool = pool
@@ -120,8 +124,24 @@ class DICOMwebApp:
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: Request) -> bytes:
+        """Liveness: the process answers."""
         request.setHeader(b"content-type", b"text/plain")
         return b"ok\n"
+
+    @app.route("/ready", methods=["GET", "HEAD"])
+    async def ready(self, request: Request) -> bytes:
+        """Readiness: the store answers too."""
+        request.setHeader(b"content-type", b"text/plain")
+        if await self.store.ready():
+            return b"ready\n"
+        request.setResponseCode(503)
+        request.setHeader(b"retry-after", b"5")
+        return b"store unavailable\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_text(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self.metrics.exposition()
 
     # -- STOW-RS ------------------------------------------------------------
 
@@ -145,6 +165,9 @@ class DICOMwebApp:
             results = await store_body(self.store, self.reactor, self.pool, body, boundary, study)
         finally:
             body.close()
+        failures = sum(1 for r in results if r.failure)
+        self.metrics.instances.labels("stored").inc(len(results) - failures)
+        self.metrics.instances.labels("failed").inc(failures)
         status, dataset = stow_response.response(results, self.base_url(request), study)
         request.setResponseCode(status)
         log.info("STOW: {stored} stored, {failed} failed", stored=sum(1 for r in results if not r.failure),
