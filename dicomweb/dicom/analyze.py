@@ -197,7 +197,7 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
         if tag.element == 0 or (tag in PIXEL_TAGS and not path):
             continue  # group lengths are not part of DICOM JSON
         key = f"{tag:08X}"
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # a deferred value is read below, from fp
         vr = _vr_of(tag, raw)
         if vr == "SQ":
             items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings)
@@ -323,7 +323,7 @@ def _frame_starts(ds: Dataset, fp: BinaryIO, bot: Range, fragments: list[Range],
     """Index of the first fragment of each frame, or None if it cannot be told."""
     item_pos = [off - 8 - fragments[0][0] + 8 for off, _ in fragments]  # relative to first item tag
     offsets: list[int] = []
-    eot = ds.get_item(0x7FE00001)
+    eot = ds.get_item(0x7FE00001, keep_deferred=True)  # _read_offsets reads a deferred table from fp
     if eot is not None:
         offsets = _read_offsets(fp, eot, "<Q")
     if not offsets and bot[1]:
