@@ -187,7 +187,9 @@ def negotiate_frame_syntax(stored_tsuid: str, acceptable: Acceptable,
             continue
         target = choice[1]
         if target == _served_stored(stored_tsuid) or can(stored_tsuid, target):
-            return choice
+            spelled = media_type.strip().lower()
+            # Answer an old alias (image/x-dicom-rle) in the client's own spelling.
+            return (spelled, target) if _canonical(spelled) == choice[0] and spelled != choice[0] else choice
         reasons.append(f"cannot produce {target} from {stored_tsuid}")
     raise NotAcceptable("; ".join(reasons) or "no acceptable media type")
 
