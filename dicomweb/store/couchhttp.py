@@ -36,7 +36,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -105,6 +105,10 @@ def doc_path(doc_id: str) -> str:
     return quote(doc_id, safe="")
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" line per pooled connection
+
+
 _RETRYABLE: tuple[type[BaseException], ...] = (_Transient, *TRANSIENT_ERRORS)
 
 
@@ -127,6 +131,7 @@ class CouchClient:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = concurrency
         self.pool.cachedConnectionTimeout = 60
+        self.pool._factory = _QuietFactory  # type: ignore[misc]
         agent: Any = Agent(reactor, pool=self.pool)
         self.http = HTTPClient(agent)
         self.semaphore = DeferredSemaphore(concurrency)
