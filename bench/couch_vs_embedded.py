@@ -22,9 +22,9 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests import couchdb, dicomgen  # noqa: E402
-from tests.httpclient import multipart_body  # noqa: E402
-from tests.server import ServerProcess  # noqa: E402
+from tests import couchdb, dicomgen
+from tests.httpclient import multipart_body
+from tests.server import ServerProcess
 
 
 def corpus(n: int, per_series: int) -> tuple[str, list[tuple[str, bytes]]]:
