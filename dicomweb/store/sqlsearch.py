@@ -154,7 +154,10 @@ def search(conn: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
     extra = set(query.includefields) - AVAILABLE
     if extra and query.level == "instance":
         _merge_metadata(conn, combined, extra)
-    return [project(query, item) for item in combined]
+    if query.include_all:
+        return [project(query, item) for item in combined]
+    tags = query.return_tags()  # once, not per answer as project() would
+    return [{tag: item[tag] for tag in tags if tag in item} for item in combined]
 
 
 class _ResultBuilder:

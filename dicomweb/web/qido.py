@@ -9,6 +9,7 @@ required attributes present (empty when unknown), Warning header texts.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
@@ -89,6 +90,7 @@ def parse(uri: bytes, level: Level, study: str | None = None, series: str | None
 def finish(results: list[dict[str, Any]], query: Query, base_url: str) -> list[dict[str, Any]]:
     """Absolute URLs and every required attribute of each answer."""
     required = _required_tags(query)
+    out = []
     for item in results:
         url = item.get(RETRIEVE_URL, {}).get("Value")
         if url:
@@ -100,7 +102,9 @@ def finish(results: list[dict[str, Any]], query: Query, base_url: str) -> list[d
         if missing:
             # PS3.18 10.6.3.3: required attributes are returned, empty if unknown.
             item.update({tag: {"vr": _vr(tag)} for tag in missing})
-    return [dict(sorted(item.items())) for item in results]
+            item = dict(sorted(item.items()))  # stores answer in tag order; keep it
+        out.append(item)
+    return out
 
 
 def _required_tags(query: Query) -> set[str]:
@@ -113,6 +117,7 @@ def _required_tags(query: Query) -> set[str]:
     return tags
 
 
+@cache
 def _vr(tag: str) -> str:
     if tag in _REQUIRED_VRS:
         return _REQUIRED_VRS[tag]
