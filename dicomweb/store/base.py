@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, Protocol
 
 from ..dicom.analyze import InstanceInfo, Range
+from ..dicom.query import Query
 
 Outcome = Literal["stored", "replaced", "unchanged", "failed"]
 
@@ -97,5 +98,9 @@ class Store(Protocol):
     def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The whole stored Part 10 object, as a stream of chunks."""
 
-    async def search(self, query: Any) -> list[dict[str, Any]]:
-        """QIDO: DICOM JSON objects (relative RetrieveURLs) for a query."""
+    async def search(self, query: Query) -> list[dict[str, Any]]:
+        """QIDO: the answers to ``query``, in a stable order, ``query.offset``
+        skipped and at most ``query.limit`` returned. Each is DICOM JSON with
+        the tags of ``query.return_tags()`` the store has (or, for
+        ``include_all``, every stored level attribute), counts exact, and
+        RetrieveURL relative to the service root (``studies/{uid}...``)."""

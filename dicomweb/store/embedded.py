@@ -36,7 +36,8 @@ from twisted.python.threadpool import ThreadPool
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
 from ..dicom.fileio import copy_range, read_at
-from . import sqlschema
+from ..dicom.query import Query
+from . import sqlschema, sqlsearch
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome
 
 T = TypeVar("T")
@@ -339,8 +340,8 @@ class EmbeddedStore:
 
     # -- search -------------------------------------------------------------
 
-    async def search(self, query: Any) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._run(lambda: sqlschema.search(self._conn(), query))
+    async def search(self, query: Query) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._run(lambda: sqlsearch.search(self._conn(), query))
         return result
 
 

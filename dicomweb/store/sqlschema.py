@@ -13,30 +13,43 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..dicom.analyze import InstanceInfo, dumps
+from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries, stored_keys
 
-SCHEMA_VERSION = 1
+SOP_CLASSES_IN_STUDY = "00080062"
 
-_SCHEMA_V1 = """
-CREATE TABLE studies (
-    study_uid TEXT PRIMARY KEY,
+SCHEMA_VERSION = 2
+
+#: Level numbers stored in ``qido_keys.level``.
+STUDY, SERIES, INSTANCE = 0, 1, 2
+#: Sort key of a missing SeriesNumber/InstanceNumber: such rows come last.
+NO_NUMBER = 1 << 62
+#: Matching on these UIDs uses the tables' own columns, not ``qido_keys``.
+UID_PATHS = frozenset({"0020000D", "0020000E", "00080018"})
+
+# Version 2. Every column used by an ORDER BY is NOT NULL and each order index
+# is UNIQUE: only then can SQLite prove that a nested loop over the three order
+# indexes yields rows already in order, so an unfiltered page walks indexes and
+# stops after ``limit`` rows instead of sorting every instance.
+_TABLES: dict[str, str] = {
+    "studies": """
+    study_uid TEXT NOT NULL PRIMARY KEY,
     patient_name TEXT, patient_id TEXT, patient_birth_date TEXT, patient_sex TEXT,
     study_date TEXT, study_time TEXT, accession_number TEXT,
     referring_physician_name TEXT, study_id TEXT, study_description TEXT,
     modalities TEXT NOT NULL DEFAULT '', sop_classes TEXT NOT NULL DEFAULT '',
     num_series INTEGER NOT NULL DEFAULT 0, num_instances INTEGER NOT NULL DEFAULT 0,
-    attrs TEXT NOT NULL, updated_at REAL NOT NULL
-);
-CREATE TABLE series (
-    series_uid TEXT PRIMARY KEY,
+    attrs TEXT NOT NULL, updated_at REAL NOT NULL,
+    sort_date TEXT NOT NULL DEFAULT ''""",
+    "series": """
+    series_uid TEXT NOT NULL PRIMARY KEY,
     study_uid TEXT NOT NULL,
     modality TEXT, series_number INTEGER, series_description TEXT,
     pps_start_date TEXT, pps_start_time TEXT,
     num_instances INTEGER NOT NULL DEFAULT 0,
-    attrs TEXT NOT NULL, updated_at REAL NOT NULL
-);
-CREATE INDEX series_by_study ON series(study_uid);
-CREATE TABLE instances (
-    sop_uid TEXT PRIMARY KEY,
+    attrs TEXT NOT NULL, updated_at REAL NOT NULL,
+    sort_number INTEGER NOT NULL DEFAULT 4611686018427387904""",
+    "instances": """
+    sop_uid TEXT NOT NULL PRIMARY KEY,
     series_uid TEXT NOT NULL,
     study_uid TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,
@@ -46,31 +59,129 @@ CREATE TABLE instances (
     size INTEGER NOT NULL,
     path TEXT NOT NULL,
     frames TEXT, bulk TEXT NOT NULL,
-    attrs TEXT NOT NULL, stored_at REAL NOT NULL
-);
-CREATE INDEX instances_by_series ON instances(series_uid, instance_number);
+    attrs TEXT NOT NULL, stored_at REAL NOT NULL,
+    sort_number INTEGER NOT NULL DEFAULT 4611686018427387904""",
+}
+
+_INDEXES_V2 = """
+CREATE UNIQUE INDEX studies_order ON studies(sort_date DESC, study_uid);
+CREATE UNIQUE INDEX series_order ON series(study_uid, sort_number, series_uid);
+CREATE UNIQUE INDEX instances_order ON instances(series_uid, sort_number, sop_uid);
 CREATE INDEX instances_by_study ON instances(study_uid);
-CREATE TABLE metadata (
+CREATE TABLE IF NOT EXISTS metadata (
     sop_uid TEXT PRIMARY KEY,
     json BLOB NOT NULL
 );
+-- QIDO match keys (dicom.query.index_entries): one row per normalised key.
+-- The primary key is the search index: path = ? AND key <op> ? yields uids.
+CREATE TABLE qido_keys (
+    path TEXT NOT NULL, key TEXT NOT NULL, uid TEXT NOT NULL, level INTEGER NOT NULL,
+    PRIMARY KEY (path, key, uid, level)
+) WITHOUT ROWID;
+CREATE INDEX qido_keys_owner ON qido_keys(uid, level);
 """
 
 
+def _script(conn: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT the open transaction; run statement by statement.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _create_tables(conn: sqlite3.Connection, suffix: str = "") -> None:
+    for name, body in _TABLES.items():
+        conn.execute(f"CREATE TABLE {name}{suffix} ({body})")
+
+
 def migrate(conn: sqlite3.Connection) -> None:
-    """Create the schema, or upgrade it step by step to SCHEMA_VERSION."""
+    """Create the schema, or upgrade it step by step to SCHEMA_VERSION.
+
+    Each step runs in one transaction: a crash during an upgrade leaves the
+    previous version intact, and the next start upgrades again.
+    """
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         raise RuntimeError(f"index schema {version} is newer than this server ({SCHEMA_VERSION})")
-    if version == 0:
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in _SCHEMA_V1.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+    if version == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if version == 0:
+            _create_tables(conn)
+            _script(conn, _INDEXES_V2)
+        elif version == 1:
+            _upgrade_1_to_2(conn)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _upgrade_1_to_2(conn: sqlite3.Connection) -> None:
+    """Rebuild the level tables with NOT NULL keys and sort columns (SQLite
+    cannot add NOT NULL to a column in place), then fill sort columns and
+    ``qido_keys`` from the level JSON each row already stores."""
+    _create_tables(conn, "_v2")
+    for name in _TABLES:
+        columns = ", ".join(r[1] for r in conn.execute(f"PRAGMA table_info({name})"))
+        conn.execute(f"INSERT INTO {name}_v2 ({columns}) SELECT {columns} FROM {name}")
+        conn.execute(f"DROP TABLE {name}")  # drops its v1 indexes too
+        conn.execute(f"ALTER TABLE {name}_v2 RENAME TO {name}")
+    _script(conn, _INDEXES_V2)
+    for uid, attrs in conn.execute("SELECT series_uid, attrs FROM series").fetchall():
+        conn.execute("UPDATE series SET sort_number=? WHERE series_uid=?", (_sort_number(json.loads(attrs), "00200011"), uid))
+        index_keys(conn, SERIES, uid, json.loads(attrs))
+    for uid, attrs in conn.execute("SELECT sop_uid, attrs FROM instances").fetchall():
+        conn.execute("UPDATE instances SET sort_number=? WHERE sop_uid=?", (_sort_number(json.loads(attrs), "00200013"), uid))
+        index_keys(conn, INSTANCE, uid, json.loads(attrs))
+    for (uid,) in conn.execute("SELECT study_uid FROM studies").fetchall():
+        _refresh_study_keys(conn, uid)
+
+
+_LEVEL_NAMES: dict[int, Level] = {STUDY: "study", SERIES: "series", INSTANCE: "instance"}
+
+
+def index_keys(conn: sqlite3.Connection, level: int, uid: str, doc: dict[str, Any]) -> None:
+    """Replace the QIDO match keys of one study, series or instance."""
+    conn.execute("DELETE FROM qido_keys WHERE uid=? AND level=?", (uid, level))
+    rows = [(path, key, uid, level)
+            for path, keys in index_entries(_LEVEL_NAMES[level], doc).items() if path not in UID_PATHS
+            for key in keys]
+    conn.executemany("INSERT OR IGNORE INTO qido_keys (path, key, uid, level) VALUES (?,?,?,?)", rows)
+
+
+def _refresh_study_keys(conn: sqlite3.Connection, uid: str) -> None:
+    """Sort key and match keys of a study, aggregates (ModalitiesInStudy,
+    SOPClassesInStudy) included, from what the studies row holds now."""
+    row = conn.execute("SELECT attrs, modalities, sop_classes FROM studies WHERE study_uid=?", (uid,)).fetchone()
+    if row is None:
+        return
+    doc = json.loads(row[0])
+    modalities, classes = split_multi(row[1]), split_multi(row[2])
+    doc[MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
+    conn.execute("UPDATE studies SET sort_date=? WHERE study_uid=?", (sort_date(doc), uid))
+    index_keys(conn, STUDY, uid, doc)
+    # Not matchable in the query model (yet) but cheap, and kept exact with the rest.
+    conn.executemany("INSERT OR IGNORE INTO qido_keys (path, key, uid, level) VALUES (?,?,?,?)",
+                     [(SOP_CLASSES_IN_STUDY, c, uid, STUDY) for c in classes])
+
+
+def sort_date(study: dict[str, Any]) -> str:
+    """Fixed-width StudyDate + StudyTime key; '' (sorted last, newest first) if no date."""
+    date_keys = stored_keys("DA", [study.get("00080020") or {}])
+    if not date_keys:
+        return ""
+    time_keys = stored_keys("TM", [study.get("00080030") or {}])
+    return date_keys[0] + (time_keys[0] if time_keys else "")
+
+
+def _sort_number(attrs: dict[str, Any], tag: str) -> int:
+    number = _int(attrs, tag)
+    return NO_NUMBER if number is None else max(-NO_NUMBER, min(number, NO_NUMBER))
 
 
 def _first(attrs: dict[str, Any], tag: str) -> Any:
@@ -115,33 +226,41 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
          _first(study, "00080030"), _first(study, "00080050"), _first(study, "00080090"),
          _first(study, "00200010"), _first(study, "00081030"), dumps(study).decode(), now),
     )
+    series_was = conn.execute("SELECT study_uid FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
     conn.execute(
         "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description,"
-        " pps_start_date, pps_start_time, attrs, updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
+        " pps_start_date, pps_start_time, attrs, updated_at, sort_number) VALUES (?,?,?,?,?,?,?,?,?,?)"
         " ON CONFLICT(series_uid) DO UPDATE SET study_uid=excluded.study_uid,"
         " modality=excluded.modality, series_number=excluded.series_number,"
         " series_description=excluded.series_description, pps_start_date=excluded.pps_start_date,"
-        " pps_start_time=excluded.pps_start_time, attrs=excluded.attrs, updated_at=excluded.updated_at",
+        " pps_start_time=excluded.pps_start_time, attrs=excluded.attrs, updated_at=excluded.updated_at,"
+        " sort_number=excluded.sort_number",
         (info.series_uid, info.study_uid, _first(series, "00080060"), _int(series, "00200011"),
          _first(series, "0008103E"), _first(series, "00400244"), _first(series, "00400245"),
-         dumps(series).decode(), now),
+         dumps(series).decode(), now, _sort_number(series, "00200011")),
     )
     old = conn.execute("SELECT study_uid, series_uid FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
     conn.execute(
         "INSERT OR REPLACE INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
         " instance_number, rows, columns, bits_allocated, number_of_frames, transfer_syntax_uid,"
-        " size, path, frames, bulk, attrs, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " size, path, frames, bulk, attrs, stored_at, sort_number) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (info.sop_uid, info.series_uid, info.study_uid, info.sop_class_uid,
          _int(inst, "00200013"), _int(inst, "00280010"), _int(inst, "00280011"),
          _int(inst, "00280100"), _int(inst, "00280008"), info.transfer_syntax_uid, info.size,
          path, None if info.frames is None else json.dumps(info.frames, separators=(",", ":")),
-         json.dumps(info.bulk, separators=(",", ":")), dumps(inst).decode(), now),
+         json.dumps(info.bulk, separators=(",", ":")), dumps(inst).decode(), now,
+         _sort_number(inst, "00200013")),
     )
+    # Study and series keys are rebuilt once per batch in refresh_aggregates.
+    index_keys(conn, INSTANCE, info.sop_uid, inst)
     conn.execute("INSERT OR REPLACE INTO metadata (sop_uid, json) VALUES (?, ?)",
                  (info.sop_uid, info.metadata_bytes()))
     if old is not None and (old[0], old[1]) != (info.study_uid, info.series_uid):
         # The instance moved: the aggregates of where it was must be redone too.
         refresh_aggregates(conn, {old[0]}, {old[1]})
+    if series_was is not None and series_was[0] != info.study_uid:
+        # The series now belongs to another study: its old study lost it.
+        refresh_aggregates(conn, {series_was[0]}, set())
 
 
 def refresh_aggregates(conn: sqlite3.Connection, studies: Iterable[str], series: Iterable[str]) -> None:
@@ -149,20 +268,25 @@ def refresh_aggregates(conn: sqlite3.Connection, studies: Iterable[str], series:
 
     Runs inside the writer's transaction, from indexed counts, so the numbers
     are exact even when an instance moved or was replaced. Rows left empty are
-    removed.
+    removed. The QIDO keys of each study and series are rebuilt here too, once
+    per batch rather than once per instance.
     """
     for series_uid in series:
         (count,) = conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid=?", (series_uid,)).fetchone()
         if count:
             conn.execute("UPDATE series SET num_instances=? WHERE series_uid=?", (count, series_uid))
+            (attrs,) = conn.execute("SELECT attrs FROM series WHERE series_uid=?", (series_uid,)).fetchone()
+            index_keys(conn, SERIES, series_uid, json.loads(attrs))
         else:
             conn.execute("DELETE FROM series WHERE series_uid=?", (series_uid,))
+            conn.execute("DELETE FROM qido_keys WHERE uid=? AND level=?", (series_uid, SERIES))
     for study_uid in studies:
         n_series, n_instances = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(num_instances), 0) FROM series WHERE study_uid=?", (study_uid,)
         ).fetchone()
         if not n_series:
             conn.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
+            conn.execute("DELETE FROM qido_keys WHERE uid=? AND level=?", (study_uid, STUDY))
             continue
         modalities = sorted({m for (m,) in conn.execute(
             "SELECT DISTINCT modality FROM series WHERE study_uid=? AND modality IS NOT NULL", (study_uid,))})
@@ -172,6 +296,7 @@ def refresh_aggregates(conn: sqlite3.Connection, studies: Iterable[str], series:
             "UPDATE studies SET num_series=?, num_instances=?, modalities=?, sop_classes=? WHERE study_uid=?",
             (n_series, n_instances, _multi(modalities), _multi(classes), study_uid),
         )
+        _refresh_study_keys(conn, study_uid)
 
 
 def _multi(values: list[str]) -> str:
@@ -182,9 +307,3 @@ def _multi(values: list[str]) -> str:
 def split_multi(text: str) -> list[str]:
     return [v for v in text.split("\\") if v]
 
-
-def search(conn: sqlite3.Connection, query: Any) -> list[dict[str, Any]]:
-    """Answer a QIDO query (see ``dicomweb.store.sqlsearch``)."""
-    from . import sqlsearch
-
-    return sqlsearch.search(conn, query)

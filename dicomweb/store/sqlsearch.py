@@ -1,43 +1,197 @@
 """QIDO searches on the embedded store's SQLite index.
 
-Foundation scope: the study list (``/studies``) with StudyInstanceUID and
-PatientID matching, limit and offset, in a stable order. The complete query
-model (every level and matching type) replaces ``StudyListQuery``.
+A :class:`~dicomweb.dicom.query.Query` becomes one SELECT over the level
+tables (``studies st``, ``series se``, ``instances i``), with, per filter:
+
+* the StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID of a level: a
+  condition on that table's primary key (``st.study_uid IN (?, ?)``);
+* any other attribute: ``<level uid> IN (SELECT uid FROM qido_keys WHERE
+  path = ? AND key ...)``, where the key condition is ``= ?``, ``IN (...)``,
+  a range ``>= ? / <= ?``, or for wildcards a range on the literal prefix
+  plus ``GLOB ?`` — every one an index range scan of the ``qido_keys``
+  primary key (path, key, uid, level).
+
+Values only ever travel as bound parameters; the SQL text is built from
+fixed fragments, column names and the number of values.
+
+Order is newest study first (StudyDate + StudyTime), then StudyInstanceUID,
+SeriesNumber, SeriesInstanceUID, InstanceNumber, SOPInstanceUID (missing
+numbers last): total, so limit/offset pages never overlap or skip. With no
+filter but study UIDs the three level tables are joined with ``CROSS JOIN``
+in that order, which walks the three order indexes and stops after
+``limit`` rows; with filters the matching rows are found through the
+indexes first and then sorted (the ``+`` on the first ORDER BY term keeps
+SQLite from preferring an ordered scan of everything).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..dicom import levels
+from ..dicom.query import LEVELS, RETRIEVE_URL, Filter, Query, project
 from .sqlschema import split_multi
+
+#: Matching on a level's own UID uses the primary key of its table.
+_UID_COLUMNS = {"0020000D": "st.study_uid", "0020000E": "se.series_uid", "00080018": "i.sop_uid"}
+_LEVEL_UID = {"study": "st.study_uid", "series": "se.series_uid", "instance": "i.sop_uid"}
+_COLUMNS = {
+    "study": "st.study_uid, st.attrs, st.num_series, st.num_instances, st.modalities, st.sop_classes",
+    "series": "se.series_uid, se.attrs, se.num_instances",
+    "instance": "i.sop_uid, i.attrs",
+}
+_ORDER = {
+    "study": ("st.sort_date DESC", "st.study_uid"),
+    "series": ("se.sort_number", "se.series_uid"),
+    "instance": ("i.sort_number", "i.sop_uid"),
+}
+#: Tags an answer can carry without reading the instance's full metadata.
+_COMPUTED = frozenset({"00080061", "00080062", "00201206", "00201208", "00201209", RETRIEVE_URL,
+                       "0020000D", "0020000E", "00080018"})
+AVAILABLE = frozenset(levels.STUDY_TAGS) | frozenset(levels.SERIES_TAGS) | frozenset(levels.INSTANCE_TAGS) | _COMPUTED
+#: Highest code point: ``prefix + _TOP`` sorts after every key starting with prefix.
+_TOP = "\U0010ffff"
+_CHUNK = 500
 
 
 @dataclass(frozen=True)
-class StudyListQuery:
-    study_uids: tuple[str, ...] = ()
-    patient_id: str | None = None
-    limit: int | None = None
-    offset: int = 0
+class SqlQuery:
+    sql: str
+    args: list[Any]
 
 
-def search(conn: sqlite3.Connection, query: Any) -> list[dict[str, Any]]:
+def build_sql(query: Query) -> SqlQuery:
+    """The SELECT for ``query`` (see the module docstring)."""
+    depth = LEVELS.index(query.level) + 1
+    used = LEVELS[:depth]
     where: list[str] = []
     args: list[Any] = []
-    if query.study_uids:
-        where.append(f"study_uid IN ({','.join('?' * len(query.study_uids))})")
-        args.extend(query.study_uids)
-    if query.patient_id is not None:
-        where.append("patient_id=?")
-        args.append(query.patient_id)
-    sql = "SELECT study_uid, attrs, num_series, num_instances, modalities, sop_classes FROM studies"
+    for flt in query.filters:
+        if flt.kind == "universal":
+            continue
+        sql, values = condition(flt)
+        where.append(sql)
+        args.extend(values)
+    walk = all(f.kind == "universal" or f.tag == "0020000D" for f in query.filters)
+    join = " CROSS JOIN " if walk else " JOIN "
+    tables = "studies st"
+    if depth > 1:
+        tables += join + "series se ON se.study_uid = st.study_uid"
+    if depth > 2:
+        tables += join + "instances i ON i.series_uid = se.series_uid"
+    order = [term for level in used for term in _ORDER[level]]
+    if not walk:
+        order[0] = "+" + order[0]
+    columns = ", ".join(_COLUMNS[level] for level in used)
+    sql = f"SELECT {columns} FROM {tables}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY study_date IS NULL, study_date DESC, study_time DESC, study_uid LIMIT ? OFFSET ?"
-    args.extend([-1 if query.limit is None else query.limit, query.offset])
-    return [study_json(*row) for row in conn.execute(sql, args)]
+    sql += f" ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
+    return SqlQuery(sql, [*args, query.limit, query.offset])
+
+
+def condition(flt: Filter) -> tuple[str, list[Any]]:
+    """SQL for one filter, with its parameters."""
+    column = _UID_COLUMNS.get(flt.tag)
+    if column is not None:
+        return f"{column} IN ({_marks(flt.values)})", list(flt.values)
+    owner = _LEVEL_UID[flt.level]
+    if flt.kind == "fuzzy":
+        # Every word must be the prefix of some fuzzy word of the name.
+        parts = [_key_subquery(owner, flt.tag + "/fuzzy", "key >= ? AND key < ?", [w, f"{w}{_TOP}"])
+                 for w in flt.values]
+        return " AND ".join(p[0] for p in parts), [a for p in parts for a in p[1]]
+    key_sql, key_args = _key_condition(flt)
+    return _key_subquery(owner, flt.tag, key_sql, key_args)
+
+
+def _key_subquery(owner: str, path: str, key_sql: str, key_args: list[Any]) -> tuple[str, list[Any]]:
+    return f"{owner} IN (SELECT uid FROM qido_keys WHERE path = ? AND {key_sql})", [path, *key_args]
+
+
+def _key_condition(flt: Filter) -> tuple[str, list[Any]]:
+    if flt.kind == "single":
+        return "key = ?", [flt.values[0]]
+    if flt.kind == "list":
+        return f"key IN ({_marks(flt.values)})", list(flt.values)
+    if flt.kind == "wildcard":
+        prefix = flt.literal_prefix()
+        if not prefix:
+            return "key GLOB ?", [flt.glob_pattern()]
+        # The explicit prefix range makes the index scan independent of
+        # SQLite's own LIKE/GLOB optimisation rules.
+        return "key >= ? AND key < ? AND key GLOB ?", [prefix, prefix + _TOP, flt.glob_pattern()]
+    if flt.kind == "range":
+        low, high = flt.values
+        parts, args = [], []
+        if low is not None:
+            parts.append("key >= ?")
+            args.append(low)
+        if high is not None:
+            parts.append("key <= ?")
+            args.append(high)
+        return " AND ".join(parts), args
+    raise ValueError(f"no SQL for a {flt.kind} filter")
+
+
+def _marks(values: Iterable[Any]) -> str:
+    return ",".join("?" for _ in values)
+
+
+# -- results -----------------------------------------------------------------
+
+
+def search(conn: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
+    """DICOM JSON answers for ``query`` (RetrieveURLs relative to the service root)."""
+    plan = build_sql(query)
+    rows = conn.execute(plan.sql, plan.args).fetchall()
+    builder = _ResultBuilder(query)
+    combined = [builder.combine(row) for row in rows]
+    extra = set(query.includefields) - AVAILABLE
+    if extra and query.level == "instance":
+        _merge_metadata(conn, combined, extra)
+    if query.include_all:
+        return [project(query, item) for item in combined]
+    tags = query.return_tags()  # once, not per answer as project() would
+    return [{tag: item[tag] for tag in tags if tag in item} for item in combined]
+
+
+class _ResultBuilder:
+    """Turns result rows into combined level JSON; parents parsed once per search."""
+
+    def __init__(self, query: Query) -> None:
+        self.level = query.level
+        self._studies: dict[str, dict[str, Any]] = {}
+        self._series: dict[str, dict[str, Any]] = {}
+
+    def combine(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        study_uid = row[0]
+        study = self._studies.get(study_uid)
+        if study is None:
+            study = self._studies[study_uid] = study_json(*row[:6])
+        out = dict(study)
+        if self.level == "study":
+            return out
+        series_uid = row[6]
+        series = self._series.get(series_uid)
+        if series is None:
+            series = self._series[series_uid] = series_json(study_uid, *row[6:9])
+        out.update(series)
+        if self.level == "series":
+            return out
+        sop_uid = row[9]
+        out.update(json.loads(row[10]))
+        out["00080018"] = {"vr": "UI", "Value": [sop_uid]}
+        out[RETRIEVE_URL] = _url(f"{series[RETRIEVE_URL]['Value'][0]}/instances/{sop_uid}")
+        return out
+
+
+def _url(path: str) -> dict[str, Any]:
+    return {"vr": "UR", "Value": [path]}
 
 
 def study_json(uid: str, attrs: str, n_series: int, n_instances: int, modalities: str, classes: str) -> dict[str, Any]:
@@ -49,5 +203,26 @@ def study_json(uid: str, attrs: str, n_series: int, n_instances: int, modalities
     out["00080061"] = {"vr": "CS", "Value": mods} if mods else {"vr": "CS"}
     sops = split_multi(classes)
     out["00080062"] = {"vr": "UI", "Value": sops} if sops else {"vr": "UI"}
-    out["00081190"] = {"vr": "UR", "Value": [f"studies/{uid}"]}
-    return dict(sorted(out.items()))
+    out[RETRIEVE_URL] = _url(f"studies/{uid}")
+    return out
+
+
+def series_json(study_uid: str, uid: str, attrs: str, n_instances: int) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(attrs)
+    out["0020000E"] = {"vr": "UI", "Value": [uid]}
+    out["00201209"] = {"vr": "IS", "Value": [n_instances]}
+    out[RETRIEVE_URL] = _url(f"studies/{study_uid}/series/{uid}")
+    return out
+
+
+def _merge_metadata(conn: sqlite3.Connection, results: list[dict[str, Any]], tags: set[str]) -> None:
+    """Add instance attributes kept only in the full metadata (asked for by
+    includefield): read the stored metadata of just these instances."""
+    by_uid = {item["00080018"]["Value"][0]: item for item in results}
+    uids = list(by_uid)
+    for start in range(0, len(uids), _CHUNK):
+        chunk = uids[start:start + _CHUNK]
+        sql = f"SELECT sop_uid, json FROM metadata WHERE sop_uid IN ({_marks(chunk)})"
+        for sop_uid, text in conn.execute(sql, chunk):
+            metadata = json.loads(text)
+            by_uid[sop_uid].update({tag: metadata[tag] for tag in tags if tag in metadata})

@@ -23,10 +23,10 @@ from ..dicom.analyze import dumps
 from ..dicom.dicomxml import to_xml
 from ..dicom.multipart import close_delimiter, delimiter, part_header
 from ..dicom.pixels import PixelError
+from ..dicom.query import DEFAULT_MAX_LIMIT, Level
 from ..dicom.uids import is_valid_uid
 from ..store import NotFound, Store, StoreUnavailable
-from ..store.sqlsearch import StudyListQuery
-from . import negotiation, wadouri
+from . import negotiation, qido, wadouri
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
 from .stow import body_boundary, store_body
@@ -39,6 +39,7 @@ log = Logger()
 class WebSettings:
     base_url: str | None = None  # public URL used in RetrieveURL / BulkDataURI
     trust_forwarded: bool = False  # honour X-Forwarded-Proto/Host/Prefix
+    qido_max_limit: int = DEFAULT_MAX_LIMIT  # answers per QIDO page at most (limit=0: this)
 
 
 class DICOMwebApp:
@@ -189,32 +190,43 @@ class DICOMwebApp:
                  failed=sum(1 for r in results if r.failure))
         return self._dataset_body(request, [dataset], single=True)
 
-    # -- QIDO-RS (study list) -----------------------------------------------
+    # -- QIDO-RS ------------------------------------------------------------
 
     @app.route("/studies", methods=["GET", "HEAD"])
     async def search_studies(self, request: Request) -> bytes:
-        query = self._study_query(request)
-        negotiation.choose_dataset_type(request.getHeader(b"accept"))
-        results = await self.store.search(query)
-        base = self.base_url(request)
-        for item in results:
-            url = item.get("00081190", {}).get("Value")
-            if url:
-                item["00081190"] = {"vr": "UR", "Value": [f"{base}/{url[0]}"]}
-        return self._dataset_body(request, results)
+        return await self._search(request, "study")
 
-    def _study_query(self, request: Request) -> StudyListQuery:
-        args = {k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in vs]
-                for k, vs in request.args.items()}
-        uids: list[str] = []
-        for key in ("StudyInstanceUID", "0020000D"):
-            for value in args.pop(key, []):
-                uids.extend(u for u in value.replace("\\", ",").split(",") if u)
-        self._uids(**{f"StudyInstanceUID[{i}]": u for i, u in enumerate(uids)})
-        patient = (args.pop("PatientID", []) + args.pop("00100020", []))
-        limit = _non_negative(args.pop("limit", [None])[-1], "limit")
-        offset = _non_negative(args.pop("offset", ["0"])[-1], "offset") or 0
-        return StudyListQuery(tuple(uids), patient[-1] if patient else None, limit, offset)
+    @app.route("/series", methods=["GET", "HEAD"])
+    async def search_series(self, request: Request) -> bytes:
+        return await self._search(request, "series")
+
+    @app.route("/instances", methods=["GET", "HEAD"])
+    async def search_instances(self, request: Request) -> bytes:
+        return await self._search(request, "instance")
+
+    @app.route("/studies/<study>/series", methods=["GET", "HEAD"])
+    async def search_study_series(self, request: Request, study: str) -> bytes:
+        return await self._search(request, "series", study)
+
+    @app.route("/studies/<study>/instances", methods=["GET", "HEAD"])
+    async def search_study_instances(self, request: Request, study: str) -> bytes:
+        return await self._search(request, "instance", study)
+
+    @app.route("/studies/<study>/series/<series>/instances", methods=["GET", "HEAD"])
+    async def search_series_instances(self, request: Request, study: str, series: str) -> bytes:
+        return await self._search(request, "instance", study, series)
+
+    async def _search(self, request: Request, level: Level, study: str | None = None,
+                      series: str | None = None) -> bytes:
+        """Search within the path's study/series; an unknown one gives 200 [] (README)."""
+        self._uids(study=study, series=series)
+        negotiation.choose_dataset_type(request.getHeader(b"accept"))  # 406 before any work
+        query = qido.parse(request.uri, level, study, series, self.settings.qido_max_limit)
+        base = self.base_url(request)
+        results = qido.finish(await self.store.search(query), query, base)
+        for warning in qido.warning_headers(query, base):
+            request.responseHeaders.addRawHeader(b"warning", warning)
+        return self._dataset_body(request, results)
 
     # -- WADO-RS (the logic is in wado.py) ----------------------------------
 
@@ -313,10 +325,3 @@ def _with_port(host: bytes, scheme: bytes, port: int) -> bytes:
         return host
     return host + b":" + str(port).encode()
 
-
-def _non_negative(value: str | None, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    if not value.isdigit() or len(value) > 9:
-        raise bad_request(f"{name} must be a non-negative integer")
-    return int(value)

@@ -1,0 +1,241 @@
+"""The embedded store's QIDO SQL: agrees with the reference matcher, uses
+indexes (EXPLAIN QUERY PLAN), and schema version 1 databases are upgraded.
+
+In-process on SQLite; the HTTP behaviour is in test_qido_conformance.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dicomweb.dicom.analyze import InstanceInfo
+from dicomweb.dicom.query import MODALITIES_IN_STUDY, matches, parse_query
+from dicomweb.store import sqlschema, sqlsearch
+from tests.test_query_match import CASES, INSTANCES, SERIES, STUDIES, el
+
+# The version 1 schema exactly as released, to build old databases from.
+SCHEMA_V1 = """
+CREATE TABLE studies (
+    study_uid TEXT PRIMARY KEY,
+    patient_name TEXT, patient_id TEXT, patient_birth_date TEXT, patient_sex TEXT,
+    study_date TEXT, study_time TEXT, accession_number TEXT,
+    referring_physician_name TEXT, study_id TEXT, study_description TEXT,
+    modalities TEXT NOT NULL DEFAULT '', sop_classes TEXT NOT NULL DEFAULT '',
+    num_series INTEGER NOT NULL DEFAULT 0, num_instances INTEGER NOT NULL DEFAULT 0,
+    attrs TEXT NOT NULL, updated_at REAL NOT NULL
+);
+CREATE TABLE series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    modality TEXT, series_number INTEGER, series_description TEXT,
+    pps_start_date TEXT, pps_start_time TEXT,
+    num_instances INTEGER NOT NULL DEFAULT 0,
+    attrs TEXT NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX series_by_study ON series(study_uid);
+CREATE TABLE instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    instance_number INTEGER, rows INTEGER, columns INTEGER,
+    bits_allocated INTEGER, number_of_frames INTEGER,
+    transfer_syntax_uid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    frames TEXT, bulk TEXT NOT NULL,
+    attrs TEXT NOT NULL, stored_at REAL NOT NULL
+);
+CREATE INDEX instances_by_series ON instances(series_uid, instance_number);
+CREATE INDEX instances_by_study ON instances(study_uid);
+CREATE TABLE metadata (
+    sop_uid TEXT PRIMARY KEY,
+    json BLOB NOT NULL
+);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def info(study: dict[str, Any], series: dict[str, Any], instance: dict[str, Any]) -> InstanceInfo:
+    study = {k: v for k, v in study.items() if k != MODALITIES_IN_STUDY}  # an aggregate, not stored
+    uids = (study["0020000D"]["Value"][0], series["0020000E"]["Value"][0], instance["00080018"]["Value"][0])
+    metadata = {**study, **series, **instance, "00180050": el("DS", 2.5)}
+    return InstanceInfo(study_uid=uids[0], series_uid=uids[1], sop_uid=uids[2],
+                        sop_class_uid=instance["00080016"]["Value"][0], transfer_syntax_uid="1.2.840.10008.1.2.1",
+                        size=1, metadata=metadata, study=study, series=series, instance=instance, frames=None)
+
+
+def corpus() -> list[InstanceInfo]:
+    """Every study of the matcher tables, one series per ModalitiesInStudy value
+    (so the aggregate comes out as the table says), study s1 with the SERIES and
+    INSTANCES tables."""
+    out = []
+    for sid, study in STUDIES.items():
+        uid = study["0020000D"]["Value"][0]
+        if sid == "s1":
+            for series in SERIES.values():
+                for iid, instance in INSTANCES.items():
+                    inst = copy.deepcopy(instance)
+                    inst["00080018"] = el("UI", f"{series['0020000E']['Value'][0]}.{iid[1:]}")
+                    out.append(info(study, series, inst))
+            continue
+        for n, modality in enumerate(study[MODALITIES_IN_STUDY]["Value"], start=1):
+            series = {"0020000E": el("UI", f"{uid}.{n}"), "00080060": el("CS", modality), "00200011": el("IS", n)}
+            instance = {"00080016": el("UI", "1.2.3"), "00080018": el("UI", f"{uid}.{n}.1")}
+            out.append(info(study, series, instance))
+    # s1's aggregate must be CT and SR: SERIES has exactly those modalities.
+    return out
+
+
+def store_all(conn: sqlite3.Connection, infos: list[InstanceInfo]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for item in infos:
+        sqlschema.upsert_instance(conn, item, "x.dcm")
+    sqlschema.refresh_aggregates(conn, {i.study_uid for i in infos}, {i.series_uid for i in infos})
+    conn.execute("COMMIT")
+
+
+@pytest.fixture(scope="module")
+def db() -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    sqlschema.migrate(conn)
+    store_all(conn, corpus())
+    yield conn
+    conn.close()
+
+
+def _uids(conn: sqlite3.Connection, level: Any, params: list[tuple[str, str]], scope: dict[str, str] | None = None) -> set[str]:
+    tag = {"study": "0020000D", "series": "0020000E", "instance": "00080018"}[level]
+    return {r[tag]["Value"][0] for r in sqlsearch.search(conn, parse_query(level, params, scope))}
+
+
+@pytest.mark.parametrize(("params", "expected"), CASES)
+def test_study_search_agrees_with_the_reference_matcher(db: sqlite3.Connection, params: list[tuple[str, str]],
+                                                        expected: set[str]) -> None:
+    assert _uids(db, "study", params) == {STUDIES[s]["0020000D"]["Value"][0] for s in expected}
+
+
+@pytest.mark.parametrize("params", [
+    [("Modality", "CT")], [("SeriesNumber", "2\\10")], [("00400275.00401001", "RP2")],
+    [("SeriesDescription", "*5mm")], [("ModalitiesInStudy", "SR")], [("PatientName", "müller*"), ("Modality", "SR")],
+])
+def test_series_search_agrees_with_the_reference_matcher(db: sqlite3.Connection, params: list[tuple[str, str]]) -> None:
+    scope = {"0020000D": "1.2.1"}  # the other studies' series are not in the tables
+    query = parse_query("series", params, scope)
+    expected = {doc["0020000E"]["Value"][0] for doc in SERIES.values() if matches(query, STUDIES["s1"], doc)}
+    assert _uids(db, "series", params, scope) == expected
+
+
+@pytest.mark.parametrize("params", [
+    [("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2")], [("ImageType", "*ARY")], [("ImageType", "AXIAL")],
+    [("Rows", "512")], [("PatientName", "Müller*"), ("Modality", "CT"), ("Rows", "256")],
+])
+def test_instance_search_agrees_with_the_reference_matcher(db: sqlite3.Connection, params: list[tuple[str, str]]) -> None:
+    scope = {"0020000D": "1.2.1"}
+    query = parse_query("instance", params, scope)
+    expected = {f"{se['0020000E']['Value'][0]}.{iid[1:]}" for se in SERIES.values()
+                for iid, doc in INSTANCES.items() if matches(query, STUDIES["s1"], se, doc)}
+    assert _uids(db, "instance", params, scope) == expected
+
+
+def test_aggregates_and_counts(db: sqlite3.Connection) -> None:
+    [s1] = sqlsearch.search(db, parse_query("study", [("StudyInstanceUID", "1.2.1")]))
+    assert s1["00080061"]["Value"] == ["CT", "SR"]
+    assert s1["00201206"]["Value"] == [2] and s1["00201208"]["Value"] == [4]
+    assert s1["00080062"]["Value"] == ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.7"]
+
+
+def test_replacing_and_moving_an_instance_keeps_keys_exact() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    sqlschema.migrate(conn)
+    infos = corpus()
+    store_all(conn, infos)
+    moved = copy.deepcopy(infos[-1])  # s5's only instance: a CT series
+    series = {"0020000E": el("UI", "9.9.9"), "00080060": el("CS", "MR")}
+    study = {**moved.study, "00100010": el("PN", {"Alphabetic": "Renamed^Person"})}
+    store_all(conn, [info(study, series, moved.instance)])
+    assert _uids(conn, "series", [("SeriesInstanceUID", "1.2.5.1")]) == set()
+    assert _uids(conn, "study", [("ModalitiesInStudy", "MR"), ("PatientName", "renamed*")]) == {"1.2.5"}
+    assert _uids(conn, "study", [("PatientName", "brown*")]) == set()
+    orphans = conn.execute("SELECT COUNT(*) FROM qido_keys WHERE uid = '1.2.5.1'").fetchone()[0]
+    assert orphans == 0
+
+
+def test_includefield_of_a_metadata_only_attribute(db: sqlite3.Connection) -> None:
+    query = parse_query("instance", [("InstanceNumber", "1"), ("includefield", "SliceThickness")])
+    results = sqlsearch.search(db, query)
+    assert results and all(r["00180050"]["Value"] == [2.5] for r in results)
+    plain = sqlsearch.search(db, parse_query("instance", [("InstanceNumber", "1")]))
+    assert all("00180050" not in r for r in plain)
+
+
+# -- plans -----------------------------------------------------------------------
+
+
+def _plan(conn: sqlite3.Connection, level: Any, params: list[tuple[str, str]], scope: dict[str, str] | None = None) -> str:
+    plan = sqlsearch.build_sql(parse_query(level, params, scope))
+    return "\n".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + plan.sql, plan.args))
+
+
+@pytest.mark.parametrize(("level", "params"), [
+    ("study", [("PatientName", "mül*"), ("StudyDate", "20200101-20211231")]),
+    ("study", [("PatientName", "hans"), ("fuzzymatching", "true")]),
+    ("study", [("ModalitiesInStudy", "CT")]),
+    ("study", [("StudyInstanceUID", "1.2.1,1.2.2")]),
+    ("series", [("Modality", "CT"), ("PatientID", "P1")]),
+    ("instance", [("SOPClassUID", "1.2.3"), ("StudyDate", "20200101-")]),
+    ("instance", [("SeriesInstanceUID", "1.2.1.1")]),
+    ("instance", [("SOPInstanceUID", "1.2.1.1.1")]),
+])
+def test_filtered_searches_never_scan_a_table(db: sqlite3.Connection, level: Any, params: list[tuple[str, str]]) -> None:
+    plan = _plan(db, level, params)
+    assert "SCAN" not in plan, plan  # every table is reached by SEARCH (an index lookup)
+
+
+@pytest.mark.parametrize(("level", "scope"), [
+    ("study", None), ("series", None), ("instance", None),
+    ("series", {"0020000D": "1.2.1"}), ("instance", {"0020000D": "1.2.1"}),
+    ("instance", {"0020000D": "1.2.1", "0020000E": "1.2.1.1"}),
+])
+def test_unfiltered_pages_walk_the_order_indexes(db: sqlite3.Connection, level: Any, scope: dict[str, str] | None) -> None:
+    plan = _plan(db, level, [("limit", "1000"), ("offset", "10")], scope)
+    assert "TEMP B-TREE" not in plan, plan  # no sort: rows come in order and stop at the limit
+    for line in plan.splitlines():
+        assert "SEARCH" in line or line.startswith("SCAN st USING INDEX studies_order"), plan
+
+
+# -- upgrade from version 1 ---------------------------------------------------------
+
+
+def test_a_version_1_database_is_upgraded_and_searchable(db: sqlite3.Connection, tmp_path: Any) -> None:
+    old = sqlite3.connect(str(tmp_path / "v1.sqlite3"), isolation_level=None)
+    old.executescript(SCHEMA_V1)
+    for table in ("studies", "series", "instances", "metadata"):
+        columns = [r[1] for r in old.execute(f"PRAGMA table_info({table})")]
+        rows = db.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+        old.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(columns))})", rows)
+    sqlschema.migrate(old)
+    assert old.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert old.execute("SELECT COUNT(*) FROM qido_keys").fetchone() == db.execute("SELECT COUNT(*) FROM qido_keys").fetchone()
+    for params, _ in CASES:
+        query = parse_query("study", params)
+        assert sqlsearch.search(old, query) == sqlsearch.search(db, query)
+    query = parse_query("instance", [("limit", "3"), ("offset", "2")])
+    assert sqlsearch.search(old, query) == sqlsearch.search(db, query)
+    assert "TEMP B-TREE" not in _plan(old, "instance", [("limit", "10")])
+    sqlschema.migrate(old)  # idempotent
+    old.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Any) -> None:
+    conn = sqlite3.connect(str(tmp_path / "new.sqlite3"), isolation_level=None)
+    conn.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                       "INSERT INTO meta VALUES ('schema_version', '99');")
+    with pytest.raises(RuntimeError, match="newer"):
+        sqlschema.migrate(conn)
