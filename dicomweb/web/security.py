@@ -35,8 +35,10 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
 
 from ..auth import Authenticator, AuthError, Principal, build_authenticator, require_write
 from ..config import Settings
@@ -242,8 +244,13 @@ def load_trust_root(ca_file: str) -> Any:
         [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certs])
 
 
+@implementer(IPolicyForHTTPS)
 class _TrustRootPolicy:
-    """An ``IPolicyForHTTPS``: verify the host name against a given trust root."""
+    """Verify the IdP's certificate and host name against a given trust root.
+
+    (Declared an ``IPolicyForHTTPS``: otherwise Agent takes it for a legacy
+    context factory.)
+    """
 
     def __init__(self, trust_root: Any) -> None:
         self._trust_root = trust_root
