@@ -4,17 +4,20 @@ authenticator bug, 503, HEAD)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
-from dicomweb.auth import AuthError, Principal
+from dicomweb.auth import AuthError, NoAuth, Principal
+from dicomweb.web.request import request_factory
 from dicomweb.web.security import SecureResource, principal_of
 
 READER = Principal("rita", frozenset({"read"}))
@@ -118,3 +121,29 @@ def test_an_authenticator_bug_is_500_and_its_message_is_not_logged(events: list[
     assert request.responseCode == 500
     logged = " ".join(formatEvent(e) for e in events)
     assert "RuntimeError" in logged and "secret-token" not in logged
+
+
+@pytest.mark.parametrize(("authenticator", "header", "kept"), [
+    (_Pending(), None, False),  # will be refused: keep nothing
+    (_Pending(), b"Basic c2VjcmV0LXRva2Vu", True),
+    (NoAuth(), None, True),
+])
+def test_a_body_is_spooled_only_when_it_may_be_used(tmp_path: Path, authenticator: Any,
+                                                    header: bytes | None, kept: bool) -> None:
+    site = Site(SecureResource(_App(), authenticator))
+    channel = DummyChannel()
+    channel.site = site
+    spooled: list[IO[bytes]] = []
+
+    def spool() -> IO[bytes]:
+        spooled.append(tempfile.TemporaryFile(dir=tmp_path))
+        return spooled[-1]
+
+    request = request_factory(1 << 30, spool)(channel)
+    if header is not None:
+        request.requestHeaders.setRawHeaders(b"authorization", [header])
+    request.gotLength(10 << 20)
+    request.handleContentChunk(b"x" * 1000)
+    assert bool(spooled) is kept
+    assert request.content is not None
+    assert request.content.tell() == (1000 if kept else 0)

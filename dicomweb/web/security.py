@@ -22,8 +22,9 @@ the fixed, client-safe reason the authenticator chose.
 
 The request body has been received (and spooled, or discarded over the size
 cap, by :mod:`dicomweb.web.request`) before ``render`` is called, so waiting
-for authentication changes nothing for the routes; a refused request's
-spooled body is closed by twisted.web when the request ends.
+for authentication changes nothing for the routes.  A request without any
+credentials keeps no body at all (:meth:`SecureResource.refuses_before_body`);
+a refused request's spooled body is closed by twisted.web when it ends.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from ..auth import Authenticator, AuthError, Principal, build_authenticator, require_write
+from ..auth import Authenticator, AuthError, NoAuth, Principal, build_authenticator, require_write
 from ..config import Settings
 
 log = Logger()
@@ -153,6 +154,17 @@ class SecureResource(Resource):
         self.inner = inner
         self.authenticator = authenticator
         self.cors = cors or CorsPolicy()
+
+    def refuses_before_body(self, request: Request) -> bool:
+        """Whether this request will be refused whatever its body says.
+
+        Asked by :class:`~dicomweb.web.request.DICOMwebRequest` when the
+        headers have arrived (method and path are not known yet): without
+        an ``Authorization`` header only preflights and ``/health`` pass,
+        and neither reads a body, so the body need not be kept.
+        """
+        return (not isinstance(self.authenticator, NoAuth)
+                and request.getHeader(b"authorization") is None)
 
     def render(self, request: Request) -> bytes | int:
         self.cors.add_response_headers(request)
