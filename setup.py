@@ -29,6 +29,8 @@ setup(
         "pydicom>=3.0,<4",
         "pyopenssl>=24",
         "numpy>=1.26",
+        "requests>=2.28",
+        "prometheus-client>=0.20",
         "pillow>=10",
         "pylibjpeg>=2.0",
         "pylibjpeg-libjpeg>=2.1",
@@ -37,6 +39,9 @@ setup(
         "bcrypt>=4.1",
         "pyjwt[crypto]>=2.8",
     ],
+    entry_points={
+        "console_scripts": ["dicomweb-import = dicomweb.importer:main"],
+    },
     extras_require={
         "test": [
             "pytest>=8",

@@ -118,6 +118,18 @@ def check_exposure(settings: Settings, authenticated: bool = False) -> None:
             "configure --auth or pass --allow-remote")
 
 
+class MeteredSite(Site):
+    """A Site that reports every finished request to the metrics."""
+
+    def __init__(self, metrics: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    def log(self, request: Any) -> None:
+        self._metrics.observe_request(request)
+        super().log(request)
+
+
 class _StoreThenListen(service.MultiService):
     """Start the thread pool, open the store, then start listening."""
 
@@ -159,15 +171,18 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     from .store.embedded import EmbeddedStore
     from .web.accesslog import access_log_formatter
     from .web.app import DICOMwebApp, WebSettings
+    from .web.metrics import InstrumentedStore, Metrics
     from .web.request import request_factory
     from .web.security import secure_root
 
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="dicomweb")
     store = EmbeddedStore(settings.data_dir, reactor, pool)
-    app = DICOMwebApp(store, reactor, pool, WebSettings(settings.base_url, settings.trust_forwarded))
+    metrics = Metrics()
+    app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,  # type: ignore[arg-type]
+                      WebSettings(settings.base_url, settings.trust_forwarded), metrics)
     root = secure_root(app.resource(), settings, reactor, pool)
-    site = Site(root, logFormatter=access_log_formatter(settings.log_query_strings))
+    site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
     site.requestFactory = request_factory(settings.max_request_size, store.spool_file)
     site.displayTracebacks = False
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]

@@ -11,8 +11,14 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.server import ServerProcess
+
+# Property tests: no per-example deadline (the 2-core CI machine runs servers
+# beside them) and derandomised, so a CI run is reproducible.
+settings.register_profile("dicomweb", deadline=None, derandomize=True)
+settings.load_profile("dicomweb")
 
 STORES = ["embedded"]
 

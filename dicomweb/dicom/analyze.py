@@ -197,7 +197,7 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
         if tag.element == 0 or (tag in PIXEL_TAGS and not path):
             continue  # group lengths are not part of DICOM JSON
         key = f"{tag:08X}"
-        raw = ds.get_item(tag)
+        raw = ds.get_item(tag, keep_deferred=True)  # never let pydicom re-open the file
         vr = _vr_of(tag, raw)
         if vr == "SQ":
             items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings)
@@ -228,8 +228,12 @@ def _read_pixel_element(fp: BinaryIO, pos: int, ds: Dataset, tsuid: str
 
     Returns (tag, vr, value range, fragments or None for native data).
     """
-    implicit = tsuid == "1.2.840.10008.1.2"
-    big = tsuid == "1.2.840.10008.1.2.2"
+    # How the data set was actually encoded (some writers contradict their
+    # transfer syntax; pydicom detects it while reading).
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        implicit, little = tsuid == "1.2.840.10008.1.2", tsuid != "1.2.840.10008.1.2.2"
+    big = not little
     end = "<" if not big else ">"
     fp.seek(pos)
     head = fp.read(12)
@@ -323,7 +327,7 @@ def _frame_starts(ds: Dataset, fp: BinaryIO, bot: Range, fragments: list[Range],
     """Index of the first fragment of each frame, or None if it cannot be told."""
     item_pos = [off - 8 - fragments[0][0] + 8 for off, _ in fragments]  # relative to first item tag
     offsets: list[int] = []
-    eot = ds.get_item(0x7FE00001)
+    eot = ds.get_item(0x7FE00001, keep_deferred=True)
     if eot is not None:
         offsets = _read_offsets(fp, eot, "<Q")
     if not offsets and bot[1]:

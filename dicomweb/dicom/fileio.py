@@ -7,6 +7,19 @@ import os
 from typing import BinaryIO
 
 
+def read_at(fp: BinaryIO, offset: int, length: int) -> bytes:
+    """``length`` bytes of ``fp`` from ``offset`` without moving a shared
+    file position, so several threads can read one spooled body at once."""
+    if isinstance(fp, io.BytesIO):
+        return bytes(fp.getbuffer()[offset:offset + length])
+    try:
+        fd = fp.fileno()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        fp.seek(offset)
+        return fp.read(length)
+    return os.pread(fd, length, offset)
+
+
 class FileWindow(io.RawIOBase):
     """A seekable, read-only view of ``length`` bytes of ``fp`` from ``offset``.
 
@@ -53,8 +66,7 @@ class FileWindow(io.RawIOBase):
             return 0
         view = memoryview(buffer)
         want = min(len(view), remaining)
-        self._fp.seek(self._offset + self._pos)
-        data = self._fp.read(want)
+        data = read_at(self._fp, self._offset + self._pos, want)
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -89,10 +101,10 @@ def copy_range(src: BinaryIO, offset: int, length: int, dst: BinaryIO, chunk: in
             return
         offset, length = offset + done, length - done
         dst.seek(0, os.SEEK_END)
-    src.seek(offset)
     while length > 0:
-        data = src.read(min(chunk, length))
+        data = read_at(src, offset, min(chunk, length))
         if not data:
             raise EOFError("source ended before the range did")
         dst.write(data)
+        offset += len(data)
         length -= len(data)

@@ -3,7 +3,7 @@
 Layout under ``data_dir``::
 
     index.sqlite3           WAL mode, schema versioned in table ``meta``
-    files/ab/cd/<uuid>.dcm  the Part 10 bytes exactly as received
+    files/YYYYMMDD/HH/<uuid>.dcm  the Part 10 bytes exactly as received
     spool/                  request bodies being received (same file system)
 
 Durability (the fsync policy): for each STOW batch, every new file is written
@@ -25,6 +25,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -34,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
-from ..dicom.fileio import copy_range
+from ..dicom.fileio import copy_range, read_at
 from . import sqlschema
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome
 
@@ -131,17 +132,22 @@ class EmbeddedStore:
         written: dict[int, str] = {}
         dirs: set[str] = set()
         conn = self._conn()
+        bucket = time.strftime("%Y%m%d/%H")  # one batch, one directory to fsync
         for i, item in enumerate(items):
             try:
                 if self._is_identical(conn, item):
                     outcomes[i] = StoreOutcome("unchanged")
                     continue
-                path = self._write_file(item, dirs)
+                path = self._write_file(item, bucket, dirs)
             except OSError as exc:
                 outcomes[i] = _io_failure(exc)
                 continue
             written[i] = path
         try:
+            # fsync after all writes: the file system commits the batch's data
+            # together, so the later fsyncs are cheap.
+            for path in written.values():
+                _fsync_path(path)
             for directory in dirs:
                 _fsync_dir(directory)
         except OSError as exc:
@@ -178,23 +184,22 @@ class EmbeddedStore:
             return False
         try:
             with open(os.path.join(self.files_dir, row[0]), "rb") as stored:
-                item.source.seek(item.offset)
-                remaining = item.length
-                while remaining:
-                    size = min(1 << 20, remaining)
-                    if stored.read(size) != item.source.read(size):
+                done = 0
+                while done < item.length:
+                    size = min(1 << 20, item.length - done)
+                    if stored.read(size) != read_at(item.source, item.offset + done, size):
                         return False
-                    remaining -= size
+                    done += size
         except FileNotFoundError:
             return False
         return True
 
-    def _write_file(self, item: StoreItem, dirs: set[str]) -> str:
-        """Write one instance's bytes to a new file; ``dirs`` collects the
-        directories whose entries changed and so must be fsync-ed."""
-        name = uuid.uuid4().hex
-        parent = os.path.join(self.files_dir, name[:2])
-        directory = os.path.join(parent, name[2:4])
+    def _write_file(self, item: StoreItem, bucket: str, dirs: set[str]) -> str:
+        """Write one instance's bytes to a new file under ``files/<bucket>``;
+        ``dirs`` collects the directories whose entries changed (to fsync)."""
+        day, hour = bucket.split("/")
+        parent = os.path.join(self.files_dir, day)
+        directory = os.path.join(parent, hour)
         if not os.path.isdir(directory):
             if not os.path.isdir(parent):
                 os.makedirs(parent, exist_ok=True)
@@ -202,12 +207,10 @@ class EmbeddedStore:
             os.makedirs(directory, exist_ok=True)
             dirs.add(parent)
         dirs.add(directory)
-        path = os.path.join(directory, name + ".dcm")
+        path = os.path.join(directory, uuid.uuid4().hex + ".dcm")
         try:
             with open(path, "wb") as out:
                 copy_range(item.source, item.offset, item.length, out)
-                out.flush()
-                os.fsync(out.fileno())
         except BaseException:
             _unlink(path)
             raise
@@ -215,7 +218,8 @@ class EmbeddedStore:
 
     def _index_one(self, conn: sqlite3.Connection, info: InstanceInfo, path: str,
                    replaced_paths: list[str]) -> StoreOutcome:
-        rel = os.path.relpath(path, self.files_dir)
+        # Files linked in place (offline import) keep their absolute path.
+        rel = os.path.relpath(path, self.files_dir) if self._owned(path) else path
         conn.execute("SAVEPOINT one")
         try:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
@@ -227,9 +231,51 @@ class EmbeddedStore:
             log.error("indexing one instance failed: {error}", error=str(exc))
             return StoreOutcome("failed", "index write failed", PROCESSING_FAILURE)
         if old is not None:
-            replaced_paths.append(os.path.join(self.files_dir, old[0]))
+            old_path = os.path.join(self.files_dir, old[0])
+            if self._owned(old_path) and old_path != path:
+                replaced_paths.append(old_path)  # never delete a file linked in place
             return StoreOutcome("replaced")
         return StoreOutcome("stored")
+
+    def _owned(self, path: str) -> bool:
+        """Whether ``path`` is one of the store's own files (not linked in place)."""
+        return os.path.commonpath([self.files_dir, os.path.abspath(path)]) == self.files_dir
+
+    # -- offline import -----------------------------------------------------
+
+    def open_sync(self) -> None:
+        """Open without a reactor (command-line tools)."""
+        for path in (self.data_dir, self.files_dir, self.spool_dir):
+            os.makedirs(path, exist_ok=True)
+        with self._write_lock:
+            sqlschema.migrate(self._conn())
+
+    def link_sync(self, infos: Sequence[InstanceInfo], paths: Sequence[str]) -> list[StoreOutcome]:
+        """Index files in place, without copying them (the seed's "linkFolder").
+
+        The store never deletes or rewrites a linked file; deleting such an
+        instance only removes it from the index.
+        """
+        conn = self._conn()
+        outcomes: list[StoreOutcome] = []
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                replaced: list[str] = []
+                for info, path in zip(infos, paths, strict=True):
+                    row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
+                    if row is not None and row[0] == os.path.abspath(path):
+                        outcomes.append(StoreOutcome("unchanged"))
+                        continue
+                    outcomes.append(self._index_one(conn, info, os.path.abspath(path), replaced))
+                sqlschema.refresh_aggregates(conn, {i.study_uid for i in infos}, {i.series_uid for i in infos})
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        for path in replaced:
+            _unlink(path)
+        return outcomes
 
     # -- retrieve -----------------------------------------------------------
 
@@ -309,6 +355,14 @@ def _io_failure(exc: OSError) -> StoreOutcome:
         return StoreOutcome("failed", "out of storage space", OUT_OF_RESOURCES)
     log.error("writing an instance failed: {error}", error=exc.strerror or str(exc))
     return StoreOutcome("failed", "storage write failed", PROCESSING_FAILURE)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: str) -> None:

@@ -7,12 +7,12 @@ turned into an HTTP answer in one place (``_http_error``).
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -22,12 +22,15 @@ from ..dicom import stow as stow_response
 from ..dicom.analyze import dumps
 from ..dicom.dicomxml import to_xml
 from ..dicom.multipart import close_delimiter, delimiter, part_header
+from ..dicom.pixels import PixelError
 from ..dicom.uids import is_valid_uid
-from ..store import InstanceRecord, NotFound, Store, StoreUnavailable
+from ..store import NotFound, Store, StoreUnavailable
 from ..store.sqlsearch import StudyListQuery
-from . import negotiation
-from .errors import HTTPError, bad_request, not_acceptable
+from . import negotiation, wadouri
+from .errors import HTTPError, bad_request
+from .metrics import Metrics
 from .stow import body_boundary, store_body
+from .wado import Wado
 
 log = Logger()
 
@@ -41,11 +44,14 @@ class WebSettings:
 class DICOMwebApp:
     app = Klein()
 
-    def __init__(self, store: Store, reactor: Any, pool: Any, settings: WebSettings | None = None) -> None:
+    def __init__(self, store: Store, reactor: Any, pool: Any, settings: WebSettings | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.reactor = reactor
         self.pool = pool
         self.settings = settings or WebSettings()
+        self.wado = Wado(store, reactor, pool)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -59,10 +65,12 @@ class DICOMwebApp:
         scheme = b"https" if request.isSecure() else b"http"
         host = request.getHeader(b"host") or b"localhost"
         prefix = b""
-        if self.settings.trust_forwarded:
+        if self.settings.trust_forwarded and request.getHeader(b"x-forwarded-host"):
             scheme = (request.getHeader(b"x-forwarded-proto") or scheme).split(b",")[0].strip()
             host = (request.getHeader(b"x-forwarded-host") or host).split(b",")[0].strip()
             prefix = (request.getHeader(b"x-forwarded-prefix") or b"").rstrip(b"/")
+        else:
+            host = _with_port(host, scheme, request.getHost().port)
         return (scheme + b"://" + host + prefix).decode("latin-1")
 
     @staticmethod
@@ -112,6 +120,17 @@ class DICOMwebApp:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"the store is unavailable; retry later\n"
 
+    @app.handle_errors(PixelError)
+    def _pixel_error(self, request: Request, failure: Failure) -> bytes:
+        # NotAcceptable: the representation asked for cannot be made. CannotDecode:
+        # the stored pixel data cannot be decoded, so no image representation of
+        # it can be made either; 406 with the reason, never a 500.
+        error = failure.value
+        assert isinstance(error, PixelError)
+        request.setResponseCode(406)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (f"cannot produce the requested representation: {error.reason}"[:500] + "\n").encode("utf-8")
+
     @app.handle_errors(CancelledError)
     def _cancelled(self, request: Request, failure: Failure) -> bytes:
         return b""  # the client went away; nothing to answer
@@ -120,8 +139,24 @@ class DICOMwebApp:
 
     @app.route("/health", methods=["GET", "HEAD"])
     def health(self, request: Request) -> bytes:
+        """Liveness: the process answers."""
         request.setHeader(b"content-type", b"text/plain")
         return b"ok\n"
+
+    @app.route("/ready", methods=["GET", "HEAD"])
+    async def ready(self, request: Request) -> bytes:
+        """Readiness: the store answers too."""
+        request.setHeader(b"content-type", b"text/plain")
+        if await self.store.ready():
+            return b"ready\n"
+        request.setResponseCode(503)
+        request.setHeader(b"retry-after", b"5")
+        return b"store unavailable\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_text(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self.metrics.exposition()
 
     # -- STOW-RS ------------------------------------------------------------
 
@@ -145,6 +180,9 @@ class DICOMwebApp:
             results = await store_body(self.store, self.reactor, self.pool, body, boundary, study)
         finally:
             body.close()
+        failures = sum(1 for r in results if r.failure)
+        self.metrics.instances.labels("stored").inc(len(results) - failures)
+        self.metrics.instances.labels("failed").inc(failures)
         status, dataset = stow_response.response(results, self.base_url(request), study)
         request.setResponseCode(status)
         log.info("STOW: {stored} stored, {failed} failed", stored=sum(1 for r in results if not r.failure),
@@ -178,76 +216,102 @@ class DICOMwebApp:
         offset = _non_negative(args.pop("offset", ["0"])[-1], "offset") or 0
         return StudyListQuery(tuple(uids), patient[-1] if patient else None, limit, offset)
 
-    # -- WADO-RS ------------------------------------------------------------
+    # -- WADO-RS (the logic is in wado.py) ----------------------------------
 
     @app.route("/studies/<study>", methods=["GET", "HEAD"])
     async def retrieve_study(self, request: Request, study: str) -> None:
         self._uids(study=study)
-        await self._retrieve(request, study)
+        await self.wado.retrieve(request, self.base_url(request), study)
 
     @app.route("/studies/<study>/series/<series>", methods=["GET", "HEAD"])
     async def retrieve_series(self, request: Request, study: str, series: str) -> None:
         self._uids(study=study, series=series)
-        await self._retrieve(request, study, series)
+        await self.wado.retrieve(request, self.base_url(request), study, series)
 
     @app.route("/studies/<study>/series/<series>/instances/<sop>", methods=["GET", "HEAD"])
     async def retrieve_instance(self, request: Request, study: str, series: str, sop: str) -> None:
         self._uids(study=study, series=series, sop=sop)
-        await self._retrieve(request, study, series, sop)
-
-    async def _retrieve(self, request: Request, study: str, series: str | None = None,
-                        sop: str | None = None) -> None:
-        syntaxes = negotiation.choose_instance_syntaxes(request.getHeader(b"accept"))
-        records = await self.store.instances(study, series, sop)
-        for record in records:
-            if "*" not in syntaxes and record.transfer_syntax_uid not in syntaxes:
-                raise not_acceptable("the instances are not available in the requested transfer syntax")
-        boundary = uuid.uuid4().hex
-        request.setHeader(b"content-type",
-                          f'multipart/related; type="application/dicom"; boundary={boundary}'.encode())
-        if request.method == b"HEAD":
-            return
-        from .stream import stream
-
-        await stream(request, self._instance_parts(records, boundary, self.base_url(request)))
-
-    async def _instance_parts(self, records: list[InstanceRecord], boundary: str, base: str) -> Any:
-        for i, record in enumerate(records):
-            location = f"{base}/{stow_response.instance_path(record.study_uid, record.series_uid, record.sop_uid)}"
-            yield delimiter(boundary, first=(i == 0)) + part_header(
-                f"application/dicom; transfer-syntax={record.transfer_syntax_uid}",
-                {"Content-Location": location, "Content-Length": str(record.size)})
-            async for chunk in self.store.chunks(record):
-                yield chunk
-        yield close_delimiter(boundary)
-
-    # -- metadata -----------------------------------------------------------
+        await self.wado.retrieve(request, self.base_url(request), study, series, sop)
 
     @app.route("/studies/<study>/metadata", methods=["GET", "HEAD"])
     async def study_metadata(self, request: Request, study: str) -> bytes:
         self._uids(study=study)
-        return await self._metadata(request, study)
+        return await self.wado.metadata(request, self.base_url(request), study)
 
     @app.route("/studies/<study>/series/<series>/metadata", methods=["GET", "HEAD"])
     async def series_metadata(self, request: Request, study: str, series: str) -> bytes:
         self._uids(study=study, series=series)
-        return await self._metadata(request, study, series)
+        return await self.wado.metadata(request, self.base_url(request), study, series)
 
     @app.route("/studies/<study>/series/<series>/instances/<sop>/metadata", methods=["GET", "HEAD"])
     async def instance_metadata(self, request: Request, study: str, series: str, sop: str) -> bytes:
         self._uids(study=study, series=series, sop=sop)
-        return await self._metadata(request, study, series, sop)
+        return await self.wado.metadata(request, self.base_url(request), study, series, sop)
 
-    async def _metadata(self, request: Request, study: str, series: str | None = None,
-                        sop: str | None = None) -> bytes:
-        kind = negotiation.choose_dataset_type(request.getHeader(b"accept"))
-        texts = await self.store.metadata(study, series, sop)
-        prefix = b'"BulkDataURI":"' + self.base_url(request).encode() + b"/"
-        texts = [t.replace(b'"BulkDataURI":"', prefix) for t in texts]
-        if kind == negotiation.DICOM_JSON:
-            request.setHeader(b"content-type", b"application/dicom+json")
-            return b"[" + b",".join(texts) + b"]"
-        return self._dataset_body(request, [json.loads(t) for t in texts])
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>", methods=["GET"])
+    async def frames(self, request: Request, study: str, series: str, sop: str, frames: str) -> None:
+        self._uids(study=study, series=series, sop=sop)
+        await self.wado.frames(request, self.base_url(request), study, series, sop, frames)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/bulk/<path:path>", methods=["GET"])
+    async def bulk(self, request: Request, study: str, series: str, sop: str, path: str) -> None:
+        self._uids(study=study, series=series, sop=sop)
+        await self.wado.bulk(request, self.base_url(request), study, series, sop, path)
+
+    # -- rendered and thumbnails ---------------------------------------------
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/rendered", methods=["GET"])
+    async def rendered_instance(self, request: Request, study: str, series: str, sop: str) -> bytes:
+        self._uids(study=study, series=series, sop=sop)
+        return await self.wado.rendered(request, study, series, sop, None, thumb=False)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/rendered", methods=["GET"])
+    async def rendered_frame(self, request: Request, study: str, series: str, sop: str, frames: str) -> bytes:
+        self._uids(study=study, series=series, sop=sop)
+        return await self.wado.rendered(request, study, series, sop, frames, thumb=False)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/thumbnail", methods=["GET"])
+    async def instance_thumbnail(self, request: Request, study: str, series: str, sop: str) -> bytes:
+        self._uids(study=study, series=series, sop=sop)
+        return await self.wado.rendered(request, study, series, sop, None, thumb=True)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/thumbnail", methods=["GET"])
+    async def frame_thumbnail(self, request: Request, study: str, series: str, sop: str, frames: str) -> bytes:
+        self._uids(study=study, series=series, sop=sop)
+        return await self.wado.rendered(request, study, series, sop, frames, thumb=True)
+
+    @app.route("/studies/<study>/series/<series>/thumbnail", methods=["GET"])
+    async def series_thumbnail(self, request: Request, study: str, series: str) -> bytes:
+        self._uids(study=study, series=series)
+        return await self.wado.group_thumbnail(request, study, series)
+
+    @app.route("/studies/<study>/thumbnail", methods=["GET"])
+    async def study_thumbnail(self, request: Request, study: str) -> bytes:
+        self._uids(study=study)
+        return await self.wado.group_thumbnail(request, study, None)
+
+    # -- WADO-URI ---------------------------------------------------------------
+
+    @app.route("/wado", methods=["GET", "HEAD"])
+    async def wado_uri(self, request: Request) -> bytes | None:
+        return await wadouri.answer(self.wado, request)
+
+    @app.route("/", methods=["GET", "HEAD"])
+    async def root(self, request: Request) -> bytes | None:
+        """WADO-URI on the root too (OHIF's ``wadoUriRoot`` often points here); else a banner."""
+        if not request.args:
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"dicomweb: a DICOMweb server (STOW-RS, QIDO-RS, WADO-RS, WADO-URI)\n"
+        return await wadouri.answer(self.wado, request)
+
+
+def _with_port(host: bytes, scheme: bytes, port: int) -> bytes:
+    """Add our port to a Host header that has none (dicomweb_client sends
+    ``Host: localhost`` for ``http://localhost:5985``), unless it is the
+    scheme's default port."""
+    if host.rsplit(b"]", 1)[-1].count(b":") or port == (443 if scheme == b"https" else 80):
+        return host
+    return host + b":" + str(port).encode()
 
 
 def _non_negative(value: str | None, name: str) -> int | None:

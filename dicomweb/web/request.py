@@ -11,6 +11,7 @@ then answers 413.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -32,6 +33,14 @@ class DICOMwebRequest(Request):
 
     too_large = False
     _received = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received_at = time.monotonic()  # for the latency metric
+
+    @property
+    def body_bytes(self) -> int:
+        return self._received
 
     def gotLength(self, length: int | None) -> None:
         self._received = 0

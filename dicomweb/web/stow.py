@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import IO, Any
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -22,8 +23,7 @@ from .errors import HTTPError, bad_request, unsupported_media_type
 log = Logger()
 
 #: Parts analysed per thread-pool call, and stored per store transaction.
-ANALYZE_BATCH = 8
-STORE_BATCH = 64
+ANALYZE_BATCH = 10
 
 
 def body_boundary(content_type: bytes | None) -> str:
@@ -89,20 +89,24 @@ async def store_body(store: Store, reactor: Any, pool: Any, body: IO[bytes], bou
     if not parts:
         raise bad_request("the multipart body has no parts")
     results: list[StowResult | None] = [None] * len(parts)
-    pending: list[tuple[int, az.InstanceInfo]] = []
-    for start in range(0, len(parts), ANALYZE_BATCH):
-        chunk = parts[start:start + ANALYZE_BATCH]
-        analysed = await deferToThreadPool(reactor, pool, _analyze_parts, body, chunk, target_study)
-        for i, item in enumerate(analysed, start):
-            if isinstance(item, StowResult):
-                results[i] = item
-            else:
-                pending.append((i, item))
-        if len(pending) >= STORE_BATCH:
-            await _store(store, body, parts, pending, results)
+    storing: list[Deferred[None]] = []
+    try:
+        for start in range(0, len(parts), ANALYZE_BATCH):
+            chunk = parts[start:start + ANALYZE_BATCH]
+            analysed = await deferToThreadPool(reactor, pool, _analyze_parts, body, chunk, target_study)
             pending = []
-    if pending:
-        await _store(store, body, parts, pending, results)
+            for i, item in enumerate(analysed, start):
+                if isinstance(item, StowResult):
+                    results[i] = item
+                else:
+                    pending.append((i, item))
+            if pending:
+                # Store this batch while the next one is analysed: the body is
+                # read with pread, so both threads can read it at once.
+                storing.append(Deferred.fromCoroutine(_store(store, body, parts, pending, results)))
+    finally:
+        if storing:
+            await gatherResults(storing, consumeErrors=True)
     return [r for r in results if r is not None]
 
 

@@ -12,7 +12,12 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 from zope.interface import implementer
+
+from ..dicom.pixels import PixelError
+
+log = Logger()
 
 
 class ClientGone(Exception):
@@ -51,16 +56,47 @@ class StreamProducer:
 
 
 async def stream(request: Any, chunks: AsyncIterator[bytes]) -> None:
-    """Write every chunk of ``chunks`` to ``request`` with backpressure."""
+    """Write every chunk of ``chunks`` to ``request`` with backpressure.
+
+    When the client goes away (or Klein cancels the route), the iterator is
+    closed at once, so no more is read or computed for nobody. When producing
+    fails half-way, the status line is long gone: the connection is aborted so
+    the client sees a broken response rather than a complete-looking one.
+    """
     producer = StreamProducer(request)
     request.registerProducer(producer, True)
+    sent = 0
     try:
         async for data in chunks:
             await producer.write(data)
+            sent += len(data)
     except (ClientGone, CancelledError):
         producer.stopped = True
+        log.info("response stopped after {sent} bytes: the client went away", sent=sent)
+    except Exception as exc:
+        producer.stopped = True
+        if isinstance(exc, PixelError):  # a damaged stored object, not a bug
+            log.warn("response aborted after {sent} bytes: {reason}", sent=sent, reason=exc.reason)
+        else:
+            log.failure("response aborted after {sent} bytes", sent=sent)
+        _abort(request)
     finally:
-        request.unregisterProducer()
+        _unregister(request)
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _unregister(request: Any) -> None:
+    # After the connection is lost the channel has no transport left to
+    # unregister from; there is nothing to undo then.
+    channel = getattr(request, "channel", None)
+    if channel is not None and getattr(channel, "transport", None) is not None:
+        request.unregisterProducer()
+
+
+def _abort(request: Any) -> None:
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()

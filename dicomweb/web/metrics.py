@@ -1,0 +1,122 @@
+"""Prometheus metrics: requests by route and status, latency, bytes, store
+latency and stored instances.
+
+Labels never carry patient data: a request's route label is its path with
+every UID segment replaced by its role (``/studies/{study}/series/{series}``),
+which also keeps label cardinality fixed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_UID_SEGMENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_ROLE_AFTER = {"studies": "{study}", "series": "{series}", "instances": "{instance}", "frames": "{frames}",
+               "bulk": "{path}", "reject": "{code}"}
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def route_label(path: bytes | str) -> str:
+    """``/studies/1.2.3/series/4.5`` -> ``/studies/{study}/series/{series}``."""
+    text = path.decode("latin-1") if isinstance(path, bytes) else path
+    text = text.split("?", 1)[0]
+    segments = [s for s in text.split("/") if s]
+    out: list[str] = []
+    for i, segment in enumerate(segments):
+        previous = segments[i - 1] if i else ""
+        if previous in _ROLE_AFTER and previous != segment:
+            out.append(_ROLE_AFTER[previous])
+        elif _UID_SEGMENT.match(segment) or len(segment) > 64:
+            out.append("{value}")
+        else:
+            out.append(segment if len(out) < 8 else "...")
+        if previous == "bulk":
+            break  # a bulk path may have many segments; they are one value
+    return "/" + "/".join(out)
+
+
+class Metrics:
+    """One registry per service (tests run several services in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("dicomweb_http_requests", "HTTP requests", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("dicomweb_http_request_duration_seconds", "Time from request received to response end",
+                                 ["route", "method"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.bytes_in = Counter("dicomweb_http_request_bytes", "Request body bytes", ["route"], registry=self.registry)
+        self.bytes_out = Counter("dicomweb_http_response_bytes", "Response body bytes", ["route"], registry=self.registry)
+        self.instances = Counter("dicomweb_instances_stored", "STOW outcomes per instance", ["outcome"],
+                                 registry=self.registry)
+        self.store_latency = Histogram("dicomweb_store_operation_duration_seconds", "Store call latency",
+                                       ["store", "operation"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("dicomweb_http_requests_in_flight", "Requests being processed", registry=self.registry)
+
+    def observe_request(self, request: Any) -> None:
+        route = route_label(request.path)
+        method = request.method.decode("latin-1", "replace") if isinstance(request.method, bytes) else str(request.method)
+        self.requests.labels(route, method, str(request.code)).inc()
+        started = getattr(request, "received_at", None)
+        if started is not None:
+            self.latency.labels(route, method).observe(time.monotonic() - started)
+        self.bytes_in.labels(route).inc(getattr(request, "body_bytes", 0))
+        self.bytes_out.labels(route).inc(request.sentLength or 0)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class InstrumentedStore:
+    """Wraps any store and times each call (a proxy: the store API stays one)."""
+
+    _TIMED = ("store_batch", "instances", "metadata", "read", "search", "ready")
+
+    def __init__(self, store: Any, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name in self._TIMED:
+            return self._timed(name, attr)
+        if name == "chunks":
+            return self._timed_chunks(attr)
+        return attr
+
+    def _timed(self, name: str, method: Any) -> Any:
+        histogram = self._metrics.store_latency.labels(getattr(self._store, "name", "store"), name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.monotonic()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                histogram.observe(time.monotonic() - start)
+
+        return call
+
+    def _timed_chunks(self, method: Any) -> Any:
+        histogram = self._metrics.store_latency.labels(getattr(self._store, "name", "store"), "chunk")
+
+        async def chunks(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+            iterator = method(*args, **kwargs)
+            try:
+                while True:
+                    start = time.monotonic()
+                    try:
+                        data = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    histogram.observe(time.monotonic() - start)
+                    yield data
+            finally:
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return chunks

@@ -1,0 +1,551 @@
+"""WADO-RS: instances, metadata, frames, bulk data, rendered images.
+
+The routes in ``app.py`` parse and validate the URL, then call :class:`Wado`.
+Everything here reads what STOW recorded (frame and bulk byte ranges, DICOM
+JSON) and never parses a stored object, except to transcode, decode or render
+it, which runs in the service's thread pool. Large answers are streamed with
+backpressure (``stream.stream``), so a client that goes away stops the work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from ..dicom import pixels, render, transcode
+from ..dicom.analyze import PIXEL_TAGS
+from ..dicom.multipart import close_delimiter, delimiter, part_header
+from ..dicom.stow import instance_path
+from ..store import InstanceRecord, Store
+from . import negotiation
+from .errors import HTTPError, bad_request, not_found
+from .stream import stream
+
+log = Logger()
+T = TypeVar("T")
+
+EXPLICIT_LE = pixels.EXPLICIT_VR_LE
+PIXEL_KEYS = frozenset(f"{tag:08X}" for tag in PIXEL_TAGS)
+#: A bulk data path: a tag, then (item index, tag) pairs into sequences.
+BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8}){0,16}")
+_FRAME_NUMBER = re.compile(r"[0-9]{1,9}")
+MAX_FRAMES_PER_REQUEST = 10_000
+CHUNK = 1 << 20
+
+
+def new_boundary() -> str:
+    return uuid.uuid4().hex
+
+
+def multipart_type(media: str, boundary: str) -> bytes:
+    return f'multipart/related; type="{media}"; boundary={boundary}'.encode()
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """1-based frame numbers of a ``frames/{list}`` path segment (order and repeats kept)."""
+    items = text.split(",")
+    if len(items) > MAX_FRAMES_PER_REQUEST:
+        raise bad_request(f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
+    numbers = []
+    for item in items:
+        item = item.strip()
+        if not _FRAME_NUMBER.fullmatch(item) or int(item) == 0:
+            raise bad_request("frame numbers are positive integers separated by commas")
+        numbers.append(int(item))
+    return numbers
+
+
+def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
+    """(start, length) of a single byte range, or None to send everything.
+
+    Multiple ranges and malformed headers are ignored (RFC 9110 14.2 lets a
+    server do that); an unsatisfiable single range is 416.
+    """
+    if not header:
+        return None
+    match = re.fullmatch(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
+    if not match or not (match.group(1) or match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:  # suffix: the last N bytes
+        count = min(int(last), size)
+        start, end = size - count, size - 1
+    else:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start or (not first and count == 0):
+        raise HTTPError(416, "the requested range is outside the bulk data", {"Content-Range": f"bytes */{size}"})
+    return start, end - start + 1
+
+
+# -- rendering parameters ------------------------------------------------------
+
+@dataclass(frozen=True)
+class RenderOptions:
+    window: render.Window | None = None
+    viewport: render.Viewport | None = None
+    quality: int | None = None
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise bad_request(f"{name} must be a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise bad_request(f"{name} must be a finite number")
+    return value
+
+
+def positive_int(text: str, name: str, maximum: int) -> int:
+    if not _FRAME_NUMBER.fullmatch(text.strip()) or not 1 <= int(text) <= maximum:
+        raise bad_request(f"{name} must be an integer from 1 to {maximum}")
+    return int(text)
+
+
+def make_window(center: str, width: str, function: str = "LINEAR") -> render.Window:
+    function = function.strip().upper() or "LINEAR"
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        raise bad_request("the window function is LINEAR, LINEAR_EXACT or SIGMOID")
+    c, w = _number(center, "window center"), _number(width, "window width")
+    if w <= 0:
+        raise bad_request("the window width must be positive")
+    return c, w, function
+
+
+def render_options(args: dict[bytes, list[bytes]]) -> RenderOptions:
+    """``window``, ``viewport`` and ``quality`` query parameters (PS3.18 8.3.5)."""
+    def last(name: bytes) -> str | None:
+        values = args.get(name)
+        return values[-1].decode("utf-8", "replace") if values else None
+
+    window = viewport = quality = None
+    if (text := last(b"window")) is not None:
+        parts = text.split(",")
+        if len(parts) not in (2, 3):
+            raise bad_request("window is center,width[,function]")
+        window = make_window(*parts)
+    if (text := last(b"viewport")) is not None:
+        parts = text.split(",")
+        if len(parts) != 2:
+            raise bad_request("viewport is width,height (source regions are not supported)")
+        w, h = (positive_int(p, "viewport", 16384) if p.strip() else None for p in parts)
+        viewport = (w, h)
+    if (text := last(b"quality")) is not None:
+        quality = positive_int(text, "quality", 100)
+    return RenderOptions(window, viewport, quality)
+
+
+def _render_fragments(metadata: dict[str, Any], fragments: Sequence[bytes], tsuid: str, index: int,
+                      media: str, options: RenderOptions, thumb: bool,
+                      bulk: pixels.BulkResolver | None) -> bytes:
+    """Decode one frame and render it (runs in the thread pool)."""
+    frame = pixels.decode_frame_data(metadata, fragments, tsuid, index, bulk)
+    return _render_source(frame, 0, media, options, thumb)
+
+
+def _render_source(source: bytes | pixels.FrameData, index: int, media: str,
+                   options: RenderOptions, thumb: bool) -> bytes:
+    if thumb:
+        return render.thumbnail(source, index, media, viewport=options.viewport, quality=options.quality)
+    return render.render(source, index, media, window=options.window, viewport=options.viewport,
+                         quality=options.quality)
+
+
+# -- one instance's pixels -----------------------------------------------------
+
+class InstancePixels:
+    """Pixel access to one stored instance for one request.
+
+    Metadata and the whole object are read lazily, at most once: most frame
+    requests need neither (the stored fragments are sent as they are).
+    """
+
+    def __init__(self, wado: Wado, record: InstanceRecord) -> None:
+        self.wado = wado
+        self.record = record
+        self._metadata: dict[str, Any] | None = None
+        self._whole: bytes | None = None
+
+    @property
+    def stored(self) -> str:
+        return self.record.transfer_syntax_uid
+
+    def has_pixels(self) -> bool:
+        return any(key in self.record.bulk for key in PIXEL_KEYS)
+
+    async def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            r = self.record
+            texts = await self.wado.store.metadata(r.study_uid, r.series_uid, r.sop_uid)
+            self._metadata = json.loads(texts[0])
+        return self._metadata
+
+    async def whole(self) -> bytes:
+        """The whole Part 10 object (for what STOW could not address by frame)."""
+        if self._whole is None:
+            self._whole = await self.wado.store.read(self.record, 0, self.record.size)
+        return self._whole
+
+    async def frame_count(self) -> int:
+        if self.record.frames is not None:
+            return len(self.record.frames)
+        metadata = await self.metadata()
+        # Deflated objects have no pixel data range (it is compressed with the
+        # rest of the data set): Rows tells that there is an image.
+        if not self.has_pixels() and "00280010" not in metadata:
+            return 0
+        values = metadata.get("00280008", {}).get("Value") or [1]
+        try:
+            return max(1, int(values[0]))
+        except (TypeError, ValueError):
+            return 1
+
+    async def check_frames(self, numbers: Sequence[int]) -> None:
+        count = await self.frame_count()
+        if count == 0:
+            raise not_found("the instance has no pixel data")
+        beyond = [n for n in numbers if n > count]
+        if beyond:
+            raise not_found(f"frame {beyond[0]} does not exist: the instance has {count} frame(s)")
+
+    async def fragments(self, index: int) -> list[bytes]:
+        """The stored fragments of frame ``index`` (0-based), in one read: they are contiguous."""
+        ranges = self.record.frames[index]  # type: ignore[index]
+        if not ranges:
+            return []
+        start = ranges[0][0]
+        end = ranges[-1][0] + ranges[-1][1]
+        blob = await self.wado.store.read(self.record, start, end - start)
+        return [blob[offset - start:offset - start + length] for offset, length in ranges]
+
+    async def negotiate_frames(self, acceptable: Sequence[tuple[str, str | None]]) -> tuple[str, str]:
+        """(media type, transfer syntax) of the frames; transcoding limits checked with the metadata."""
+        first = pixels.negotiate_frame_syntax(self.stored, acceptable, transcode.can_transcode)
+        if first[1] in (self.stored, EXPLICIT_LE):
+            return first
+        metadata = await self.metadata()
+        return pixels.negotiate_frame_syntax(
+            self.stored, acceptable, lambda s, t: transcode.can_transcode(s, t, metadata))
+
+    async def frame(self, index: int, target: str) -> bytes:
+        """Frame ``index`` (0-based) in ``target``: the stored bytes when possible."""
+        stored = self.stored
+        if self.record.frames is None:
+            return await self.wado.cpu(transcode.frame_from_instance, await self.whole(), index, target)
+        fragments = await self.fragments(index)
+        if target == stored or (target == EXPLICIT_LE and stored == pixels.IMPLICIT_VR_LE):
+            return fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        # Big endian native data is byte-swapped here (cheap, no decoding):
+        # viewers read octet-stream frames as little endian.
+        metadata = await self.metadata()
+        return await self.wado.cpu(transcode.frame_bytes_to_target, fragments, metadata, stored, target,
+                                   frame_index=index)
+
+    async def rendered(self, index: int, media: str, options: RenderOptions, thumb: bool) -> bytes:
+        if self.record.frames is None:
+            return await self.wado.cpu(_render_source, await self.whole(), index, media, options, thumb)
+        fragments = await self.fragments(index)
+        metadata = await self.metadata()
+        return await self.wado.cpu(_render_fragments, metadata, fragments, self.stored, index, media, options,
+                                   thumb, self._bulk_resolver())
+
+    def _bulk_resolver(self) -> pixels.BulkResolver:
+        """Resolve BulkDataURIs (palettes, LUTs) from a pool thread through the reactor."""
+        def resolve(uri: str) -> bytes:
+            key = uri.rpartition("/bulk/")[2]
+            where = self.record.bulk.get(key)
+            if where is None:
+                return b""
+            def read() -> Deferred[bytes]:
+                return Deferred.fromCoroutine(self.wado.store.read(self.record, *where))
+            data: bytes = blockingCallFromThread(self.wado.reactor, read)  # type: ignore[arg-type]
+            return data
+        return resolve
+
+
+# -- the service -----------------------------------------------------------------
+
+class Wado:
+    def __init__(self, store: Store, reactor: Any, pool: Any) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.pool = pool
+
+    async def cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run decoding, transcoding or rendering in the thread pool, off the reactor."""
+        result: T = await deferToThreadPool(self.reactor, self.pool, fn, *args, **kwargs)
+        return result
+
+    async def one(self, study: str, series: str, sop: str) -> InstanceRecord:
+        return (await self.store.instances(study, series, sop))[0]
+
+    # -- instances ---------------------------------------------------------
+
+    async def retrieve(self, request: Request, base: str, study: str, series: str | None = None,
+                       sop: str | None = None) -> None:
+        kind, syntaxes = negotiation.choose_instance_retrieve(request.getHeader(b"accept"), allow_zip=sop is None)
+        records = await self.store.instances(study, series, sop)
+        if kind == "zip":
+            request.setHeader(b"content-type", b"application/zip")
+            name = f"{study}{'_' + series if series else ''}.zip"
+            request.setHeader(b"content-disposition", f'attachment; filename="{name}"'.encode())
+            if request.method != b"HEAD":
+                await stream(request, self._zip(records))
+            return
+        targets = await self._instance_targets(records, syntaxes, study, series, sop)
+        boundary = new_boundary()
+        request.setHeader(b"content-type", multipart_type(negotiation.DICOM, boundary))
+        if request.method != b"HEAD":
+            await stream(request, self._instance_parts(records, targets, boundary, base))
+
+    async def _instance_targets(self, records: list[InstanceRecord], syntaxes: list[str | None], study: str,
+                                series: str | None, sop: str | None) -> list[str]:
+        """The transfer syntax each instance is sent in; 406 before anything is sent."""
+        metadata: list[dict[str, Any] | None] = [None] * len(records)
+        if any(s not in (None, "*", EXPLICIT_LE) for s in syntaxes):
+            # Encoder limits (bit depth...) need the pixel description; the
+            # store returns metadata in the same order as the records.
+            metadata = [json.loads(t) for t in await self.store.metadata(study, series, sop)]
+        return [pixels.negotiate_instance_syntax(
+                    record.transfer_syntax_uid, syntaxes,
+                    lambda s, t, m=meta: transcode.can_transcode(s, t, m))  # type: ignore[misc]
+                for record, meta in zip(records, metadata, strict=True)]
+
+    async def _instance_parts(self, records: list[InstanceRecord], targets: list[str], boundary: str,
+                              base: str) -> AsyncIterator[bytes]:
+        for i, (record, target) in enumerate(zip(records, targets, strict=True)):
+            location = f"{base}/{instance_path(record.study_uid, record.series_uid, record.sop_uid)}"
+            if target != record.transfer_syntax_uid:
+                data = await self.transcoded_or_none(record, target)
+                if data is not None:
+                    yield delimiter(boundary, first=(i == 0)) + part_header(
+                        f"application/dicom; transfer-syntax={target}",
+                        {"Content-Location": location, "Content-Length": str(len(data))}) + data
+                    continue
+            yield delimiter(boundary, first=(i == 0)) + part_header(
+                f"application/dicom; transfer-syntax={record.transfer_syntax_uid}",
+                {"Content-Location": location, "Content-Length": str(record.size)})
+            async for chunk in self.store.chunks(record):
+                yield chunk
+        yield close_delimiter(boundary)
+
+    async def transcoded_or_none(self, record: InstanceRecord, target: str) -> bytes | None:
+        """The instance in ``target``, or None when its pixel data cannot be decoded.
+
+        Then it is sent as stored: the part's Content-Type says which syntax it
+        is in, and one damaged object must not cut a whole study short.
+        """
+        data = await self.store.read(record, 0, record.size)
+        try:
+            return await self.cpu(transcode.transcode_instance, data, target)
+        except pixels.PixelError as exc:
+            log.warn("sending an instance as stored: cannot transcode it ({reason})", reason=exc.reason)
+            return None
+
+    async def _zip(self, records: list[InstanceRecord]) -> AsyncIterator[bytes]:
+        """A ZIP (stored, not deflated: DICOM pixel data rarely shrinks) written as it streams.
+
+        ``zipfile`` writes to a non-seekable sink with data descriptors, so
+        each entry's bytes go out as they are read; nothing is kept.
+        """
+        sink = _Sink()
+        stamp = time.localtime()[:6]
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
+            for record in records:
+                info = zipfile.ZipInfo(f"{record.series_uid}/{record.sop_uid}.dcm", date_time=stamp)
+                info.file_size = record.size  # lets zipfile choose ZIP64 for > 2 GB entries
+                with archive.open(info, "w") as entry:
+                    async for chunk in self.store.chunks(record):
+                        entry.write(chunk)
+                        yield sink.take()
+                if header := sink.take():  # the entry's data descriptor
+                    yield header
+        yield sink.take()  # the central directory
+
+    # -- metadata ----------------------------------------------------------
+
+    async def metadata(self, request: Request, base: str, study: str, series: str | None = None,
+                       sop: str | None = None) -> bytes:
+        """DICOM JSON joined from the stored texts (no parsing), or multipart XML."""
+        kind = negotiation.choose_dataset_type(request.getHeader(b"accept"))
+        texts = await self.store.metadata(study, series, sop)
+        prefix = b'"BulkDataURI":"' + base.encode() + b"/"
+        texts = [t.replace(b'"BulkDataURI":"', prefix) for t in texts]
+        if kind == negotiation.DICOM_JSON:
+            request.setHeader(b"content-type", b"application/dicom+json")
+            return b"[" + b",".join(texts) + b"]"
+        from ..dicom.dicomxml import to_xml
+
+        datasets = [json.loads(t) for t in texts]
+        parts = await self.cpu(lambda: [to_xml(ds) for ds in datasets])
+        boundary = new_boundary()
+        request.setHeader(b"content-type", multipart_type(negotiation.DICOM_XML, boundary))
+        return b"".join(delimiter(boundary, first=(i == 0)) + part_header(negotiation.DICOM_XML) + xml
+                        for i, xml in enumerate(parts)) + close_delimiter(boundary)
+
+    # -- frames --------------------------------------------------------------
+
+    async def frames(self, request: Request, base: str, study: str, series: str, sop: str, frame_list: str) -> None:
+        numbers = parse_frame_list(frame_list)
+        source = InstancePixels(self, await self.one(study, series, sop))
+        await source.check_frames(numbers)
+        await self.send_frames(request, base, source, numbers)
+
+    async def send_frames(self, request: Request, base: str, source: InstancePixels, numbers: list[int]) -> None:
+        media, target = await source.negotiate_frames(negotiation.frame_ranges(request.getHeader(b"accept")))
+        boundary = new_boundary()
+        request.setHeader(b"content-type", multipart_type(media, boundary))
+        r = source.record
+        location = f"{base}/{instance_path(r.study_uid, r.series_uid, r.sop_uid)}/frames/"
+        await stream(request, self._frame_parts(source, numbers, media, target, boundary, location))
+
+    async def _frame_parts(self, source: InstancePixels, numbers: list[int], media: str, target: str,
+                           boundary: str, location: str) -> AsyncIterator[bytes]:
+        for i, number in enumerate(numbers):
+            data = await source.frame(number - 1, target)
+            yield delimiter(boundary, first=(i == 0)) + part_header(
+                f"{media}; transfer-syntax={target}",
+                {"Content-Location": f"{location}{number}", "Content-Length": str(len(data))}) + data
+        yield close_delimiter(boundary)
+
+    # -- bulk data ---------------------------------------------------------------
+
+    async def bulk(self, request: Request, base: str, study: str, series: str, sop: str, path: str) -> None:
+        if not BULK_PATH.fullmatch(path):
+            raise bad_request("a bulk data path is a tag, then item/tag pairs, e.g. 7FE00010 or 00540016/0/00181072")
+        path = path.upper()
+        source = InstancePixels(self, await self.one(study, series, sop))
+        where = source.record.bulk.get(path)
+        if where is None:
+            raise not_found("the instance has no bulk data at this path")
+        if path in PIXEL_KEYS and source.stored not in pixels.NATIVE:
+            # Encapsulated Pixel Data: its BulkDataURI answers with the frames
+            # (PS3.18 8.6.1.2), one part per frame, as the frames resource does.
+            count = await source.frame_count()
+            await self.send_frames(request, base, source, list(range(1, count + 1)))
+            return
+        form = negotiation.choose_bulk_form(request.getHeader(b"accept"))
+        swap = path in PIXEL_KEYS and source.stored == pixels.EXPLICIT_VR_BE
+        await self._send_bytes(request, source, where, form, swap, path in PIXEL_KEYS)
+
+    async def _send_bytes(self, request: Request, source: InstancePixels, where: tuple[int, int], form: str,
+                          swap: bool, is_pixels: bool) -> None:
+        offset, size = where
+        wanted = parse_range(request.getHeader(b"range"), size)
+        start, length = wanted or (0, size)
+        if wanted is not None:
+            request.setResponseCode(206)
+        content_range = f"bytes {start}-{start + length - 1}/{size}"
+        media = negotiation.OCTET_STREAM + (f"; transfer-syntax={EXPLICIT_LE}" if is_pixels else "")
+        body = self._swapped(source, where, start, length) if swap else self._range(source.record, offset + start, length)
+        if form == "single":
+            request.setHeader(b"content-type", media.encode())
+            request.setHeader(b"content-length", str(length).encode())
+            if wanted is not None:
+                request.setHeader(b"content-range", content_range.encode())
+            await stream(request, body)
+            return
+        boundary = new_boundary()
+        request.setHeader(b"content-type", multipart_type(negotiation.OCTET_STREAM, boundary))
+        headers = {"Content-Length": str(length)} | ({"Content-Range": content_range} if wanted else {})
+        await stream(request, _framed(delimiter(boundary, first=True) + part_header(media, headers), body,
+                                      close_delimiter(boundary)))
+
+    async def _range(self, record: InstanceRecord, offset: int, length: int) -> AsyncIterator[bytes]:
+        end = offset + length
+        while offset < end:
+            data = await self.store.read(record, offset, min(CHUNK, end - offset))
+            if not data:
+                return
+            offset += len(data)
+            yield data
+
+    async def _swapped(self, source: InstancePixels, where: tuple[int, int], start: int,
+                       length: int) -> AsyncIterator[bytes]:
+        """Big endian native pixel data as little endian (whole value: swapping needs word alignment)."""
+        data = await source.wado.store.read(source.record, *where)
+        metadata = await source.metadata()
+        swapped = await self.cpu(transcode.frame_bytes_to_target, [data], metadata, pixels.EXPLICIT_VR_BE, EXPLICIT_LE)
+        yield swapped[start:start + length]
+
+    # -- rendered and thumbnails -------------------------------------------------
+
+    async def rendered(self, request: Request, study: str, series: str, sop: str, frame_list: str | None,
+                       thumb: bool) -> bytes:
+        media = negotiation.choose_rendered(request.getHeader(b"accept"), _arg(request, b"accept"))
+        options = render_options(request.args)
+        number = 1
+        if frame_list is not None:
+            numbers = parse_frame_list(frame_list)
+            if len(numbers) != 1:
+                raise bad_request("rendered frames are served one frame per request")
+            number = numbers[0]
+        source = InstancePixels(self, await self.one(study, series, sop))
+        await source.check_frames([number])
+        data = await source.rendered(number - 1, media, options, thumb)
+        request.setHeader(b"content-type", media.encode())
+        return data
+
+    async def group_thumbnail(self, request: Request, study: str, series: str | None) -> bytes:
+        """A study or series thumbnail: the middle image instance's first frame."""
+        media = negotiation.choose_rendered(request.getHeader(b"accept"), _arg(request, b"accept"))
+        options = render_options(request.args)
+        records = await self.store.instances(study, series)
+        images = [r for r in records if any(key in r.bulk for key in PIXEL_KEYS)]
+        if not images:
+            raise not_found("no instance with pixel data to make a thumbnail of")
+        source = InstancePixels(self, images[len(images) // 2])
+        data = await source.rendered(0, media, options, thumb=True)
+        request.setHeader(b"content-type", media.encode())
+        return data
+
+
+class _Sink:
+    """A write-only, non-seekable file for ``zipfile``: keeps bytes until taken."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+async def _framed(head: bytes, body: AsyncIterator[bytes], tail: bytes) -> AsyncIterator[bytes]:
+    yield head
+    try:
+        async for data in body:
+            yield data
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield tail
+
+
+def _arg(request: Request, name: bytes) -> str | None:
+    values = request.args.get(name)
+    return values[-1].decode("utf-8", "replace") if values else None

@@ -1,0 +1,52 @@
+"""/health, /ready and /metrics with the real server."""
+
+from __future__ import annotations
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from dicomweb.web.metrics import route_label
+from tests import dicomgen
+from tests.httpclient import stow
+
+
+def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = requests.get(f"{url}/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_health_and_ready_answer(url: str) -> None:
+    assert requests.get(f"{url}/health").text == "ok\n"
+    assert requests.get(f"{url}/ready").status_code == 200
+
+
+def test_metrics_count_requests_by_route_and_status_without_patient_data(url: str) -> None:
+    parts = list(dicomgen.ct_series(2, patient_name="Secret^Patient"))
+    assert stow(url, parts).status_code == 200
+    requests.get(f"{url}/studies", params={"PatientName": "Secret*"})
+    requests.get(f"{url}/studies/1.2.3.4/metadata")
+    response = requests.get(f"{url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "Secret" not in response.text and "1.2.3.4" not in response.text
+    samples = _samples(url)
+    assert samples[("dicomweb_http_requests_total",
+                    (("method", "POST"), ("route", "/studies"), ("status", "200")))] >= 1
+    assert samples[("dicomweb_http_requests_total",
+                    (("method", "GET"), ("route", "/studies/{study}/metadata"), ("status", "404")))] >= 1
+    assert samples[("dicomweb_instances_stored_total", (("outcome", "stored"),))] >= 2
+    assert samples[("dicomweb_http_request_bytes_total", (("route", "/studies"),))] > 0
+    assert any(name == "dicomweb_store_operation_duration_seconds_count" and ("operation", "store_batch") in labels
+               for name, labels in samples)
+
+
+def test_route_labels_replace_uids_by_their_role() -> None:
+    assert route_label(b"/studies/1.2.3/series/4.5/instances/6.7/frames/1,2,3") == \
+        "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"
+    assert route_label("/studies/1.2/series/3.4/instances/5.6/bulk/00540016/0/00181072") == \
+        "/studies/{study}/series/{series}/instances/{instance}/bulk/{path}"
+    assert route_label("/wado?studyUID=1.2.3") == "/wado"
