@@ -69,6 +69,7 @@ ROUTES = [
     Route("GET", _INSTANCE + "/thumbnail"),
     Route("GET", "/wado?requestType=WADO&studyUID={st}&seriesUID={se}&objectUID={i}"),
     Route("OPTIONS", "/studies"),  # not a preflight: capabilities, read access
+    Route("GET", "/metrics"),
     Route("POST", "/studies", write=True),
     Route("POST", "/studies/{absent}", write=True),
     Route("POST", "/studies/{absent}/series/{se}/reject/113001%5EDCM", write=True),
@@ -176,9 +177,14 @@ def test_an_accepted_read_returns_the_stored_data(basic_server: SecureServer) ->
     assert basic_server.study.sop in response.text
 
 
-def test_health_needs_no_credentials(basic_server: SecureServer, oidc_server: SecureServer) -> None:
+def test_probes_need_no_credentials_but_metrics_do(basic_server: SecureServer,
+                                                  oidc_server: SecureServer) -> None:
     for server in (basic_server, oidc_server):
         assert requests.get(server.url + "/health", timeout=10).status_code == 200
+        assert requests.get(server.url + "/ready", timeout=10).status_code == 200
+        assert requests.get(server.url + "/metrics", timeout=10).status_code == 401
+    metrics = requests.get(basic_server.url + "/metrics", headers=basic(READER, READER_PASSWORD), timeout=10)
+    assert metrics.status_code == 200
 
 
 def test_oidc_challenges_say_why_a_token_failed(oidc_server: SecureServer) -> None:

@@ -8,7 +8,8 @@ protected by default.  For each request, in this order:
 2. A CORS preflight (``OPTIONS`` + ``Origin`` + ``Access-Control-Request-Method``)
    is answered here with 204; it never carries credentials (browsers do not
    send them on preflights), so it is not authenticated.
-3. ``/health`` goes straight to the app: load balancers probe it anonymously.
+3. ``/health`` and ``/ready`` go straight to the app: load balancers and
+   orchestrators probe them anonymously.
 4. The ``Authorization`` header is checked by the
    :class:`~dicomweb.auth.Authenticator` (asynchronously: ``render`` returns
    ``NOT_DONE_YET`` and renders the app once the principal is known).
@@ -48,8 +49,10 @@ log = Logger()
 
 #: Methods a read-only principal may use; everything else changes data.
 READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-#: Paths answered without credentials (exact match).
-EXEMPT_PATHS = frozenset({b"/health"})
+#: Paths answered without credentials (exact match): liveness and readiness
+#: probes of load balancers and orchestrators, which carry no credentials.
+#: /metrics is *not* here: Prometheus can send basic or bearer credentials.
+EXEMPT_PATHS = frozenset({b"/health", b"/ready"})
 #: Seconds browsers may cache a preflight answer (Chrome caps it at 7200).
 PREFLIGHT_MAX_AGE = 7200
 #: While the identity provider is unreachable (503), when to try again.
@@ -160,8 +163,8 @@ class SecureResource(Resource):
 
         Asked by :class:`~dicomweb.web.request.DICOMwebRequest` when the
         headers have arrived (method and path are not known yet): without
-        an ``Authorization`` header only preflights and ``/health`` pass,
-        and neither reads a body, so the body need not be kept.
+        an ``Authorization`` header only preflights and the probes
+        (``/health``, ``/ready``) pass, and none reads a body, so the body need not be kept.
         """
         return (not isinstance(self.authenticator, NoAuth)
                 and request.getHeader(b"authorization") is None)
