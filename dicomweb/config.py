@@ -45,6 +45,25 @@ class Settings:
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)
     oidc_ca_file: str | None = None
+    # The CouchDB store (used when ``couchdb`` is set). Credentials come from the
+    # URL, ``couchdb_credentials`` (a file holding ``user:password``) or
+    # ``DICOMWEB_COUCHDB_USER``/``DICOMWEB_COUCHDB_PASSWORD``; never logged.
+    couchdb: str | None = field(default=None, repr=False)
+    couchdb_db: str = "dicomweb"
+    couchdb_credentials: str | None = None
+    couchdb_user: str | None = None
+    couchdb_password: str | None = field(default=None, repr=False)
+
+    def couchdb_login(self) -> tuple[str | None, str | None]:
+        """(user, password) from the credentials file or settings, else (None, None)."""
+        if self.couchdb_credentials:
+            with open(self.couchdb_credentials, encoding="utf-8") as fp:
+                line = fp.readline().strip()
+            user, sep, password = line.partition(":")
+            if not sep or not user:
+                raise ValueError("the CouchDB credentials file must hold one line: user:password")
+            return user, password
+        return self.couchdb_user, self.couchdb_password
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -31,6 +31,9 @@ class Options(_config.SecurityOptions, usage.Options):
         ["max-request-size", None, None, "Largest request body accepted, e.g. 500M, 4G [default: 4G]"],
         ["threads", None, None, "Worker threads for DICOM, image and SQLite work [default: 4]"],
         ["config", "c", None, "TOML config file with the same option names"],
+        ["couchdb", None, None, "Use the CouchDB store at this URL (http://[user:password@]host:5984)"],
+        ["couchdb-db", None, None, "CouchDB database name [default: dicomweb]"],
+        ["couchdb-credentials", None, None, "File holding the CouchDB user:password (one line)"],
     ]
     optFlags = [
         ["allow-remote", None, "Allow listening on non-loopback addresses without authentication"],
@@ -63,7 +66,8 @@ class Options(_config.SecurityOptions, usage.Options):
 
 def _settings_from(values: dict[str, Any]) -> Settings:
     values = dict(values)
-    known = {"port", "data-dir", "base-url", "max-request-size", "threads", *_FLAGS, *_config.SECURITY_KEYS}
+    known = {"port", "data-dir", "base-url", "max-request-size", "threads", *_FLAGS, *_config.SECURITY_KEYS,
+             "couchdb", "couchdb-db", "couchdb-credentials", "couchdb-user", "couchdb-password"}
     unknown = set(values) - known
     if unknown:
         raise usage.UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -163,6 +167,17 @@ class _StoreThenListen(service.MultiService):
         return d.addBoth(_after)
 
 
+def _couch_store(settings: Settings, reactor: Any, pool: ThreadPool) -> Any:
+    from .store.couch import CouchStore
+
+    try:
+        user, password = settings.couchdb_login()
+        return CouchStore(settings.couchdb or "", settings.couchdb_db, reactor, pool, user=user, password=password,
+                          spool_dir=os.path.join(settings.data_dir, "spool"))
+    except (OSError, ValueError) as exc:
+        raise usage.UsageError(f"CouchDB settings: {exc}") from None
+
+
 def makeService(options: Options | dict[str, Any], reactor: Any = None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
@@ -177,7 +192,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
 
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="dicomweb")
-    store = EmbeddedStore(settings.data_dir, reactor, pool)
+    store: Any
+    if settings.couchdb:
+        store = _couch_store(settings, reactor, pool)
+    else:
+        store = EmbeddedStore(settings.data_dir, reactor, pool)
     metrics = Metrics()
     app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,  # type: ignore[arg-type]
                       WebSettings(settings.base_url, settings.trust_forwarded), metrics)

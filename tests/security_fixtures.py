@@ -218,20 +218,13 @@ class SecureServer:
         return bearer(self.idp.provider.token(roles=["read", "write"]))
 
 
-def store_args(store: str, base: Path) -> list[str]:
-    """Server arguments selecting ``store``.  Stores other than the embedded
-    one need ``tests.conftest.store_server_args(store, base)``."""
-    if store == "embedded":
-        return []
-    hook = getattr(tests.conftest, "store_server_args", None)
-    if hook is None:
-        pytest.skip(f"tests/conftest.py has no store_server_args() for the {store} store")
-    return list(hook(store, base))
-
-
-def start_server(store: str, base: Path, kind: str, *args: str, idp: ThreadedIdp | None = None,
-                 scheme: str = "http", verify: str | bool = True) -> SecureServer:
-    proc = ServerProcess(str(base / "data"), str(base / "server.log"), *store_args(store, base), *args)
+def start_server(request: pytest.FixtureRequest, base: Path, kind: str, *args: str,
+                 idp: ThreadedIdp | None = None, scheme: str = "http",
+                 verify: str | bool = True) -> SecureServer:
+    """A server on the store ``request.param`` (conftest's store_args picks
+    it), with one instance stored by a writer."""
+    extra = tests.conftest.store_args(request, request.param)
+    proc = ServerProcess(str(base / "data"), str(base / "server.log"), *extra, *args)
     proc.scheme, proc.verify = scheme, verify
     proc.start()
     server = SecureServer(proc, kind, Study(), idp)
@@ -260,7 +253,7 @@ def basic_server_fixture(request: pytest.FixtureRequest,
     """``--auth basic`` with a CORS origin list (the OIDC server uses ``*``)."""
     base = tmp_path_factory.mktemp(f"basic-{request.param}")
     users = write_users_file(base / "users")
-    server = start_server(request.param, base, "basic", "--auth", "basic", "--users-file", str(users),
+    server = start_server(request, base, "basic", "--auth", "basic", "--users-file", str(users),
                           "--realm", "PACS test", "--cors-origin", "http://viewer.example",
                           "--cors-origin", "http://other.example")
     yield server
@@ -274,7 +267,7 @@ def oidc_server_fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest
     base = tmp_path_factory.mktemp(f"oidc-{request.param}")
     secret = base / "client-secret"
     secret.write_text(CLIENT_SECRET + "\n")
-    server = start_server(request.param, base, "oidc", "--auth", "oidc",
+    server = start_server(request, base, "oidc", "--auth", "oidc",
                           "--oidc-issuer", idp_thread.provider.issuer, "--oidc-audience", AUDIENCE,
                           "--oidc-introspection", "opaque", "--oidc-client-id", CLIENT_ID,
                           "--oidc-client-secret-file", str(secret), idp=idp_thread)

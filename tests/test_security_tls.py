@@ -43,7 +43,7 @@ def tls_server_fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     base = tmp_path_factory.mktemp(f"tls-{request.param}")
     users = write_users_file(base / "users")
     port = f"ssl:0:interface=127.0.0.1:privateKey={tls_files.key}:certKey={tls_files.cert}"
-    server = start_server(request.param, base, "basic", "--port", port, "--auth", "basic",
+    server = start_server(request, base, "basic", "--port", port, "--auth", "basic",
                           "--users-file", str(users), scheme="https", verify=tls_files.ca)
     yield server
     stop_server(server)

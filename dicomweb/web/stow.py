@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -106,7 +106,11 @@ async def store_body(store: Store, reactor: Any, pool: Any, body: IO[bytes], bou
                 storing.append(Deferred.fromCoroutine(_store(store, body, parts, pending, results)))
     finally:
         if storing:
-            await gatherResults(storing, consumeErrors=True)
+            try:
+                await gatherResults(storing, consumeErrors=True)
+            except FirstError as exc:
+                # Raise the store's own error (e.g. StoreUnavailable -> 503).
+                exc.subFailure.raiseException()
     return [r for r in results if r is not None]
 
 

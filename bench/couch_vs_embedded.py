@@ -1,0 +1,108 @@
+"""STOW throughput and QIDO / metadata / retrieve latency: CouchDB store beside the embedded one.
+
+Starts pouchdb-server (LevelDB on disk, from node_modules: ``npm ci --ignore-scripts``)
+and two ``twistd dicomweb`` servers (embedded, couch), stores the same generated
+512x512 CT instances into each (requests of ``--batch``), then times GETs.
+
+    python bench/couch_vs_embedded.py [--instances 400] [--batch 20] [--clients 4] [--repeat 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from pydicom.uid import generate_uid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests import couchdb, dicomgen
+from tests.httpclient import multipart_body
+from tests.server import ServerProcess
+
+
+def corpus(n: int, per_series: int) -> tuple[str, list[tuple[str, bytes]]]:
+    study = generate_uid()
+    out, series = [], generate_uid()
+    for i in range(n):
+        if i and i % per_series == 0:
+            series = generate_uid()
+        out.append((series, dicomgen.ct_instance(study, series, i + 1, size=512, seed=i)))
+    return study, out
+
+
+def stow_all(url: str, parts: list[bytes], batch: int, clients: int) -> float:
+    bodies = []
+    for i in range(0, len(parts), batch):
+        body, boundary = multipart_body(parts[i:i + batch])
+        bodies.append((body, f'multipart/related; type="application/dicom"; boundary={boundary}'))
+
+    def send(item: tuple[bytes, str]) -> None:
+        r = requests.post(url + "/studies", data=item[0], headers={"Content-Type": item[1],
+                                                                     "Accept": "application/dicom+json"}, timeout=600)
+        r.raise_for_status()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, bodies))
+    return time.perf_counter() - start
+
+
+def timed(session: requests.Session, url: str, repeat: int, **kwargs: object) -> tuple[float, float]:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        r = session.get(url, timeout=120, **kwargs)  # type: ignore[arg-type]
+        r.raise_for_status()
+        _ = r.content
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.95) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=400)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--per-series", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+    if not couchdb.available():
+        sys.exit("pouchdb-server is not installed: run npm ci --ignore-scripts")
+    study, items = corpus(args.instances, args.per_series)
+    parts = [p for _, p in items]
+    size = sum(map(len, parts))
+    print(f"corpus: {len(parts)} CT 512x512 instances, {size / 1e6:.0f} MB, one study, "
+          f"{len({s for s, _ in items})} series; requests of {args.batch}, {args.clients} clients")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, couchdb.CouchServer(os.path.join(tmp, "pouch"), in_memory=False) as couch:
+        for store, extra in (("embedded", []), ("couch", ["--couchdb", couch.url, "--couchdb-db", "bench"])):
+            proc = ServerProcess(os.path.join(tmp, store), os.path.join(tmp, store + ".log"), *extra)
+            with proc:
+                seconds = stow_all(proc.url, parts, args.batch, args.clients)
+                session = requests.Session()
+                series = items[0][0]
+                sop = __import__("pydicom").dcmread(__import__("io").BytesIO(parts[0]), stop_before_pixels=True).SOPInstanceUID
+                qido = timed(session, f"{proc.url}/studies", args.repeat, params={"StudyInstanceUID": study})
+                qido_all = timed(session, f"{proc.url}/studies", args.repeat, params={"limit": "101"})
+                meta = timed(session, f"{proc.url}/studies/{study}/series/{series}/metadata", args.repeat)
+                inst = timed(session, f"{proc.url}/studies/{study}/series/{series}/instances/{sop}", args.repeat)
+                rows.append((store, len(parts) / seconds, size / seconds / 1e6, qido, qido_all, meta, inst))
+    print()
+    print(f"{'store':9} {'STOW inst/s':>11} {'MB/s':>6} | median / p95 ms: {'QIDO by UID':>13} {'QIDO limit=101':>15} "
+          f"{'series metadata':>16} {'instance retrieve':>18}")
+    for store, ips, mbs, *lat in rows:
+        cells = " ".join(f"{m:7.1f}/{p:<7.1f}" for m, p in lat)
+        print(f"{store:9} {ips:11.1f} {mbs:6.1f} | {'':16} {cells}")
+    print(f"\n(series metadata = {args.per_series} instances; instance retrieve = one 512 KB instance, multipart)")
+
+
+if __name__ == "__main__":
+    main()
