@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from . import config as _config
 from .config import Settings, env_overrides, load_config_file, parse_size
 
 log = Logger()
@@ -20,7 +21,7 @@ log = Logger()
 _FLAGS = {"allow-remote", "trust-forwarded", "log-query-strings"}
 
 
-class Options(usage.Options):
+class Options(_config.SecurityOptions, usage.Options):
     synopsis = "[options]"
     longdesc = "A DICOMweb server (STOW-RS, QIDO-RS, WADO-RS, WADO-URI). See README.md."
     optParameters = [
@@ -42,7 +43,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self.settings = self.to_settings()
-        check_exposure(self.settings)
+        check_exposure(self.settings, authenticated=self.settings.auth != "none")
 
     def to_settings(self) -> Settings:
         merged: dict[str, Any] = {}
@@ -64,13 +65,14 @@ class Options(usage.Options):
 
 
 def _settings_from(values: dict[str, Any]) -> Settings:
-    known = {"port", "data-dir", "base-url", "max-request-size", "threads", *_FLAGS,
+    values = dict(values)
+    known = {"port", "data-dir", "base-url", "max-request-size", "threads", *_FLAGS, *_config.SECURITY_KEYS,
              "couchdb", "couchdb-db", "couchdb-credentials", "couchdb-user", "couchdb-password"}
     unknown = set(values) - known
     if unknown:
         raise usage.UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     try:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = _config.security_settings(values)  # pops its keys
         for key, value in values.items():
             attr = key.replace("-", "_")
             if key == "max-request-size":
@@ -83,7 +85,9 @@ def _settings_from(values: dict[str, Any]) -> Settings:
                 kwargs[attr] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
             else:
                 kwargs[attr] = str(value)
-        return Settings(**kwargs)
+        settings = Settings(**kwargs)
+        _config.validate_security(settings)
+        return settings
     except ValueError as exc:
         raise usage.UsageError(str(exc)) from None
 
@@ -184,6 +188,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     from .web.app import DICOMwebApp, WebSettings
     from .web.metrics import InstrumentedStore, Metrics
     from .web.request import request_factory
+    from .web.security import secure_root
 
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="dicomweb")
@@ -195,7 +200,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     metrics = Metrics()
     app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,  # type: ignore[arg-type]
                       WebSettings(settings.base_url, settings.trust_forwarded), metrics)
-    site = MeteredSite(metrics, app.resource(), logFormatter=access_log_formatter(settings.log_query_strings))
+    root = secure_root(app.resource(), settings, reactor, pool)
+    site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
     site.requestFactory = request_factory(settings.max_request_size, store.spool_file)
     site.displayTracebacks = False
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]

@@ -13,11 +13,15 @@ from typing import Any
 import requests
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_PORT_RE = re.compile(r"Site starting on (\d+)")
+_PORT_RE = re.compile(r"Site (?:\(TLS\) )?starting on (\d+)")
 
 
 class ServerProcess:
     """``twistd -n dicomweb`` on a free loopback port, with its own log file."""
+
+    #: "https" (and ``verify`` = the CA file) when ``extra`` holds an ssl: --port.
+    scheme = "http"
+    verify: str | bool = True
 
     def __init__(self, data_dir: str, log_path: str, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
@@ -29,7 +33,7 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> ServerProcess:
         if os.path.exists(self.log_path):
@@ -46,7 +50,7 @@ class ServerProcess:
             match = _PORT_RE.search(self.log())
             if match:
                 self.port = int(match.group(1))
-                requests.get(self.url + "/health", timeout=5).raise_for_status()
+                requests.get(self.url + "/health", timeout=5, verify=self.verify).raise_for_status()
                 return self
             time.sleep(0.05)
         self.stop()

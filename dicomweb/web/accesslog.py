@@ -3,7 +3,9 @@
 twisted.web's default combined log line carries the full URI, and QIDO query
 strings carry patient names and IDs. This formatter logs the path only
 (UIDs are not patient-identifying by themselves); the query string is kept
-only when the operator turns it on explicitly.
+only when the operator turns it on explicitly.  The last field is the
+authenticated principal's name (``-`` when the request was refused or not
+authenticated); credentials themselves never appear.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from twisted.web.http import _escape  # type: ignore[attr-defined]
 def access_log_formatter(include_query: bool = False) -> Any:
     def formatter(timestamp: str, request: Any) -> str:
         uri = request.uri if include_query else request.uri.split(b"?", 1)[0]
-        return '"%s" "%s %s %s" %d %s' % (
+        principal = getattr(request, "dicomweb_principal", None)
+        return '"%s" "%s %s %s" %d %s "%s"' % (
             _escape(request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-"),
             _escape(request.method),
             _escape(uri),
             _escape(request.clientproto),
             request.code,
             request.sentLength or "-",
+            _escape(principal.name) if principal is not None else "-",
         )
 
     return formatter

@@ -47,10 +47,21 @@ class DICOMwebRequest(Request):
         if length is not None and length > self.max_body:
             self.too_large = True
             self.content = _Discard()  # type: ignore[assignment]
+        elif self._refused_whatever_the_body():
+            self.content = _Discard()  # type: ignore[assignment]
         elif (length is not None and length < SMALL_BODY) or self.spool is None:
             super().gotLength(length)
         else:
             self.content = self.spool()  # type: ignore[assignment]
+
+    def _refused_whatever_the_body(self) -> bool:
+        """True when the site's root will refuse this request before any
+        route reads the body (no credentials on an authenticating server):
+        then nothing is spooled, so anonymous clients cannot fill the disk.
+        Asked of the root resource, which alone knows the auth policy."""
+        root = getattr(getattr(self.channel, "site", None), "resource", None)
+        check = getattr(root, "refuses_before_body", None)
+        return bool(check is not None and check(self))
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
