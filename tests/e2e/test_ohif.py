@@ -15,12 +15,32 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.browser import CANVAS_STATS, KNOWN_OHIF_CONSOLE_NOISE
+from tests.e2e.browser import CANVAS_STATS, KNOWN_OHIF_CONSOLE_NOISE, NetEntry
 from tests.e2e.conftest import ARTIFACTS, FIGURES, Corpus, StudyCase, Tab
 
 pytestmark = pytest.mark.e2e
+PlaywrightTimeout = pytest.importorskip("playwright.sync_api").TimeoutError
 
 ROWS = "tbody tr[aria-selected]"  # the study list's data rows (not the filter row)
+
+
+def wait_for(tab: Tab, expression: str, timeout_ms: int = 60_000) -> None:
+    """Wait until ``expression`` is true in the page; fail at once when a request to the server fails.
+
+    A missing route or a CORS refusal would otherwise only show as a timeout.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    failed: list[NetEntry] = []
+    while not failed:
+        try:
+            tab.page.wait_for_function(expression, timeout=500)
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+        failed = [r for r in tab.watch.bad_requests() if r.url.startswith(tab.watch.server_url)]
+    pytest.fail(f"waiting for {expression!r}, requests to the server failed:\n"
+                + "\n".join(r.line() for r in failed), pytrace=False)
 
 
 def study_rows(tab: Tab) -> list[list[str]]:
@@ -34,7 +54,7 @@ def study_rows(tab: Tab) -> list[list[str]]:
 
 
 def wait_for_rows(tab: Tab, count: int) -> list[list[str]]:
-    tab.page.wait_for_function(f"document.querySelectorAll({json.dumps(ROWS)}).length === {count}")
+    wait_for(tab, f"document.querySelectorAll({json.dumps(ROWS)}).length === {count}")
     return study_rows(tab)
 
 
@@ -78,8 +98,8 @@ def test_study_list_filters_by_patient_name(tab: Tab, e2e_server: Corpus) -> Non
         with page.expect_request(lambda r, typed=typed: f"PatientName=*{typed}*" in r.url) as search:
             name_filter.fill(typed)
         assert search.value.url.startswith(e2e_server.url)
-        page.wait_for_function(
-            f"document.querySelector({json.dumps(ROWS)})?.innerText.includes({json.dumps(e2e_server.cases[key].patient_name)})")
+        shown = json.dumps(e2e_server.cases[key].patient_name)
+        wait_for(tab, f"document.querySelector({json.dumps(ROWS)})?.innerText.includes({shown})")
         tab.watch.wait_quiet(page, quiet_ms=800)
         rows = wait_for_rows(tab, 1)
         assert rows[0][0] == e2e_server.cases[key].patient_name, rows
@@ -93,7 +113,7 @@ def open_viewer(tab: Tab, case: StudyCase) -> dict[str, Any]:
     """Open the viewer on one study; return the canvas statistics once the image shows."""
     page = tab.page
     page.goto(f"{tab.site.url}/viewer?StudyInstanceUIDs={case.study_uid}")
-    page.wait_for_function("performance.getEntriesByName('dicomweb-first-image').length > 0", timeout=90_000)
+    wait_for(tab, "performance.getEntriesByName('dicomweb-first-image').length > 0", timeout_ms=90_000)
     stats = page.evaluate(CANVAS_STATS)
     assert stats is not None, "no viewport canvas"
     return stats
@@ -105,9 +125,9 @@ def assert_thumbnails(tab: Tab, case: StudyCase) -> None:
     OHIF draws them into ``data:`` URLs (``thumbnailRendering: 'wadors'``) or shows
     the server's ``/thumbnail`` JPEG through a ``blob:`` URL ('thumbnail').
     """
-    tab.page.wait_for_function(
-        "[...document.querySelectorAll('img')].filter(i => /^(data|blob):/.test(i.src)"
-        f" && i.complete && i.naturalWidth > 0).length >= {case.series}", timeout=30_000)
+    wait_for(
+        tab, "[...document.querySelectorAll('img')].filter(i => /^(data|blob):/.test(i.src)"
+        f" && i.complete && i.naturalWidth > 0).length >= {case.series}", timeout_ms=30_000)
 
 
 @pytest.mark.parametrize("key", ["ct", "j2k", "multiframe", "j2k-multiframe"])
