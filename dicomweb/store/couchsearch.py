@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,8 +97,10 @@ INDEXES: dict[str, list[str]] = {
     "instances-by-series-order": ["doctype", "state", "series", "o"],
 }
 #: At most this many keys are read for one filter (value) to find candidates;
-#: a filter matching more is used only to check the candidates of the others.
-MAX_CANDIDATES = 20_000
+#: a filter matching more is used only to check the candidates of the others
+#: (environment ``QIDO_COUCH_MAX_CANDIDATES``, for tests and tuning; not a
+#: ``DICOMWEB_`` variable, which the settings loader would reject as unknown).
+MAX_CANDIDATES = int(os.environ.get("QIDO_COUCH_MAX_CANDIDATES", "20000"))
 #: Ids per ``_all_docs`` request.
 CHUNK = 500
 #: Above every character a key can have after a literal prefix (see README).
