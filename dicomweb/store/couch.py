@@ -151,9 +151,9 @@ class CouchStore:
 
     def __init__(self, url: str, database: str, reactor: Any, pool: Any, *, user: str | None = None,
                  password: str | None = None, spool_dir: str | None = None, concurrency: int = 16,
-                 timeout: float = 30.0, retry_for: float = 5.0) -> None:
+                 timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None) -> None:
         self.client = CouchClient(url, database, reactor, user=user, password=password, concurrency=concurrency,
-                                  timeout=timeout, retry_for=retry_for)
+                                  timeout=timeout, retry_for=retry_for, ca_file=ca_file)
         self.reactor = reactor
         self._pool = pool
         self.spool_dir = spool_dir
