@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
-from typing import Any
 
 import requests
 
-from tests.server import REPO
+from tests.server import REPO, ChildProcess
 
 POUCHDB_SERVER = os.path.join(REPO, "node_modules", "pouchdb-server", "bin", "pouchdb-server")
 
@@ -27,7 +25,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class CouchServer:
+class CouchServer(ChildProcess):
     """pouchdb-server on a free loopback port; in memory, or LevelDB in ``directory``.
 
     It runs with its working directory in ``directory`` (it writes its
@@ -40,6 +38,7 @@ class CouchServer:
         self.in_memory = in_memory
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = os.path.join(directory, "stdout.txt")
         os.makedirs(directory, exist_ok=True)
 
     @property
@@ -67,28 +66,3 @@ class CouchServer:
         self.stop()
         raise RuntimeError("pouchdb-server did not start:\n" + self.log()[-2000:])
 
-    def log(self) -> str:
-        try:
-            with open(os.path.join(self.directory, "stdout.txt"), encoding="utf-8", errors="replace") as fp:
-                return fp.read()
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def __enter__(self) -> CouchServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

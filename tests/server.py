@@ -16,7 +16,46 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PORT_RE = re.compile(r"Site (?:\(TLS\) )?starting on (\d+)")
 
 
-class ServerProcess:
+class ChildProcess:
+    """A test service in a child process: its log, kill -9, clean stop."""
+
+    log_path: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> Any:
+        raise NotImplementedError
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as fp:
+                return fp.read()
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """``kill -9``: no clean shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class ServerProcess(ChildProcess):
     """``twistd -n dicomweb`` on a free loopback port, with its own log file."""
 
     #: "https" (and ``verify`` = the CA file) when ``extra`` holds an ssl: --port.
@@ -56,31 +95,3 @@ class ServerProcess:
         self.stop()
         raise RuntimeError("server did not start:\n" + self.log()[-3000:])
 
-    def log(self) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as fp:
-                return fp.read()
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        """``kill -9``: no clean shutdown."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self.proc and self.proc.stderr:
-            self.proc.stderr.close()
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

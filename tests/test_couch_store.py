@@ -4,15 +4,11 @@ and a CouchDB that dies and comes back during a STOW load."""
 
 from __future__ import annotations
 
-import io
 import os
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import pydicom
 import pytest
 import requests
 from pydicom.uid import generate_uid
@@ -20,6 +16,7 @@ from pydicom.uid import generate_uid
 from tests import couchdb, dicomgen
 from tests.httpclient import json_of, referenced, split_multipart, stow
 from tests.server import ServerProcess
+from tests.stowload import StowLoad, wait_for
 
 
 def _frontend(tmp: str, name: str, couch_url: str, db: str) -> ServerProcess:
@@ -34,10 +31,6 @@ def two_frontends(couch_server: couchdb.CouchServer, tmp_path: os.PathLike[str])
         yield a, b
     for proc in (a, b):
         assert "Traceback" not in proc.log(), proc.log()[-3000:]
-
-
-def _sop(part: bytes) -> str:
-    return str(pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True).SOPInstanceUID)
 
 
 def test_two_frontends_on_one_database_give_identical_answers(two_frontends: tuple[ServerProcess, ServerProcess]) -> None:
@@ -106,63 +99,16 @@ def disk_couch(tmp_path: os.PathLike[str]) -> Iterator[couchdb.CouchServer]:
 def test_couchdb_killed_and_restarted_during_stow_loses_nothing_acknowledged(
         disk_couch: couchdb.CouchServer, tmp_path: os.PathLike[str]) -> None:
     frontend = _frontend(str(tmp_path), "front", disk_couch.url, "restart")
-    acked: dict[str, tuple[str, str, bytes]] = {}
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def load(worker: int) -> None:
-        study = generate_uid()
-        number = 0
-        while not stop.is_set():
-            series = generate_uid()
-            parts = []
-            for _ in range(4):
-                number += 1
-                parts.append(dicomgen.ct_instance(study, series, number, size=32, seed=worker * 10000 + number))
-            try:
-                response = stow(frontend.url, parts)
-            except requests.RequestException:
-                continue
-            statuses.append(response.status_code)
-            if response.status_code == 200:
-                by_uid = {_sop(p): p for p in parts}
-                for sop in referenced(json_of(response)):
-                    acked[sop] = (study, series, by_uid[sop])
-            elif response.status_code == 503:
-                assert response.headers.get("Retry-After")
-                time.sleep(0.2)
-
     with frontend:
-        workers = [threading.Thread(target=load, args=(i,)) for i in range(3)]
-        for w in workers:
-            w.start()
-        try:
-            _wait(lambda: len(acked) >= 40, 30)
+        with StowLoad(frontend.url, per_request=4, retry=True) as load:
+            wait_for(lambda: len(load.acked) >= 40, 30)
             disk_couch.kill()
-            before = len(statuses)
-            _wait(lambda: statuses[before:].count(503) >= 2, 30)
+            before = len(load.statuses)
+            wait_for(lambda: load.statuses[before:].count(503) >= 2, 30)
             assert requests.get(f"{frontend.url}/studies").status_code == 503
             disk_couch.start()
-            count = len(acked)
-            _wait(lambda: len(acked) >= count + 40, 60)  # recovered by itself
-        finally:
-            stop.set()
-            for w in workers:
-                w.join(60)
-        url = frontend.url
-        for sop, (study, series, data) in acked.items():
-            response = requests.get(f"{url}/studies/{study}/series/{series}/instances/{sop}")
-            assert response.status_code == 200, sop
-            assert split_multipart(response)[0][1] == data
-        for study_json in requests.get(f"{url}/studies").json():
-            study = study_json["0020000D"]["Value"][0]
-            count = study_json["00201208"]["Value"][0]
-            assert len(requests.get(f"{url}/studies/{study}/metadata").json()) == count
+            count = len(load.acked)
+            wait_for(lambda: len(load.acked) >= count + 40, 60)  # recovered by itself
+        load.check(frontend.url)
         assert "Traceback" not in frontend.log(), frontend.log()[-3000:]
 
-
-def _wait(condition, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
