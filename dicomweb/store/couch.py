@@ -52,6 +52,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
+from . import couchremove
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome, StoreUnavailable
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 
@@ -551,6 +552,28 @@ class CouchStore:
         doc = await self.client.get_or_none(doc_path(_instance_doc_id(sop)))
         return dict((doc or {}).get(field) or {})
 
+    # -- delete and reject (the logic is in couchremove.py) ---------------------------
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        """Delete the instance documents (stored or rejected) with their bytes."""
+        return await couchremove.remove(self, study, series, sop, frozenset({"stored", "rejected"}),
+                                        couchremove.deleted)
+
+    async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
+        """Mark the stored instances ``rejected`` (bytes kept until deleted or purged)."""
+        return await couchremove.remove(self, study, series, sop, frozenset({"stored"}),
+                                        couchremove.rejected(code, scheme))
+
+    async def purge_rejected(self, older_than: float) -> int:
+        return await couchremove.purge_rejected(self, older_than)
+
+    async def _after_instances_removed(self, sops: list[str]) -> None:
+        """Hook: these instances just left search and retrieval (deleted or
+        rejected). Documents keyed by instance that the store keeps beside
+        ``i:<sop>`` (search keys) are removed here. Also called by the sweep
+        for an interrupted delete/reject, so it must be idempotent and must
+        skip an instance that is ``stored`` again by now (restored)."""
+
     # -- crash repair -------------------------------------------------------------------
 
     async def sweep(self, grace: float = JOURNAL_GRACE, finish: bool = True) -> int:
@@ -565,6 +588,9 @@ class CouchStore:
             return 0
         studies = {s for j in journals for s in j.get("studies", [])}
         await self._refresh_studies(studies)
+        removed = sorted({sop for j in journals for sop in j.get("removed", [])})  # delete/reject journals
+        if removed:
+            await self._after_instances_removed(removed)
         now = time.time()
         for j in journals:
             if not finish or now - float(j.get("at", now)) < grace:
