@@ -555,7 +555,7 @@ class CouchStore:
     # -- delete and reject (the logic is in couchremove.py) ---------------------------
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
-        """Delete the instance documents (stored or rejected) with their bytes."""
+        """Replace the instance documents (stored or rejected) by stubs without bytes."""
         return await couchremove.remove(self, study, series, sop, frozenset({"stored", "rejected"}),
                                         couchremove.deleted)
 

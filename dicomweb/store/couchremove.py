@@ -6,8 +6,14 @@ Instance documents ``i:<sop>`` change state; nothing else needs a new document:
   scheme, time). Every query of the store selects ``state: "stored"``, so a
   rejected instance leaves search and retrieval at once; its attachment
   stays for a restore (storing it again) until it is deleted or purged.
-- **delete**: the instance documents are deleted (``_deleted``); their
-  attachments go with the revision (disk space returns at compaction).
+- **delete**: each instance document is replaced by a stub ``{"doctype":
+  "instance", "state": "deleted"}``: no attachment, no metadata, no UIDs
+  but the one in its id. The bytes go with the old revision (CouchDB
+  returns the space at compaction). A stub rather than a CouchDB deletion
+  (``_deleted``): pouchdb-server refuses an attachment PUT on a deleted
+  document (404, even with its revision), so the same SOP Instance UID could
+  never be stored again there; on a stub, STOW's ordinary path (attachment
+  on the current revision) just works. A stub is as small as a tombstone.
 
 Then the study and series aggregate documents are recomputed exactly as
 after a STOW (``CouchStore._refresh_studies``), and
@@ -113,7 +119,9 @@ async def remove(store: CouchStore, study: str, series: str | None, sop: str | N
 
 
 def deleted(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"_id": doc["_id"], "_rev": doc["_rev"], "_deleted": True}
+    """The stub that replaces a deleted instance (see the module docstring)."""
+    return {"_id": doc["_id"], "_rev": doc["_rev"], "doctype": "instance", "state": "deleted",
+            "deleted_at": time.time()}
 
 
 def rejected(code: str, scheme: str) -> Change:
@@ -138,7 +146,7 @@ async def purge_rejected(store: CouchStore, older_than: float) -> int:
     while True:
         page = await store._find("instances-by-study", {
             "doctype": "instance", "state": "rejected", "study": {"$gt": None}, "sop": {"$gt": None},
-            "rejected_at": {"$lt": cutoff}}, ["_id", "_rev", "study"], limit=PAGE)
+            "rejected_at": {"$lt": cutoff}}, ["_id", "_rev"], limit=PAGE)
         if not page:
             return purged
         result = await store.client.post("_bulk_docs", {"docs": [deleted(d) for d in page]})
