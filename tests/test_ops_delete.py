@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import requests
 
-from tests.ops_helpers import aggregates, is_couch, metadata_count, qido, store_study, stored_files, value
 from tests.httpclient import stow
+from tests.ops_helpers import aggregates, is_couch, metadata_count, qido, store_study, stored_files, value
 from tests.server import ServerProcess
 
 STUDY_SERIES, STUDY_INSTANCES, MODALITIES, SERIES_INSTANCES = "00201206", "00201208", "00080061", "00201209"

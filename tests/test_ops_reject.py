@@ -17,7 +17,7 @@ def _reject(url: str, path: str, code: str = "113001%5EDCM") -> requests.Respons
 def test_reject_series_then_restore_by_storing_again(server: ServerProcess) -> None:
     url = server.url
     study = store_study(url)
-    ct, mr = study.series
+    _ct, mr = study.series
     base = f"/studies/{study.uid}"
     response = _reject(url, f"{base}/series/{mr.uid}")
     assert response.status_code == 204, response.text
@@ -65,7 +65,7 @@ def test_reject_refuses_unknown_codes_and_bad_uids(server: ServerProcess) -> Non
 def test_rejected_instances_leave_search(server: ServerProcess) -> None:
     url = server.url
     study = store_study(url)
-    ct, mr = study.series
+    _ct, mr = study.series
     assert _reject(url, f"/studies/{study.uid}/series/{mr.uid}").status_code == 204
     [found] = qido(server, "/studies", StudyInstanceUID=study.uid, includefield="00080061")
     assert found["00201208"]["Value"] == [3]
