@@ -351,19 +351,11 @@ class DICOMwebApp:
 
     # -- capabilities (PS3.18 8.9; the document is built in capabilities.py) ---
 
-    @app.route("/", methods=["OPTIONS"])
-    def capabilities_root(self, request: Request) -> bytes:
-        return self._options(request)
-
-    @app.route("/<path:rest>", methods=["OPTIONS"])
-    def capabilities(self, request: Request, rest: str) -> bytes:
-        return self._options(request)
-
-    def _options(self, request: Request) -> bytes:
+    # OPTIONS routes are added below the class, one per routed path (not a
+    # catch-all: a path nothing is routed on must stay 404 for every method).
+    def options_route(self, request: Request, **_uids: str) -> bytes:
         path = unquote(request.path.decode("latin-1"))
         allowed = capabilities.allowed_methods(self.app.url_map, path)
-        if allowed == ["OPTIONS"]:
-            raise HTTPError(404, "no such resource")
         request.setHeader(b"allow", ", ".join(allowed).encode())
         media = capabilities.choose_type(request.getHeader(b"accept"))
         scope = None if path == "/" else path
@@ -383,6 +375,16 @@ class DICOMwebApp:
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"dicomweb: a DICOMweb server (STOW-RS, QIDO-RS, WADO-RS, WADO-URI)\n"
         return await wadouri.answer(self.wado, request)
+
+
+def _route_options(app: Klein) -> None:
+    """An OPTIONS route for every routed path (Klein does not answer OPTIONS itself)."""
+    for rule in sorted({r.rule for r in app.url_map.iter_rules()}):
+        app.route(rule, methods=["OPTIONS"], endpoint=capabilities.OPTIONS_PREFIX + rule, branch=False)(
+            DICOMwebApp.options_route)
+
+
+_route_options(DICOMwebApp.app)
 
 
 def _with_port(host: bytes, scheme: bytes, port: int) -> bytes:

@@ -35,8 +35,13 @@ from . import negotiation, wadouri
 WADL = "application/vnd.sun.wadl+xml"
 JSON = "application/json"
 WADL_NS = "http://wadl.dev.java.net/2009/02"
-#: Endpoints of the OPTIONS routes themselves: OPTIONS is listed on every resource instead.
-OPTIONS_ENDPOINTS = frozenset({"capabilities", "capabilities_root"})
+#: Endpoint prefix of the OPTIONS routes (one per path, added by app.py); the
+#: document lists OPTIONS as a method of each resource instead.
+OPTIONS_PREFIX = "options:"
+
+
+def is_options_endpoint(endpoint: object) -> bool:
+    return str(endpoint).startswith(OPTIONS_PREFIX)
 
 _MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 _MULTIPART_XML = 'multipart/related; type="application/dicom+xml"'
@@ -183,7 +188,7 @@ def _rules(url_map: Map, scope: str | None) -> Iterable[Rule]:
         matched = {id(adapter.match(scope, method, return_rule=True)[0])
                    for method in allowed_methods(url_map, scope)}
     for rule in url_map.iter_rules():
-        if rule.endpoint not in OPTIONS_ENDPOINTS and (matched is None or id(rule) in matched):
+        if not is_options_endpoint(rule.endpoint) and (matched is None or id(rule) in matched):
             yield rule
 
 
