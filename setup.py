@@ -52,6 +52,8 @@ setup(
             "psutil>=5.9",
             "mypy>=1.10",
             "ruff>=0.5",
+            # drives Debian's /usr/bin/chromium in tests/e2e (its driver ships in the wheel)
+            "playwright>=1.45",
         ],
     },
 )

@@ -4,7 +4,14 @@ Starts pouchdb-server (LevelDB on disk, from node_modules: ``npm ci --ignore-scr
 and two ``twistd dicomweb`` servers (embedded, couch), stores the same generated
 512x512 CT instances into each (requests of ``--batch``), then times GETs.
 
+For the QIDO searches of ``bench/qido.py`` it then also stores ``--qido-instances``
+small instances (64x64, 2 series of 50 per study, PatientName ``PAT{n:05d}^BENCH``,
+StudyDate 2015-01-01 + 3n days) through STOW and times
+(a) ``/studies?PatientName=PAT0000*&StudyDate=20150101-20191231`` and
+(b) ``/instances?limit=1000``.
+
     python bench/couch_vs_embedded.py [--instances 400] [--batch 20] [--clients 4] [--repeat 30]
+                                      [--qido-instances 1200]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.qido import QUERY_A, QUERY_B, instance_bytes, template
 from tests import couchdb, dicomgen
 from tests.httpclient import multipart_body
 from tests.server import ServerProcess
@@ -73,6 +81,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--per-series", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--qido-instances", type=int, default=1200)
     args = parser.parse_args()
     if not couchdb.available():
         sys.exit("pouchdb-server is not installed: run npm ci --ignore-scripts")
@@ -82,6 +91,7 @@ def main() -> None:
     print(f"corpus: {len(parts)} CT 512x512 instances, {size / 1e6:.0f} MB, one study, "
           f"{len({s for s, _ in items})} series; requests of {args.batch}, {args.clients} clients")
     rows = []
+    qido_rows: list[tuple[str, tuple[float, float], tuple[float, float]]] = []
     with tempfile.TemporaryDirectory() as tmp, couchdb.CouchServer(os.path.join(tmp, "pouch"), in_memory=False) as couch:
         for store, extra in (("embedded", []), ("couch", ["--couchdb", couch.url, "--couchdb-db", "bench"])):
             proc = ServerProcess(os.path.join(tmp, store), os.path.join(tmp, store + ".log"), *extra)
@@ -95,6 +105,13 @@ def main() -> None:
                 meta = timed(session, f"{proc.url}/studies/{study}/series/{series}/metadata", args.repeat)
                 inst = timed(session, f"{proc.url}/studies/{study}/series/{series}/instances/{sop}", args.repeat)
                 rows.append((store, len(parts) / seconds, size / seconds / 1e6, qido, qido_all, meta, inst))
+                if args.qido_instances:
+                    base = template()
+                    small = [instance_bytes(base, n) for n in range(args.qido_instances)]
+                    stow_all(proc.url, small, 100, args.clients)
+                    search_a = timed(session, proc.url + QUERY_A, args.repeat)
+                    search_b = timed(session, proc.url + QUERY_B, args.repeat)
+                    qido_rows.append((store, search_a, search_b))
     print()
     print(f"{'store':9} {'STOW inst/s':>11} {'MB/s':>6} | median / p95 ms: {'QIDO by UID':>13} {'QIDO limit=101':>15} "
           f"{'series metadata':>16} {'instance retrieve':>18}")
@@ -102,6 +119,12 @@ def main() -> None:
         cells = " ".join(f"{m:7.1f}/{p:<7.1f}" for m, p in lat)
         print(f"{store:9} {ips:11.1f} {mbs:6.1f} | {'':16} {cells}")
     print(f"\n(series metadata = {args.per_series} instances; instance retrieve = one 512 KB instance, multipart)")
+    if qido_rows:
+        print(f"\nQIDO with {args.qido_instances} more small instances ({args.qido_instances // 100} studies), "
+              f"median / p95 ms:")
+        print(f"{'store':9} {'(a) ' + QUERY_A:>62} {'(b) ' + QUERY_B:>28}")
+        for store, a, b in qido_rows:
+            print(f"{store:9} {a[0]:52.1f}/{a[1]:<9.1f} {b[0]:18.1f}/{b[1]:<9.1f}")
 
 
 if __name__ == "__main__":

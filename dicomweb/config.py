@@ -51,6 +51,7 @@ class Settings:
     couchdb: str | None = field(default=None, repr=False)
     couchdb_db: str = "dicomweb"
     couchdb_credentials: str | None = None
+    couchdb_ca: str | None = None
     couchdb_user: str | None = None
     couchdb_password: str | None = field(default=None, repr=False)
 

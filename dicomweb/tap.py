@@ -34,6 +34,7 @@ class Options(_config.SecurityOptions, usage.Options):
         ["couchdb", None, None, "Use the CouchDB store at this URL (http://[user:password@]host:5984)"],
         ["couchdb-db", None, None, "CouchDB database name [default: dicomweb]"],
         ["couchdb-credentials", None, None, "File holding the CouchDB user:password (one line)"],
+        ["couchdb-ca", None, None, "PEM CA bundle trusted for an https:// CouchDB URL [default: system CAs]"],
     ]
     optFlags = [
         ["allow-remote", None, "Allow listening on non-loopback addresses without authentication"],
@@ -67,7 +68,7 @@ class Options(_config.SecurityOptions, usage.Options):
 def _settings_from(values: dict[str, Any]) -> Settings:
     values = dict(values)
     known = {"port", "data-dir", "base-url", "max-request-size", "threads", *_FLAGS, *_config.SECURITY_KEYS,
-             "couchdb", "couchdb-db", "couchdb-credentials", "couchdb-user", "couchdb-password"}
+             "couchdb", "couchdb-db", "couchdb-credentials", "couchdb-user", "couchdb-password", "couchdb-ca"}
     unknown = set(values) - known
     if unknown:
         raise usage.UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -173,7 +174,7 @@ def _couch_store(settings: Settings, reactor: Any, pool: ThreadPool) -> Any:
     try:
         user, password = settings.couchdb_login()
         return CouchStore(settings.couchdb or "", settings.couchdb_db, reactor, pool, user=user, password=password,
-                          spool_dir=os.path.join(settings.data_dir, "spool"))
+                          spool_dir=os.path.join(settings.data_dir, "spool"), ca_file=settings.couchdb_ca)
     except (OSError, ValueError) as exc:
         raise usage.UsageError(f"CouchDB settings: {exc}") from None
 

@@ -110,3 +110,14 @@ def aggregates(server: ServerProcess, study: str) -> tuple[int, int, list[str]] 
         return None
     mods = found[0].get("00080061", {}).get("Value", [])
     return found[0]["00201206"]["Value"][0], found[0]["00201208"]["Value"][0], mods
+
+
+def couch_key_docs(server: ServerProcess, owner: str) -> list[dict[str, Any]]:
+    """The CouchDB store's QIDO key documents of one owner UID (a test-only scan)."""
+    url = server.extra[server.extra.index("--couchdb") + 1]
+    db = server.extra[server.extra.index("--couchdb-db") + 1]
+    response = requests.post(f"{url}/{db}/_find", json={"selector": {"doctype": "qkey", "u": owner}, "limit": 1000},
+                             timeout=30)
+    response.raise_for_status()
+    docs: list[dict[str, Any]] = response.json()["docs"]
+    return docs

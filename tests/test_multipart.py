@@ -13,8 +13,30 @@ from dicomweb.dicom.multipart import MultipartError, iter_parts
 from tests.httpclient import multipart_body
 
 
-def _parts(body: bytes, boundary: str) -> list[tuple[dict[str, str], bytes]]:
-    return [(p.headers, body[p.offset:p.offset + p.length]) for p in iter_parts(io.BytesIO(body), boundary)]
+class _Unmappable(io.RawIOBase):
+    """A seekable stream with no file descriptor or buffer: read in chunks."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._data.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._data.tell()
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        return self._data.readinto(buffer)
+
+
+def _parts(body: bytes, boundary: str, stream: type = io.BytesIO) -> list[tuple[dict[str, str], bytes]]:
+    return [(p.headers, body[p.offset:p.offset + p.length]) for p in iter_parts(stream(body), boundary)]
 
 
 @given(st.lists(st.binary(max_size=3000), min_size=1, max_size=5))
@@ -27,7 +49,7 @@ def test_parts_spanning_many_read_chunks_are_found(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(multipart, "CHUNK", 7)
     payloads = [b"x" * 100, b"--almost-a-boundary\r\n" * 3, b""]
     body, boundary = multipart_body(payloads, boundary="almost-a-boundary-but-not")
-    assert [data for _, data in _parts(body, boundary)] == payloads
+    assert [data for _, data in _parts(body, boundary, _Unmappable)] == payloads
 
 
 def test_a_preamble_and_transport_padding_are_ignored() -> None:
@@ -41,6 +63,18 @@ def test_a_preamble_and_transport_padding_are_ignored() -> None:
     (b"--b\r\nContent-Type: x", "unterminated"),
     (b"--b\r\nbad header line\r\n\r\nDATA\r\n--b--", "malformed part header"),
 ])
-def test_malformed_bodies_raise_with_a_reason(body: bytes, reason: str) -> None:
+@pytest.mark.parametrize("stream", [io.BytesIO, _Unmappable])
+def test_malformed_bodies_raise_with_a_reason(body: bytes, reason: str, stream: type) -> None:
     with pytest.raises(MultipartError, match=reason):
-        _parts(body, "b")
+        _parts(body, "b", stream)
+
+
+def test_a_body_in_a_real_file_is_searched_in_place(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    payloads = [b"a" * 5000, b"\r\n--x\r\n", b"b" * 70000]
+    body, boundary = multipart_body(payloads)
+    path = tmp_path / "body"
+    path.write_bytes(b"preamble\r\n" + body)
+    with open(path, "rb") as fp:
+        parts = list(iter_parts(fp, boundary))
+    stored = path.read_bytes()
+    assert [stored[p.offset:p.offset + p.length] for p in parts] == payloads

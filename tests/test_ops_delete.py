@@ -6,7 +6,7 @@ from __future__ import annotations
 import requests
 
 from tests.httpclient import stow
-from tests.ops_helpers import aggregates, is_couch, metadata_count, qido, store_study, stored_files, value
+from tests.ops_helpers import aggregates, couch_key_docs, is_couch, metadata_count, qido, store_study, stored_files, value
 from tests.server import ServerProcess
 
 STUDY_SERIES, STUDY_INSTANCES, MODALITIES, SERIES_INSTANCES = "00201206", "00201208", "00080061", "00201209"
@@ -62,6 +62,9 @@ def test_qido_after_deletes(server: ServerProcess) -> None:
     assert qido(server, "/series", SeriesInstanceUID=mr.uid) == []
 
     assert _delete(url, base) == 204
+    if is_couch(server):
+        assert [d for sop in ct.sops for d in couch_key_docs(server, sop)] == []
+        assert couch_key_docs(server, study.uid) == couch_key_docs(server, ct.uid) == []
     assert qido(server, "/studies", StudyInstanceUID=study.uid) == []
     assert qido(server, "/series", SeriesInstanceUID=ct.uid) == []
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import requests
 
 from tests.httpclient import stow
-from tests.ops_helpers import aggregates, is_couch, metadata_count, qido, store_study, stored_files
+from tests.ops_helpers import aggregates, couch_key_docs, is_couch, metadata_count, qido, store_study, stored_files
 from tests.server import ServerProcess
 
 
@@ -82,6 +82,8 @@ def test_delete_purges_rejected_instances(server: ServerProcess) -> None:
     ct, mr = study.series
     assert _reject(url, f"/studies/{study.uid}/series/{mr.uid}").status_code == 204
     if is_couch(server):
+        assert couch_key_docs(server, ct.sops[0])  # a stored instance has QIDO keys...
+        assert couch_key_docs(server, mr.sops[0]) == []  # ...a rejected one none
         doc = _couch(server, mr.sops[0])
         assert doc is not None and doc["state"] == "rejected" and doc["_attachments"]  # kept for a restore
         assert doc["rejection"] == {"code": "113001", "scheme": "DCM"}

@@ -8,10 +8,12 @@ them.
 
 from __future__ import annotations
 
+import io
+import mmap
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 CHUNK = 1 << 20
 MAX_HEADER_BYTES = 16 * 1024
@@ -58,12 +60,30 @@ class _Scanner:
         self.fp = fp
         self.pos = start
         self.end = end
+        # A memory map searches the file in place (no copy into Python
+        # bytes); in-memory bodies are searched in their own buffer.
+        self._view: Any = None
+        if isinstance(fp, io.BytesIO):
+            self._view = fp.getvalue()  # small bodies only (twisted.web keeps < 100 KB in memory)
+        elif end > 0:
+            try:
+                self._view = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+                self._view = None
+
+    def close(self) -> None:
+        if isinstance(self._view, mmap.mmap):
+            self._view.close()
+        self._view = None
 
     def find(self, pattern: bytes, limit: int | None = None) -> int:
         """Absolute offset of the next ``pattern`` at or after ``pos``, or -1.
 
         With ``limit``, give up (-1) after scanning that many bytes.
         """
+        if self._view is not None:
+            end = self.end if limit is None else min(self.end, self.pos + limit + len(pattern))
+            return self._view.find(pattern, self.pos, end)
         overlap = len(pattern) - 1
         start = self.pos
         scanned = 0
@@ -85,6 +105,8 @@ class _Scanner:
         return -1
 
     def read(self, offset: int, length: int) -> bytes:
+        if self._view is not None:
+            return bytes(self._view[offset:offset + length])
         self.fp.seek(offset)
         return self.fp.read(length)
 
@@ -100,8 +122,15 @@ def iter_parts(fp: BinaryIO, boundary: str, size: int | None = None) -> Iterator
     if size is None:
         fp.seek(0, os.SEEK_END)
         size = fp.tell()
-    dash = b"--" + boundary.encode("latin-1")
     scanner = _Scanner(fp, 0, size)
+    try:
+        yield from _parts(scanner, boundary)
+    finally:
+        scanner.close()
+
+
+def _parts(scanner: _Scanner, boundary: str) -> Iterator[Part]:
+    dash = b"--" + boundary.encode("latin-1")
     first = scanner.find(dash)
     if first < 0 or (first > 0 and scanner.read(first - 2, 2) != b"\r\n"):
         raise MultipartError("body does not start with the boundary delimiter")

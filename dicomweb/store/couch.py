@@ -12,6 +12,8 @@ Documents (see README "Running on CouchDB")::
                          ModalitiesInStudy, SOPClassesInStudy.
     se:<SeriesInstanceUID> one per series: series attributes and its count.
     j:<random>           a journal entry per STOW batch in flight (crash repair).
+    q:<hash>             QIDO match keys, one per (level, owner, generation,
+                         path, key): see :mod:`couchsearch`.
     _local/dicomweb-schema  the schema version (indexes are created idempotently).
 
 Write order for one instance (nothing acknowledged is lost, nothing half
@@ -52,13 +54,15 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
-from . import couchremove
+from ..dicom.query import Query
+from . import couchremove, couchsearch
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome, StoreUnavailable
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 
 log = Logger()
 
-SCHEMA_VERSION = 1
+#: 2: order keys ``o`` on level documents, QIDO key documents, search indexes.
+SCHEMA_VERSION = 2
 SCHEMA_DOC = "_local/dicomweb-schema"
 DDOC = "dicomweb-v1"
 
@@ -147,9 +151,9 @@ class CouchStore:
 
     def __init__(self, url: str, database: str, reactor: Any, pool: Any, *, user: str | None = None,
                  password: str | None = None, spool_dir: str | None = None, concurrency: int = 16,
-                 timeout: float = 30.0, retry_for: float = 5.0) -> None:
+                 timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None) -> None:
         self.client = CouchClient(url, database, reactor, user=user, password=password, concurrency=concurrency,
-                                  timeout=timeout, retry_for=retry_for)
+                                  timeout=timeout, retry_for=retry_for, ca_file=ca_file)
         self.reactor = reactor
         self._pool = pool
         self.spool_dir = spool_dir
@@ -200,6 +204,11 @@ class CouchStore:
         # ensure them, so a deleted index comes back.
         for name, fields in INDEXES.items():
             await self.client.post("_index", {"index": {"fields": fields}, "ddoc": DDOC, "name": name, "type": "json"})
+        for name, fields in couchsearch.INDEXES.items():
+            await self.client.post("_index", {"index": {"fields": fields}, "ddoc": couchsearch.DDOC, "name": name,
+                                              "type": "json"})
+        if 0 < version < 2:
+            await self._upgrade_1_to_2()
         if version < SCHEMA_VERSION:
             for ddoc in OBSOLETE_DDOCS:
                 old = await self.client.get_or_none(doc_path("_design/" + ddoc))
@@ -210,6 +219,26 @@ class CouchStore:
                 body["_rev"] = schema["_rev"]
             await self.client.put(doc_path(SCHEMA_DOC), body)
             log.info("CouchDB schema upgraded from {old} to {new}", old=version, new=SCHEMA_VERSION)
+
+    async def _upgrade_1_to_2(self) -> None:
+        """Order keys and QIDO key documents for what a version 1 server stored."""
+        log.info("CouchDB schema 1 -> 2: writing QIDO keys of stored instances")
+
+        async def instance_page(skip: int, limit: int) -> list[dict[str, Any]]:
+            return await self._find("instances-by-study", {"doctype": "instance", "state": "stored",
+                                                           "study": {"$gt": None}, "sop": {"$gt": None}},
+                                    fields=["_id"], limit=limit, skip=skip)
+
+        count = await couchsearch.upgrade_instances(self.client, instance_page)
+        studies: list[str] = []
+        while True:
+            page = await self._find("studies-by-date", {"doctype": "study", "od": {"$gt": None}, "ot": {"$gt": None},
+                                                        "study": {"$gt": None}}, fields=["study"], skip=len(studies))
+            studies.extend(d["study"] for d in page)
+            if len(page) < PAGE:
+                break
+        await self._refresh_studies(studies, _Hints(ensure_keys=True))
+        log.info("CouchDB schema 1 -> 2: {n} instances and {m} studies indexed", n=count, m=len(studies))
 
     async def close(self) -> None:
         if self._sweeper is not None and self._sweeper.running:
@@ -384,13 +413,18 @@ class CouchStore:
         for n, item in enumerate(items):
             groups.setdefault(item.info.sop_uid, []).append(n)
 
+        written: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+
         async def run_group(indices: list[int]) -> None:
             for n in indices:
                 doc_id = _instance_doc_id(items[n].info.sop_uid)
-                outcomes[n] = await self._store_one(items[n], digests[n], existing.pop(doc_id, None), touched)
+                outcomes[n] = await self._store_one(items[n], digests[n], existing.pop(doc_id, None), touched,
+                                                    written)
 
         await gatherResults([_deferred(run_group(g)) for g in groups.values()], consumeErrors=True).addErrback(
             _first_error)
+        # QIDO keys of the new versions, before the batch is acknowledged.
+        await couchsearch.sync_instance_keys(self.client, written)
         hints = _level_hints(items, outcomes)
         await self._refresh_studies(touched, hints)
         try:
@@ -408,7 +442,8 @@ class CouchStore:
         return out
 
     async def _store_one(self, item: StoreItem, digest: _Digest, current: dict[str, Any] | None,
-                         touched: set[str]) -> StoreOutcome:
+                         touched: set[str], written: list[tuple[dict[str, Any], dict[str, Any] | None]]
+                         ) -> StoreOutcome:
         info = item.info
         doc_id = _instance_doc_id(info.sop_uid)
         path = doc_path(doc_id)
@@ -446,6 +481,7 @@ class CouchStore:
                 log.error("CouchDB refused an instance document: {status} {error}", status=exc.status, error=exc.error)
                 return StoreOutcome("failed", "index write failed", PROCESSING_FAILURE)
             touched.add(info.study_uid)
+            written.append((doc, current if stored else None))
             return StoreOutcome("replaced" if stored else "stored")
         log.error("gave up storing an instance after {n} conflicting writes", n=ATTEMPTS)
         return StoreOutcome("failed", "too many concurrent writes", PROCESSING_FAILURE)
@@ -468,6 +504,7 @@ class CouchStore:
             "modality": _first(info.series, "00080060"),
             "series_number": _int(info.series, "00200011"),
             "instance_number": _int(info.instance, "00200013"),
+            "o": couchsearch.instance_order(info.instance, info.sop_uid),
             "study_attrs": info.study,
             "series_attrs": info.series,
             "instance_attrs": info.instance,
@@ -502,12 +539,17 @@ class CouchStore:
             series_docs = {d["series"]: d for d in await self._find(
                 "series-by-study", {"doctype": "series", "study": study, "series": {"$gt": None}}, limit=100000)}
             docs = await self._stored_instances(study, None, ["series", "sop_class", "modality", "series_number"])
+            old = {d["_id"]: d for d in [study_doc, *series_docs.values()] if d}
             writes = await self._aggregate_writes(study, study_doc, series_docs, docs, hints)
-            if not writes:
-                return
-            result = await self.client.post("_bulk_docs", {"docs": writes})
+            result = await self.client.post("_bulk_docs", {"docs": writes}) if writes else []
             conflicts = [r for r in result if r.get("error")]
             if not conflicts:
+                # QIDO keys of the study and series documents just written
+                # (with ensure_keys: of all of them, for crash repair).
+                pairs = [(old.pop(w["_id"], None), None if w.get("_deleted") else w) for w in writes]
+                if hints.ensure_keys:
+                    pairs += [(d, d) for d in old.values()]
+                await couchsearch.sync_level_keys(self.client, pairs, ensure=hints.ensure_keys)
                 return
             if any(r.get("error") != "conflict" for r in conflicts):
                 log.error("CouchDB refused an aggregate write: {error}", error=conflicts[0].get("error"))
@@ -530,7 +572,8 @@ class CouchStore:
             if modality:
                 modalities.add(modality)
             new = {"_id": "se:" + series, "doctype": "series", "study": study, "series": series, "attrs": attrs,
-                   "modality": modality, "series_number": _int(attrs, "00200011"), "num_instances": len(members)}
+                   "modality": modality, "series_number": _int(attrs, "00200011"), "num_instances": len(members),
+                   "o": couchsearch.series_order(attrs, series)}
             _changed(writes, old, new)
         for old in series_docs.values():  # series left without instances (moved or replaced)
             writes.append({"_id": old["_id"], "_rev": old["_rev"], "_deleted": True})
@@ -544,7 +587,8 @@ class CouchStore:
         new = {"_id": "s:" + study, "doctype": "study", "study": study, "attrs": attrs,
                "pid": _first(attrs, "00100020"), "od": _desc_key(_first(attrs, "00080020")),
                "ot": _desc_key(_first(attrs, "00080030")), "num_series": len(by_series), "num_instances": len(docs),
-               "modalities": sorted(modalities), "sop_classes": sorted({d["sop_class"] for d in docs})}
+               "modalities": sorted(modalities), "sop_classes": sorted({d["sop_class"] for d in docs}),
+               "o": couchsearch.study_order(attrs, study)}
         _changed(writes, study_doc, new)
         return writes
 
@@ -567,12 +611,17 @@ class CouchStore:
     async def purge_rejected(self, older_than: float) -> int:
         return await couchremove.purge_rejected(self, older_than)
 
-    async def _after_instances_removed(self, sops: list[str]) -> None:
-        """Hook: these instances just left search and retrieval (deleted or
-        rejected). Documents keyed by instance that the store keeps beside
-        ``i:<sop>`` (search keys) are removed here. Also called by the sweep
-        for an interrupted delete/reject, so it must be idempotent and must
-        skip an instance that is ``stored`` again by now (restored)."""
+    async def _after_instances_removed(self, docs: list[dict[str, Any]]) -> None:
+        """Hook: these instance documents (as they were before the change)
+        just left search and retrieval (deleted or rejected); documents kept
+        per instance beside ``i:<sop>`` go here: the QIDO key documents of
+        their generation (``couchsearch``). Idempotent, and harmless after a
+        restore (a new STOW writes keys of a new generation). The sweep calls
+        it for an interrupted delete/reject with the documents as they are
+        now: a deleted stub no longer names its generation, so its keys stay
+        as stale keys, which searches re-check and ignore."""
+        await couchsearch.sync_keys(self.client, [(couchsearch.instance_key_docs(d), []) for d in docs
+                                                  if d.get("att") and d.get("sop") and d.get("study")])
 
     # -- crash repair -------------------------------------------------------------------
 
@@ -587,10 +636,14 @@ class CouchStore:
         if not journals:
             return 0
         studies = {s for j in journals for s in j.get("studies", [])}
-        await self._refresh_studies(studies)
-        removed = sorted({sop for j in journals for sop in j.get("removed", [])})  # delete/reject journals
-        if removed:
-            await self._after_instances_removed(removed)
+        await self._refresh_studies(studies, _Hints(ensure_keys=True))
+        # The batch may have stopped before its instances' QIDO keys were written.
+        docs = await couchsearch.get_docs(self.client, {d for j in journals for d in j.get("docs", [])})
+        await couchsearch.sync_keys(self.client, [([], couchsearch.instance_key_docs(d)) for d in docs.values()
+                                                  if d.get("state") == "stored"])
+        # A delete/reject may have stopped before its instances' keys were removed.
+        removed = await couchsearch.get_docs(self.client, {"i:" + sop for j in journals for sop in j.get("removed", [])})
+        await self._after_instances_removed([d for d in removed.values() if d.get("state") != "stored"])
         now = time.time()
         for j in journals:
             if not finish or now - float(j.get("at", now)) < grace:
@@ -617,51 +670,9 @@ class CouchStore:
 
     # -- search ---------------------------------------------------------------------
 
-    async def search(self, query: Any) -> list[dict[str, Any]]:
-        """The study list (``StudyListQuery``), from the study docs' indexes.
-
-        Seam for the complete QIDO model: a ``dicomweb.dicom.query.Query``
-        is translated into Mango selectors by ``couchsearch`` (not yet here).
-        """
-        limit = query.limit
-        if query.study_uids:
-            found = await self._get_docs(sorted({"s:" + u for u in query.study_uids}))
-            docs = [d for d in found.values() if d and d.get("doctype") == "study"
-                    and (query.patient_id is None or d.get("pid") == query.patient_id)]
-            docs.sort(key=lambda d: (d["od"], d["ot"], d["study"]))
-            end = None if limit is None else query.offset + limit
-            docs = docs[query.offset:end]
-        else:
-            selector: dict[str, Any] = {"doctype": "study", "od": {"$gt": None}, "ot": {"$gt": None},
-                                        "study": {"$gt": None}}
-            index = "studies-by-date"
-            if query.patient_id is not None:
-                selector["pid"] = query.patient_id
-                index = "studies-by-patient"
-            docs = []
-            skip = query.offset
-            while limit is None or len(docs) < limit:
-                want = PAGE if limit is None else min(PAGE, limit - len(docs))
-                page = await self._find(index, selector, limit=want, skip=skip)
-                docs.extend(page)
-                skip += len(page)
-                if len(page) < want:
-                    break
-        return [_study_json(d) for d in docs]
-
-
-def _study_json(doc: dict[str, Any]) -> dict[str, Any]:
-    uid = doc["study"]
-    out: dict[str, Any] = dict(doc.get("attrs") or {})
-    out["0020000D"] = {"vr": "UI", "Value": [uid]}
-    out["00201206"] = {"vr": "IS", "Value": [doc["num_series"]]}
-    out["00201208"] = {"vr": "IS", "Value": [doc["num_instances"]]}
-    mods = doc.get("modalities") or []
-    out["00080061"] = {"vr": "CS", "Value": mods} if mods else {"vr": "CS"}
-    sops = doc.get("sop_classes") or []
-    out["00080062"] = {"vr": "UI", "Value": sops} if sops else {"vr": "UI"}
-    out["00081190"] = {"vr": "UR", "Value": [f"studies/{uid}"]}
-    return dict(sorted(out.items()))
+    async def search(self, query: Query) -> list[dict[str, Any]]:
+        """QIDO answers from Mango indexes (see :mod:`couchsearch`)."""
+        return await couchsearch.search(self.client, query)
 
 
 @dataclass
@@ -670,6 +681,8 @@ class _Hints:
 
     study: dict[str, dict[str, Any]] = field(default_factory=dict)
     series: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Write the QIDO keys of every study/series document, changed or not.
+    ensure_keys: bool = False
 
 
 def _level_hints(items: list[StoreItem], outcomes: list[StoreOutcome | None]) -> _Hints:

@@ -41,6 +41,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
+from ..tlsclient import https_policy
 from .base import StoreUnavailable
 
 log = Logger()
@@ -115,7 +116,7 @@ _RETRYABLE: tuple[type[BaseException], ...] = (_Transient, *TRANSIENT_ERRORS)
 class CouchClient:
     def __init__(self, url: str, database: str, reactor: Any, *, user: str | None = None,
                  password: str | None = None, concurrency: int = 16, timeout: float = 30.0,
-                 retry_for: float = 5.0) -> None:
+                 retry_for: float = 5.0, ca_file: str | None = None) -> None:
         base, url_user, url_password = split_credentials(url)
         self.base = base
         self.database = database
@@ -132,7 +133,8 @@ class CouchClient:
         self.pool.maxPersistentPerHost = concurrency
         self.pool.cachedConnectionTimeout = 60
         self.pool._factory = _QuietFactory  # type: ignore[misc]
-        agent: Any = Agent(reactor, pool=self.pool)
+        # https:// URLs: system CAs, or only the CAs of --couchdb-ca.
+        agent: Any = Agent(reactor, contextFactory=https_policy(ca_file), pool=self.pool)
         self.http = HTTPClient(agent)
         self.semaphore = DeferredSemaphore(concurrency)
 

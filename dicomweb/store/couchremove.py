@@ -17,8 +17,8 @@ Instance documents ``i:<sop>`` change state; nothing else needs a new document:
 
 Then the study and series aggregate documents are recomputed exactly as
 after a STOW (``CouchStore._refresh_studies``), and
-``CouchStore._after_instances_removed`` is called for documents keyed by
-instance that other parts of the store may keep (search keys).
+``CouchStore._after_instances_removed`` removes what is kept per instance
+beside it (the QIDO key documents of ``couchsearch``).
 
 Crash repair: a journal document (``doctype: "journal"``) naming the study
 and the removed SOP Instance UIDs is written before the first change and
@@ -75,10 +75,12 @@ async def instance_ids(store: CouchStore, study: str, series: str | None, sop: s
     return ids
 
 
-async def apply(store: CouchStore, study: str, ids: list[str], states: frozenset[str], change: Change) -> list[str]:
+async def apply(store: CouchStore, study: str, ids: list[str], states: frozenset[str],
+                change: Change) -> list[dict[str, Any]]:
     """Apply ``change`` to each document still in ``states``; retry conflicts
-    on fresh revisions. Returns the SOP Instance UIDs changed by this call."""
-    done: list[str] = []
+    on fresh revisions. Returns the documents changed by this call, as they
+    were before."""
+    done: list[dict[str, Any]] = []
     pending = ids
     for _ in range(ATTEMPTS):
         if not pending:
@@ -96,7 +98,7 @@ async def apply(store: CouchStore, study: str, ids: list[str], states: frozenset
             elif row.get("error"):
                 raise CouchError(500, str(row.get("error")), str(row.get("reason", "")))
             else:
-                done.append(by_id[row["id"]]["sop"])
+                done.append(by_id[row["id"]])
     return done
 
 

@@ -404,16 +404,18 @@ class EmbeddedStore:
             fp.seek(offset)
             return fp.read(length)
 
-    async def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        fp = await self._run(open, os.path.join(self.files_dir, record.location), "rb")
-        try:
-            while True:
-                data = await self._run(fp.read, chunk_size)
-                if not data:
-                    return
+    async def chunks(self, record: InstanceRecord, chunk_size: int = 4 << 20) -> AsyncIterator[bytes]:
+        # One thread hop per chunk, and a file that fits in one chunk (most
+        # instances) costs a single hop: open, read and close together.
+        path = os.path.join(self.files_dir, record.location)
+        offset = 0
+        while True:
+            data: bytes = await self._run(_read_chunk, path, offset, chunk_size)
+            if data:
                 yield data
-        finally:
-            fp.close()
+            if len(data) < chunk_size:
+                return
+            offset += len(data)
 
     # -- search -------------------------------------------------------------
 
@@ -424,6 +426,11 @@ class EmbeddedStore:
 
 def _level_name(target: sqlremove.Target) -> str:
     return "instance" if target.sop else "series" if target.series else "study"
+
+
+def _read_chunk(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as fp:
+        return os.pread(fp.fileno(), size, offset)
 
 
 def _frames(text: str | None) -> list[list[tuple[int, int]]] | None:

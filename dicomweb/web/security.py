@@ -37,13 +37,12 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IPolicyForHTTPS
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from zope.interface import implementer
 
 from ..auth import Authenticator, AuthError, NoAuth, Principal, build_authenticator, require_write
 from ..config import Settings
+from ..tlsclient import https_policy
 
 log = Logger()
 
@@ -244,36 +243,7 @@ def idp_agent(reactor: Any, ca_file: str | None) -> Any:
         return None
     from twisted.web.client import Agent
 
-    return Agent(reactor, contextFactory=_TrustRootPolicy(load_trust_root(ca_file)))
-
-
-def load_trust_root(ca_file: str) -> Any:
-    """Every certificate of a PEM bundle, as a Twisted trust root."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from twisted.internet import ssl
-
-    with open(ca_file, "rb") as fp:
-        certs = x509.load_pem_x509_certificates(fp.read())
-    return ssl.trustRootFromCertificates(
-        [ssl.Certificate.loadPEM(c.public_bytes(Encoding.PEM)) for c in certs])
-
-
-@implementer(IPolicyForHTTPS)
-class _TrustRootPolicy:
-    """Verify the IdP's certificate and host name against a given trust root.
-
-    (Declared an ``IPolicyForHTTPS``: otherwise Agent takes it for a legacy
-    context factory.)
-    """
-
-    def __init__(self, trust_root: Any) -> None:
-        self._trust_root = trust_root
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        from twisted.internet.ssl import optionsForClientTLS
-
-        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust_root)
+    return Agent(reactor, contextFactory=https_policy(ca_file))
 
 
 __all__ = ["CorsPolicy", "SecureResource", "allow_headers", "idp_agent", "is_preflight", "principal_of",
