@@ -40,7 +40,7 @@ setup(
         "pyjwt[crypto]>=2.8",
     ],
     entry_points={
-        "console_scripts": ["dicomweb-import = dicomweb.importer:main"],
+        "console_scripts": ["dicomweb-import = dicomweb.importer:main", "dicomweb-admin = dicomweb.admin:main"],
     },
     extras_require={
         "test": [

@@ -221,7 +221,7 @@ def test_a_version_1_database_is_upgraded_and_searchable(db: sqlite3.Connection,
         rows = db.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
         old.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(columns))})", rows)
     sqlschema.migrate(old)
-    assert old.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+    assert old.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(sqlschema.SCHEMA_VERSION),)
     assert old.execute("SELECT COUNT(*) FROM qido_keys").fetchone() == db.execute("SELECT COUNT(*) FROM qido_keys").fetchone()
     for params, _ in CASES:
         query = parse_query("study", params)

@@ -104,3 +104,16 @@ class Store(Protocol):
         the tags of ``query.return_tags()`` the store has (or, for
         ``include_all``, every stored level attribute), counts exact, and
         RetrieveURL relative to the service root (``studies/{uid}...``)."""
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        """Remove the instances of a study/series/instance, rejected ones
+        included: index entries, metadata and bytes; aggregates recomputed
+        (empty series and studies disappear). Returns how many were removed;
+        raises NotFound when there were none. Never leaves an index entry
+        whose bytes are gone, whatever moment a crash picks."""
+
+    async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
+        """Move the visible instances of a study/series/instance out of search
+        and retrieval, keeping their bytes (README "Delete and reject");
+        storing an instance again restores it, ``delete`` purges it. Returns
+        how many were rejected; raises NotFound when there were none."""

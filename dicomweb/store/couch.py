@@ -55,7 +55,7 @@ from twisted.logger import Logger
 
 from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
 from ..dicom.query import Query
-from . import couchsearch
+from . import couchremove, couchsearch
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome, StoreUnavailable
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 
@@ -596,6 +596,33 @@ class CouchStore:
         doc = await self.client.get_or_none(doc_path(_instance_doc_id(sop)))
         return dict((doc or {}).get(field) or {})
 
+    # -- delete and reject (the logic is in couchremove.py) ---------------------------
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        """Replace the instance documents (stored or rejected) by stubs without bytes."""
+        return await couchremove.remove(self, study, series, sop, frozenset({"stored", "rejected"}),
+                                        couchremove.deleted)
+
+    async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
+        """Mark the stored instances ``rejected`` (bytes kept until deleted or purged)."""
+        return await couchremove.remove(self, study, series, sop, frozenset({"stored"}),
+                                        couchremove.rejected(code, scheme))
+
+    async def purge_rejected(self, older_than: float) -> int:
+        return await couchremove.purge_rejected(self, older_than)
+
+    async def _after_instances_removed(self, docs: list[dict[str, Any]]) -> None:
+        """Hook: these instance documents (as they were before the change)
+        just left search and retrieval (deleted or rejected); documents kept
+        per instance beside ``i:<sop>`` go here: the QIDO key documents of
+        their generation (``couchsearch``). Idempotent, and harmless after a
+        restore (a new STOW writes keys of a new generation). The sweep calls
+        it for an interrupted delete/reject with the documents as they are
+        now: a deleted stub no longer names its generation, so its keys stay
+        as stale keys, which searches re-check and ignore."""
+        await couchsearch.sync_keys(self.client, [(couchsearch.instance_key_docs(d), []) for d in docs
+                                                  if d.get("att") and d.get("sop") and d.get("study")])
+
     # -- crash repair -------------------------------------------------------------------
 
     async def sweep(self, grace: float = JOURNAL_GRACE, finish: bool = True) -> int:
@@ -614,6 +641,9 @@ class CouchStore:
         docs = await couchsearch.get_docs(self.client, {d for j in journals for d in j.get("docs", [])})
         await couchsearch.sync_keys(self.client, [([], couchsearch.instance_key_docs(d)) for d in docs.values()
                                                   if d.get("state") == "stored"])
+        # A delete/reject may have stopped before its instances' keys were removed.
+        removed = await couchsearch.get_docs(self.client, {"i:" + sop for j in journals for sop in j.get("removed", [])})
+        await self._after_instances_removed([d for d in removed.values() if d.get("state") != "stored"])
         now = time.time()
         for j in journals:
             if not finish or now - float(j.get("at", now)) < grace:

@@ -11,7 +11,7 @@ and ``fsync``-ed, then its directory is ``fsync``-ed, and only then is the
 index committed in one transaction with ``synchronous=FULL``. The STOW
 response is sent after that commit, so an acknowledged instance survives a
 crash or power loss. A crash before the commit leaves at most an orphan file
-that no index row points to: invisible, and removed by ``collect_garbage``.
+that no index row points to: invisible, and listed by ``orphan_files`` (``dicomweb-admin orphans``).
 
 Concurrency: SQLite work runs in the service's thread pool, one connection
 per thread; WAL lets readers run while one writer (serialised by a lock)
@@ -37,7 +37,7 @@ from twisted.python.threadpool import ThreadPool
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
 from ..dicom.fileio import copy_range, read_at
 from ..dicom.query import Query
-from . import sqlschema, sqlsearch
+from . import sqlremove, sqlschema, sqlsearch
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome
 
 T = TypeVar("T")
@@ -225,12 +225,15 @@ class EmbeddedStore:
         try:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
             sqlschema.upsert_instance(conn, info, rel)
+            was_rejected = sqlremove.forget_rejected(conn, info.sop_uid)  # storing again restores it
             conn.execute("RELEASE one")
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK TO one")
             conn.execute("RELEASE one")
             log.error("indexing one instance failed: {error}", error=str(exc))
             return StoreOutcome("failed", "index write failed", PROCESSING_FAILURE)
+        if was_rejected is not None and self._owned(os.path.join(self.files_dir, was_rejected)):
+            replaced_paths.append(os.path.join(self.files_dir, was_rejected))
         if old is not None:
             old_path = os.path.join(self.files_dir, old[0])
             if self._owned(old_path) and old_path != path:
@@ -241,6 +244,80 @@ class EmbeddedStore:
     def _owned(self, path: str) -> bool:
         """Whether ``path`` is one of the store's own files (not linked in place)."""
         return os.path.commonpath([self.files_dir, os.path.abspath(path)]) == self.files_dir
+
+    # -- delete and reject ----------------------------------------------------
+    #
+    # Order, for crash safety: the index change is committed first (one
+    # transaction, synchronous=FULL), files are unlinked after. A crash in
+    # between leaves only orphan files that no row points to (harmless: never
+    # served, and reclaimed by ``orphan_files``); never a row without its file.
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        """Remove the instances (visible or rejected) and reclaim their files."""
+        count: int = await self._run(self._delete_sync, sqlremove.Target(study, series, sop))
+        return count
+
+    def _delete_sync(self, target: sqlremove.Target) -> int:
+        count, paths = self._write(lambda conn: sqlremove.delete(conn, target))
+        if not count:
+            raise NotFound("no such " + _level_name(target))
+        for stored in paths:
+            self._unlink_owned(stored)
+        return count
+
+    async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
+        """Move the visible instances to the rejected area (files kept)."""
+        count: int = await self._run(self._reject_sync, sqlremove.Target(study, series, sop), code, scheme)
+        return count
+
+    def _reject_sync(self, target: sqlremove.Target, code: str, scheme: str) -> int:
+        count: int = self._write(lambda conn: sqlremove.reject(conn, target, code, scheme))
+        if not count:
+            raise NotFound("no such " + _level_name(target))
+        return count
+
+    def purge_rejected_sync(self, older_than: float) -> int:
+        """Delete instances rejected more than ``older_than`` seconds ago."""
+        paths: list[str] = self._write(lambda conn: sqlremove.purge_rejected(conn, time.time() - older_than))
+        for stored in paths:
+            self._unlink_owned(stored)
+        return len(paths)
+
+    def _write(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``change`` in one serialised write transaction."""
+        conn = self._conn()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = change(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return result
+
+    def _unlink_owned(self, stored: str) -> None:
+        """Unlink a file by its index path, unless it was linked in place."""
+        path = os.path.join(self.files_dir, stored)
+        if self._owned(path):
+            _unlink(path)
+
+    def orphan_files(self) -> list[str]:
+        """Files under ``files/`` that no row (visible or rejected) points to:
+        left by a crash between an index commit and the unlinks after it.
+
+        Only files older than a minute count: a STOW writes its files before
+        it commits the rows that point to them."""
+        conn = self._conn()
+        known = {r[0] for r in conn.execute("SELECT path FROM instances UNION ALL SELECT path FROM rejected")}
+        cutoff = time.time() - 60
+        out = []
+        for folder, _dirs, names in os.walk(self.files_dir):
+            for name in names:
+                path = os.path.join(folder, name)
+                if os.path.relpath(path, self.files_dir) not in known and os.path.getmtime(path) < cutoff:
+                    out.append(path)
+        return out
 
     # -- offline import -----------------------------------------------------
 
@@ -345,6 +422,10 @@ class EmbeddedStore:
     async def search(self, query: Query) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._run(lambda: sqlsearch.search(self._conn(), query))
         return result
+
+
+def _level_name(target: sqlremove.Target) -> str:
+    return "instance" if target.sop else "series" if target.series else "study"
 
 
 def _read_chunk(path: str, offset: int, size: int) -> bytes:

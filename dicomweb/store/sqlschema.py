@@ -17,7 +17,7 @@ from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries, stored_keys
 
 SOP_CLASSES_IN_STUDY = "00080062"
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Level numbers stored in ``qido_keys.level``.
 STUDY, SERIES, INSTANCE = 0, 1, 2
@@ -81,6 +81,27 @@ CREATE TABLE qido_keys (
 CREATE INDEX qido_keys_owner ON qido_keys(uid, level);
 """
 
+# Version 3: rejected instances (README "Delete and reject"), out of every
+# table a search or a retrieval reads, so QIDO and WADO stay unchanged. The
+# row keeps what a restore or an audit needs; the file stays in place until
+# the instance is deleted or purged.
+_REJECTED_V3 = """
+CREATE TABLE rejected (
+    sop_uid TEXT NOT NULL PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    code TEXT NOT NULL, scheme TEXT NOT NULL,
+    rejected_at REAL NOT NULL,
+    instance TEXT NOT NULL,
+    study_attrs TEXT NOT NULL, series_attrs TEXT NOT NULL,
+    metadata BLOB
+);
+CREATE INDEX rejected_by_study ON rejected(study_uid);
+CREATE INDEX rejected_by_series ON rejected(series_uid);
+CREATE INDEX rejected_by_age ON rejected(rejected_at)
+"""
+
 
 def _script(conn: sqlite3.Connection, script: str) -> None:
     # executescript() would COMMIT the open transaction; run statement by statement.
@@ -97,7 +118,7 @@ def _create_tables(conn: sqlite3.Connection, suffix: str = "") -> None:
 def migrate(conn: sqlite3.Connection) -> None:
     """Create the schema, or upgrade it step by step to SCHEMA_VERSION.
 
-    Each step runs in one transaction: a crash during an upgrade leaves the
+    Every step runs in one transaction: a crash during an upgrade leaves the
     previous version intact, and the next start upgrades again.
     """
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -114,6 +135,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             _script(conn, _INDEXES_V2)
         elif version == 1:
             _upgrade_1_to_2(conn)
+        _script(conn, _REJECTED_V3)  # 0, 1 and 2 all lack it
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:

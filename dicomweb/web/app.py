@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -24,9 +25,10 @@ from ..dicom.dicomxml import to_xml
 from ..dicom.multipart import close_delimiter, delimiter, part_header
 from ..dicom.pixels import PixelError
 from ..dicom.query import DEFAULT_MAX_LIMIT, Level
+from ..dicom.rejection import parse_rejection
 from ..dicom.uids import is_valid_uid
 from ..store import NotFound, Store, StoreUnavailable
-from . import negotiation, qido, wadouri
+from . import capabilities, negotiation, qido, wadouri
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
 from .stow import body_boundary, store_body
@@ -302,6 +304,64 @@ class DICOMwebApp:
         self._uids(study=study)
         return await self.wado.group_thumbnail(request, study, None)
 
+    # -- delete and reject (README "Delete and reject") -----------------------
+
+    @app.route("/studies/<study>", methods=["DELETE"])
+    async def delete_study(self, request: Request, study: str) -> bytes:
+        return await self._delete(request, study)
+
+    @app.route("/studies/<study>/series/<series>", methods=["DELETE"])
+    async def delete_series(self, request: Request, study: str, series: str) -> bytes:
+        return await self._delete(request, study, series)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>", methods=["DELETE"])
+    async def delete_instance(self, request: Request, study: str, series: str, sop: str) -> bytes:
+        return await self._delete(request, study, series, sop)
+
+    async def _delete(self, request: Request, study: str, series: str | None = None, sop: str | None = None) -> bytes:
+        self._uids(study=study, series=series, sop=sop)
+        count = await self.store.delete(study, series, sop)
+        log.info("DELETE: {count} instances removed", count=count)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/studies/<study>/reject/<code>", methods=["POST"])
+    async def reject_study(self, request: Request, study: str, code: str) -> bytes:
+        return await self._reject(request, code, study)
+
+    @app.route("/studies/<study>/series/<series>/reject/<code>", methods=["POST"])
+    async def reject_series(self, request: Request, study: str, series: str, code: str) -> bytes:
+        return await self._reject(request, code, study, series)
+
+    @app.route("/studies/<study>/series/<series>/instances/<sop>/reject/<code>", methods=["POST"])
+    async def reject_instance(self, request: Request, study: str, series: str, sop: str, code: str) -> bytes:
+        return await self._reject(request, code, study, series, sop)
+
+    async def _reject(self, request: Request, code: str, study: str, series: str | None = None,
+                      sop: str | None = None) -> bytes:
+        self._uids(study=study, series=series, sop=sop)
+        try:
+            rejection = parse_rejection(code)
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        count = await self.store.reject(study, series, sop, rejection.value, rejection.scheme)
+        log.info("reject ({code}): {count} instances", code=str(rejection), count=count)
+        request.setResponseCode(204)
+        return b""
+
+    # -- capabilities (PS3.18 8.9; the document is built in capabilities.py) ---
+
+    # OPTIONS routes are added below the class, one per routed path (not a
+    # catch-all: a path nothing is routed on must stay 404 for every method).
+    def options_route(self, request: Request, **_uids: str) -> bytes:
+        path = unquote(request.path.decode("latin-1"))
+        allowed = capabilities.allowed_methods(self.app.url_map, path)
+        request.setHeader(b"allow", ", ".join(allowed).encode())
+        media = capabilities.choose_type(request.getHeader(b"accept"))
+        scope = None if path == "/" else path
+        request.setHeader(b"content-type", media.encode())
+        return capabilities.document(self.app.url_map, self.base_url(request), media, scope)
+
     # -- WADO-URI ---------------------------------------------------------------
 
     @app.route("/wado", methods=["GET", "HEAD"])
@@ -315,6 +375,16 @@ class DICOMwebApp:
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"dicomweb: a DICOMweb server (STOW-RS, QIDO-RS, WADO-RS, WADO-URI)\n"
         return await wadouri.answer(self.wado, request)
+
+
+def _route_options(app: Klein) -> None:
+    """An OPTIONS route for every routed path (Klein does not answer OPTIONS itself)."""
+    for rule in sorted({r.rule for r in app.url_map.iter_rules()}):
+        app.route(rule, methods=["OPTIONS"], endpoint=capabilities.OPTIONS_PREFIX + rule, branch=False)(
+            DICOMwebApp.options_route)
+
+
+_route_options(DICOMwebApp.app)
 
 
 def _with_port(host: bytes, scheme: bytes, port: int) -> bytes:

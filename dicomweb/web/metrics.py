@@ -74,7 +74,7 @@ class Metrics:
 class InstrumentedStore:
     """Wraps any store and times each call (a proxy: the store API stays one)."""
 
-    _TIMED = ("store_batch", "instances", "metadata", "read", "search", "ready")
+    _TIMED = ("store_batch", "instances", "metadata", "read", "search", "ready", "delete", "reject")
 
     def __init__(self, store: Any, metrics: Metrics) -> None:
         self._store = store

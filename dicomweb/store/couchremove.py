@@ -1,0 +1,158 @@
+"""Deleting and rejecting instances in the CouchDB store.
+
+Instance documents ``i:<sop>`` change state; nothing else needs a new document:
+
+- **reject**: ``state`` becomes ``"rejected"`` (with ``rejection``: code,
+  scheme, time). Every query of the store selects ``state: "stored"``, so a
+  rejected instance leaves search and retrieval at once; its attachment
+  stays for a restore (storing it again) until it is deleted or purged.
+- **delete**: each instance document is replaced by a stub ``{"doctype":
+  "instance", "state": "deleted"}``: no attachment, no metadata, no UIDs
+  but the one in its id. The bytes go with the old revision (CouchDB
+  returns the space at compaction). A stub rather than a CouchDB deletion
+  (``_deleted``): pouchdb-server refuses an attachment PUT on a deleted
+  document (404, even with its revision), so the same SOP Instance UID could
+  never be stored again there; on a stub, STOW's ordinary path (attachment
+  on the current revision) just works. A stub is as small as a tombstone.
+
+Then the study and series aggregate documents are recomputed exactly as
+after a STOW (``CouchStore._refresh_studies``), and
+``CouchStore._after_instances_removed`` removes what is kept per instance
+beside it (the QIDO key documents of ``couchsearch``).
+
+Crash repair: a journal document (``doctype: "journal"``) naming the study
+and the removed SOP Instance UIDs is written before the first change and
+deleted after the last; the sweep of any frontend redoes the aggregates and
+the hook for journals left behind. Its ``docs`` list is empty on purpose:
+the sweep deletes the never-stored documents a STOW journal lists, and must
+never touch a rejected one.
+
+Concurrency: every write carries the revision read just before; on 409 the
+document is read again and the change reapplied if it still applies, so two
+frontends deleting or rejecting the same instances both succeed, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .base import NotFound
+from .couchhttp import CouchError, doc_path
+
+if TYPE_CHECKING:
+    from .couch import CouchStore
+
+Change = Callable[[dict[str, Any]], dict[str, Any]]
+ATTEMPTS = 20
+PAGE = 1000
+
+
+async def instance_ids(store: CouchStore, study: str, series: str | None, sop: str | None,
+                       states: Iterable[str]) -> list[str]:
+    """Document ids of the target's instances in any of ``states``."""
+    if sop is not None:
+        doc = await store.client.get_or_none(doc_path("i:" + sop))
+        if doc and doc.get("state") in states and doc.get("study") == study and (
+                series is None or doc.get("series") == series):
+            return [doc["_id"]]
+        return []
+    ids: list[str] = []
+    for state in states:
+        last = ""
+        while True:  # keyset pages on the instance indexes (see CouchStore._stored_instances)
+            selector: dict[str, Any] = {"doctype": "instance", "state": state, "study": study, "sop": {"$gt": last}}
+            index = "instances-by-study"
+            if series is not None:
+                selector["series"] = series
+                index = "instances-by-series"
+            page = await store._find(index, selector, ["_id", "sop"], limit=PAGE)
+            ids.extend(d["_id"] for d in page)
+            if len(page) < PAGE:
+                break
+            last = page[-1]["sop"]
+    return ids
+
+
+async def apply(store: CouchStore, study: str, ids: list[str], states: frozenset[str],
+                change: Change) -> list[dict[str, Any]]:
+    """Apply ``change`` to each document still in ``states``; retry conflicts
+    on fresh revisions. Returns the documents changed by this call, as they
+    were before."""
+    done: list[dict[str, Any]] = []
+    pending = ids
+    for _ in range(ATTEMPTS):
+        if not pending:
+            break
+        found = await store._get_docs(pending)
+        docs = [d for d in found.values() if d and d.get("state") in states and d.get("study") == study]
+        if not docs:
+            break
+        result = await store.client.post("_bulk_docs", {"docs": [change(d) for d in docs]})
+        by_id = {d["_id"]: d for d in docs}
+        pending = []
+        for row in result:
+            if row.get("error") == "conflict":
+                pending.append(row["id"])
+            elif row.get("error"):
+                raise CouchError(500, str(row.get("error")), str(row.get("reason", "")))
+            else:
+                done.append(by_id[row["id"]])
+    return done
+
+
+async def remove(store: CouchStore, study: str, series: str | None, sop: str | None,
+                 states: frozenset[str], change: Change) -> int:
+    """Find, journal, change, recompute aggregates, run the hook, unjournal."""
+    ids = await instance_ids(store, study, series, sop, sorted(states))
+    if not ids:
+        raise NotFound("no such " + ("instance" if sop else "series" if series else "study"))
+    journal = await store.client.post("", {"doctype": "journal", "at": time.time(), "studies": [study], "docs": [],
+                                           "removed": [i[2:] for i in ids]})
+    done = await apply(store, study, ids, states, change)
+    await store._refresh_studies({study})
+    await store._after_instances_removed(done)
+    try:
+        await store.client.request("DELETE", doc_path(journal["id"]), params={"rev": journal["rev"]})
+    except CouchError:
+        pass  # the sweeper removes it
+    return len(done)
+
+
+def deleted(doc: dict[str, Any]) -> dict[str, Any]:
+    """The stub that replaces a deleted instance (see the module docstring)."""
+    return {"_id": doc["_id"], "_rev": doc["_rev"], "doctype": "instance", "state": "deleted",
+            "deleted_at": time.time()}
+
+
+def rejected(code: str, scheme: str) -> Change:
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        # The whole document (attachment stubs included) is written back:
+        # a document written without its stubs would lose the bytes.
+        return {**doc, "state": "rejected", "rejection": {"code": code, "scheme": scheme},
+                "rejected_at": time.time()}
+
+    return change
+
+
+async def purge_rejected(store: CouchStore, older_than: float) -> int:
+    """Delete the instance documents rejected more than ``older_than`` s ago.
+
+    Rejected instances count in no aggregate and no search key, so nothing
+    else changes. Pages on the study index with ``study > null``: the index
+    starts with (doctype, state), so the scan covers rejected documents only.
+    """
+    cutoff = time.time() - older_than
+    purged = 0
+    while True:
+        page = await store._find("instances-by-study", {
+            "doctype": "instance", "state": "rejected", "study": {"$gt": None}, "sop": {"$gt": None},
+            "rejected_at": {"$lt": cutoff}}, ["_id", "_rev"], limit=PAGE)
+        if not page:
+            return purged
+        result = await store.client.post("_bulk_docs", {"docs": [deleted(d) for d in page]})
+        changed = sum(1 for row in result if not row.get("error"))
+        purged += changed
+        if not changed:
+            return purged  # only conflicts: leave the rest to the next run
