@@ -372,6 +372,3 @@ def decode_dataset(ds: Dataset, index: int | None = None) -> np.ndarray:
     return arr
 
 
-def _first(metadata: dict[str, Any], tag: str, default: Any = None) -> Any:
-    values = (metadata.get(tag) or {}).get("Value") or []
-    return values[0] if values else default

@@ -32,6 +32,7 @@ from pydicom.pixels import get_decoder, get_encoder
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID
 
+from .dicomjson import first_value
 from .pixels import (
     DEFLATED_LE,
     EXPLICIT_VR_BE,
@@ -61,7 +62,6 @@ DEFAULT_JPEG_QUALITY = 90
 #: Compression ratio of lossy JPEG 2000 output: visually lossless for most CT/MR.
 J2K_LOSSY_RATIO = 10
 JPEG_LS_NEAR_ERROR = 2
-
 
 
 # --- What can be produced -------------------------------------------------
@@ -112,9 +112,9 @@ def why_not(stored_tsuid: str, target_tsuid: str, metadata: dict[str, Any] | Non
 
 
 def _limits(metadata: dict[str, Any], target: str) -> str | None:
-    allocated = int(_first(metadata, "00280100", 8) or 8)
-    stored = int(_first(metadata, "00280101", allocated) or allocated)
-    signed = int(_first(metadata, "00280103", 0) or 0)
+    allocated = int(first_value(metadata, "00280100", 8) or 8)
+    stored = int(first_value(metadata, "00280101", allocated) or allocated)
+    signed = int(first_value(metadata, "00280103", 0) or 0)
     if allocated == 1:
         return "1-bit pixel data is only served uncompressed"
     if target == JPEG_BASELINE and (stored > 8 or signed):
@@ -124,11 +124,6 @@ def _limits(metadata: dict[str, Any], target: str) -> str | None:
     if target in (JPEG_LS_LOSSLESS, JPEG_LS_NEAR) and stored > 16:
         return "JPEG-LS holds at most 16 bits per sample"
     return None
-
-
-def _first(metadata: dict[str, Any], tag: str, default: Any = None) -> Any:
-    values = (metadata.get(tag) or {}).get("Value") or []
-    return values[0] if values else default
 
 
 def _check(stored: str, target: str, metadata: dict[str, Any] | None) -> None:
@@ -176,7 +171,7 @@ def _as_json(meta: Dataset | dict[str, Any]) -> dict[str, Any]:
 
 def _swap_native(data: bytes, metadata: dict[str, Any]) -> bytes:
     """Big endian native frame bytes to little endian, without decoding."""
-    bits = int(_first(metadata, "00280100", 16) or 16)
+    bits = int(first_value(metadata, "00280100", 16) or 16)
     vr = str((metadata.get("7FE00010") or {}).get("vr", "OW"))
     size = 2 if bits <= 16 and vr == "OW" else bits // 8  # 8-bit OW is swapped in pairs
     if size <= 1:
@@ -403,9 +398,9 @@ def frame_attributes(metadata: dict[str, Any], stored_tsuid: str, target_tsuid: 
     """
     if target_tsuid == stored_tsuid or (stored_tsuid in NATIVE and target_tsuid == EXPLICIT_VR_LE):
         return {}
-    if int(_first(metadata, "00280002", 1) or 1) == 1:
+    if int(first_value(metadata, "00280002", 1) or 1) == 1:
         return {}
-    photometric = decoded_photometric(str(_first(metadata, "00280004", "") or ""))
+    photometric = decoded_photometric(str(first_value(metadata, "00280004", "") or ""))
     if target_tsuid != EXPLICIT_VR_LE:
         photometric = encoded_photometric(photometric, target_tsuid)
     return {"PhotometricInterpretation": photometric, "PlanarConfiguration": 0}

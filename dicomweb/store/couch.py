@@ -54,6 +54,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
+from ..dicom.dicomjson import first_text, int_value
 from ..dicom.query import Query
 from . import couchremove, couchsearch
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome, StoreUnavailable
@@ -111,22 +112,6 @@ def _digest(source: BinaryIO, offset: int, length: int) -> _Digest:
         md5.update(data)
         done += len(data)
     return _Digest(sha.hexdigest(), "md5-" + base64.b64encode(md5.digest()).decode())
-
-
-def _first(attrs: dict[str, Any], tag: str) -> Any:
-    values = (attrs.get(tag) or {}).get("Value")
-    if not values:
-        return None
-    value = values[0]
-    return value.get("Alphabetic") if isinstance(value, dict) else value
-
-
-def _int(attrs: dict[str, Any], tag: str) -> int | None:
-    value = _first(attrs, tag)
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _desc_key(text: Any) -> float:
@@ -501,9 +486,9 @@ class CouchStore:
             "size": size,
             "sha256": digest.sha256,
             "att": att,
-            "modality": _first(info.series, "00080060"),
-            "series_number": _int(info.series, "00200011"),
-            "instance_number": _int(info.instance, "00200013"),
+            "modality": first_text(info.series, "00080060"),
+            "series_number": int_value(info.series, "00200011"),
+            "instance_number": int_value(info.instance, "00200013"),
             "o": couchsearch.instance_order(info.instance, info.sop_uid),
             "study_attrs": info.study,
             "series_attrs": info.series,
@@ -568,11 +553,11 @@ class CouchStore:
             attrs = hints.series.get(series)
             if attrs is None:
                 attrs = old["attrs"] if old else await self._attrs_of(members[0]["sop"], "series_attrs")
-            modality = _first(attrs, "00080060")
+            modality = first_text(attrs, "00080060")
             if modality:
                 modalities.add(modality)
             new = {"_id": "se:" + series, "doctype": "series", "study": study, "series": series, "attrs": attrs,
-                   "modality": modality, "series_number": _int(attrs, "00200011"), "num_instances": len(members),
+                   "modality": modality, "series_number": int_value(attrs, "00200011"), "num_instances": len(members),
                    "o": couchsearch.series_order(attrs, series)}
             _changed(writes, old, new)
         for old in series_docs.values():  # series left without instances (moved or replaced)
@@ -585,8 +570,8 @@ class CouchStore:
         if attrs is None:
             attrs = study_doc["attrs"] if study_doc else await self._attrs_of(docs[0]["sop"], "study_attrs")
         new = {"_id": "s:" + study, "doctype": "study", "study": study, "attrs": attrs,
-               "pid": _first(attrs, "00100020"), "od": _desc_key(_first(attrs, "00080020")),
-               "ot": _desc_key(_first(attrs, "00080030")), "num_series": len(by_series), "num_instances": len(docs),
+               "pid": first_text(attrs, "00100020"), "od": _desc_key(first_text(attrs, "00080020")),
+               "ot": _desc_key(first_text(attrs, "00080030")), "num_series": len(by_series), "num_instances": len(docs),
                "modalities": sorted(modalities), "sop_classes": sorted({d["sop_class"] for d in docs}),
                "o": couchsearch.study_order(attrs, study)}
         _changed(writes, study_doc, new)

@@ -71,6 +71,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
+from ..dicom.dicomjson import int_value
 from ..dicom.query import (
     MODALITIES_IN_STUDY,
     RETRIEVE_URL,
@@ -138,25 +139,17 @@ def encode_number(number: int | None) -> str:
     return f"{value + NO_NUMBER:019d}"
 
 
-def _int(attrs: dict[str, Any], tag: str) -> int | None:
-    values = (attrs.get(tag) or {}).get("Value") or []
-    try:
-        return int(values[0]) if values and values[0] is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 def study_order(attrs: dict[str, Any], uid: str) -> str:
     """StudyDate + StudyTime newest first (no date last), then StudyInstanceUID."""
     return encode_desc(sort_date(attrs)) + encode_asc(uid)
 
 
 def series_order(attrs: dict[str, Any], uid: str) -> str:
-    return encode_number(_int(attrs, "00200011")) + encode_asc(uid)
+    return encode_number(int_value(attrs, "00200011")) + encode_asc(uid)
 
 
 def instance_order(attrs: dict[str, Any], uid: str) -> str:
-    return encode_number(_int(attrs, "00200013")) + encode_asc(uid)
+    return encode_number(int_value(attrs, "00200013")) + encode_asc(uid)
 
 
 # --------------------------------------------------------------------------

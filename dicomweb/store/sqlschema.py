@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..dicom.analyze import InstanceInfo, dumps
+from ..dicom.dicomjson import first_text, int_value
 from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries, stored_keys
 
 SOP_CLASSES_IN_STUDY = "00080062"
@@ -202,30 +203,8 @@ def sort_date(study: dict[str, Any]) -> str:
 
 
 def _sort_number(attrs: dict[str, Any], tag: str) -> int:
-    number = _int(attrs, tag)
+    number = int_value(attrs, tag)
     return NO_NUMBER if number is None else max(-NO_NUMBER, min(number, NO_NUMBER))
-
-
-def _first(attrs: dict[str, Any], tag: str) -> Any:
-    """The first value of an attribute in DICOM JSON (PN as its Alphabetic group)."""
-    element = attrs.get(tag)
-    if not element:
-        return None
-    values = element.get("Value")
-    if not values:
-        return None
-    value = values[0]
-    if isinstance(value, dict):
-        return value.get("Alphabetic")
-    return value
-
-
-def _int(attrs: dict[str, Any], tag: str) -> int | None:
-    value = _first(attrs, tag)
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
 
 
 def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> None:
@@ -243,10 +222,10 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
         " referring_physician_name=excluded.referring_physician_name, study_id=excluded.study_id,"
         " study_description=excluded.study_description, attrs=excluded.attrs,"
         " updated_at=excluded.updated_at",
-        (info.study_uid, _first(study, "00100010"), _first(study, "00100020"),
-         _first(study, "00100030"), _first(study, "00100040"), _first(study, "00080020"),
-         _first(study, "00080030"), _first(study, "00080050"), _first(study, "00080090"),
-         _first(study, "00200010"), _first(study, "00081030"), dumps(study).decode(), now),
+        (info.study_uid, first_text(study, "00100010"), first_text(study, "00100020"),
+         first_text(study, "00100030"), first_text(study, "00100040"), first_text(study, "00080020"),
+         first_text(study, "00080030"), first_text(study, "00080050"), first_text(study, "00080090"),
+         first_text(study, "00200010"), first_text(study, "00081030"), dumps(study).decode(), now),
     )
     series_was = conn.execute("SELECT study_uid FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
     conn.execute(
@@ -257,8 +236,8 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
         " series_description=excluded.series_description, pps_start_date=excluded.pps_start_date,"
         " pps_start_time=excluded.pps_start_time, attrs=excluded.attrs, updated_at=excluded.updated_at,"
         " sort_number=excluded.sort_number",
-        (info.series_uid, info.study_uid, _first(series, "00080060"), _int(series, "00200011"),
-         _first(series, "0008103E"), _first(series, "00400244"), _first(series, "00400245"),
+        (info.series_uid, info.study_uid, first_text(series, "00080060"), int_value(series, "00200011"),
+         first_text(series, "0008103E"), first_text(series, "00400244"), first_text(series, "00400245"),
          dumps(series).decode(), now, _sort_number(series, "00200011")),
     )
     old = conn.execute("SELECT study_uid, series_uid FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
@@ -267,8 +246,8 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
         " instance_number, rows, columns, bits_allocated, number_of_frames, transfer_syntax_uid,"
         " size, path, frames, bulk, attrs, stored_at, sort_number) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (info.sop_uid, info.series_uid, info.study_uid, info.sop_class_uid,
-         _int(inst, "00200013"), _int(inst, "00280010"), _int(inst, "00280011"),
-         _int(inst, "00280100"), _int(inst, "00280008"), info.transfer_syntax_uid, info.size,
+         int_value(inst, "00200013"), int_value(inst, "00280010"), int_value(inst, "00280011"),
+         int_value(inst, "00280100"), int_value(inst, "00280008"), info.transfer_syntax_uid, info.size,
          path, None if info.frames is None else json.dumps(info.frames, separators=(",", ":")),
          json.dumps(info.bulk, separators=(",", ":")), dumps(inst).decode(), now,
          _sort_number(inst, "00200013")),
