@@ -5,7 +5,7 @@
 1. Throughput: ~1000 generated 512x512 16-bit CT instances sent in requests of
    20 (instances/s and MB/s), one client, the embedded store.
 2. Memory: the server's peak RSS growth while it receives one ~1 GB request
-   (streamed by the client, so the client does not hold it either).
+   (sent from a file with a Content-Length, so the client does not hold it either).
 """
 
 from __future__ import annotations
@@ -77,14 +77,20 @@ def _big_body(boundary: str, count: int) -> Iterator[bytes]:
     yield f"--{boundary}--\r\n".encode()
 
 
-def big_request(url: str, pid: int, megabytes: int) -> str:
+def big_request(url: str, pid: int, megabytes: int, folder: str) -> str:
+    """One request with a Content-Length (sent from a file, like ``curl -T``)."""
     count = max(1, megabytes * 1_000_000 // 525_000)
     boundary = uuid.uuid4().hex
-    with PeakRSS(pid) as rss:
+    path = os.path.join(folder, "big-body")
+    with open(path, "wb") as out:
+        for chunk in _big_body(boundary, count):
+            out.write(chunk)
+    with PeakRSS(pid) as rss, open(path, "rb") as body:
         start = time.perf_counter()
-        response = requests.post(f"{url}/studies", data=_big_body(boundary, count), timeout=3600, headers={
+        response = requests.post(f"{url}/studies", data=body, timeout=3600, headers={
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
         seconds = time.perf_counter() - start
+    os.unlink(path)
     response.raise_for_status()
     growth = (rss.peak - rss.base) / 1e6
     return (f"one {count * 525_000 / 1e6:.0f} MB request ({count} instances) in {seconds:.1f} s: server RSS "
@@ -104,7 +110,7 @@ def main() -> None:
             print(throughput(server.url, args.instances, args.batch))
             if args.big_mb:
                 assert server.proc is not None
-                print(big_request(server.url, server.proc.pid, args.big_mb))
+                print(big_request(server.url, server.proc.pid, args.big_mb, tmp))
 
 
 if __name__ == "__main__":

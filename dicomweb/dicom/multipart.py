@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 CHUNK = 1 << 20
 MAX_HEADER_BYTES = 16 * 1024
 MAX_PARTS = 100_000
+RELEASE_STEP = 8 << 20  # unmap scanned body pages in steps of this size
 
 
 class MultipartError(ValueError):
@@ -63,6 +64,7 @@ class _Scanner:
         # A memory map searches the file in place (no copy into Python
         # bytes); in-memory bodies are searched in their own buffer.
         self._view: Any = None
+        self._released = 0
         if isinstance(fp, io.BytesIO):
             self._view = fp.getvalue()  # small bodies only (twisted.web keeps < 100 KB in memory)
         elif end > 0:
@@ -70,6 +72,16 @@ class _Scanner:
                 self._view = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
                 self._view = None
+
+    def _release(self, upto: int) -> None:
+        """Unmap the pages already scanned: the scan only moves forward, and
+        mapped pages count in the process's RSS (a 1 GB body would add 1 GB)."""
+        if not isinstance(self._view, mmap.mmap):
+            return
+        stop = upto // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop - self._released >= RELEASE_STEP:
+            self._view.madvise(mmap.MADV_DONTNEED, self._released, stop - self._released)
+            self._released = stop
 
     def close(self) -> None:
         if isinstance(self._view, mmap.mmap):
@@ -83,7 +95,9 @@ class _Scanner:
         """
         if self._view is not None:
             end = self.end if limit is None else min(self.end, self.pos + limit + len(pattern))
-            return self._view.find(pattern, self.pos, end)
+            found: int = self._view.find(pattern, self.pos, end)
+            self._release(found if found >= 0 else end)
+            return found
         overlap = len(pattern) - 1
         start = self.pos
         scanned = 0
