@@ -29,6 +29,7 @@ setup(
         "pydicom>=3.0,<4",
         "pyopenssl>=24",
         "numpy>=1.26",
+        "orjson>=3.9",
         "requests>=2.28",
         "prometheus-client>=0.20",
         "pillow>=10",

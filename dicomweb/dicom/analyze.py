@@ -10,12 +10,12 @@ the file, so that WADO can serve them by offset without parsing again.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import struct
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+import orjson
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
@@ -91,8 +91,10 @@ class InstanceInfo:
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON: the output form relies on ``"BulkDataURI":"`` with no space."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Compact UTF-8 JSON (orjson: several times faster than json for the big
+    QIDO and metadata answers). The output form relies on ``"BulkDataURI":"``
+    with no space."""
+    return orjson.dumps(obj)
 
 
 def _uid(ds: Dataset, keyword: str, required: bool = True) -> str:

@@ -26,11 +26,12 @@ SQLite from preferring an ordered scan of everything).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from ..dicom import levels
 from ..dicom.query import LEVELS, RETRIEVE_URL, Filter, Query, project
@@ -184,7 +185,7 @@ class _ResultBuilder:
         if self.level == "series":
             return out
         sop_uid = row[9]
-        out.update(json.loads(row[10]))
+        out.update(orjson.loads(row[10]))
         out["00080018"] = {"vr": "UI", "Value": [sop_uid]}
         out[RETRIEVE_URL] = _url(f"{series[RETRIEVE_URL]['Value'][0]}/instances/{sop_uid}")
         return out
@@ -195,7 +196,7 @@ def _url(path: str) -> dict[str, Any]:
 
 
 def study_json(uid: str, attrs: str, n_series: int, n_instances: int, modalities: str, classes: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(attrs)
+    out: dict[str, Any] = orjson.loads(attrs)
     out["0020000D"] = {"vr": "UI", "Value": [uid]}
     out["00201206"] = {"vr": "IS", "Value": [n_series]}
     out["00201208"] = {"vr": "IS", "Value": [n_instances]}
@@ -208,7 +209,7 @@ def study_json(uid: str, attrs: str, n_series: int, n_instances: int, modalities
 
 
 def series_json(study_uid: str, uid: str, attrs: str, n_instances: int) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(attrs)
+    out: dict[str, Any] = orjson.loads(attrs)
     out["0020000E"] = {"vr": "UI", "Value": [uid]}
     out["00201209"] = {"vr": "IS", "Value": [n_instances]}
     out[RETRIEVE_URL] = _url(f"studies/{study_uid}/series/{uid}")
@@ -224,5 +225,5 @@ def _merge_metadata(conn: sqlite3.Connection, results: list[dict[str, Any]], tag
         chunk = uids[start:start + _CHUNK]
         sql = f"SELECT sop_uid, json FROM metadata WHERE sop_uid IN ({_marks(chunk)})"
         for sop_uid, text in conn.execute(sql, chunk):
-            metadata = json.loads(text)
+            metadata = orjson.loads(text)
             by_uid[sop_uid].update({tag: metadata[tag] for tag in tags if tag in metadata})
