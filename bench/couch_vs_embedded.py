@@ -74,6 +74,9 @@ def timed(session: requests.Session, url: str, repeat: int, **kwargs: object) ->
     return statistics.median(times), times[int(len(times) * 0.95) - 1]
 
 
+FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=400)
@@ -104,7 +107,9 @@ def main() -> None:
                 qido_all = timed(session, f"{proc.url}/studies", args.repeat, params={"limit": "101"})
                 meta = timed(session, f"{proc.url}/studies/{study}/series/{series}/metadata", args.repeat)
                 inst = timed(session, f"{proc.url}/studies/{study}/series/{series}/instances/{sop}", args.repeat)
-                rows.append((store, len(parts) / seconds, size / seconds / 1e6, qido, qido_all, meta, inst))
+                frame = timed(session, f"{proc.url}/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                              args.repeat, headers={"Accept": FRAME_ACCEPT})
+                rows.append((store, len(parts) / seconds, size / seconds / 1e6, qido, qido_all, meta, inst, frame))
                 if args.qido_instances:
                     base = template()
                     small = [instance_bytes(base, n) for n in range(args.qido_instances)]
@@ -114,11 +119,12 @@ def main() -> None:
                     qido_rows.append((store, search_a, search_b))
     print()
     print(f"{'store':9} {'STOW inst/s':>11} {'MB/s':>6} | median / p95 ms: {'QIDO by UID':>13} {'QIDO limit=101':>15} "
-          f"{'series metadata':>16} {'instance retrieve':>18}")
+          f"{'series metadata':>16} {'instance retrieve':>18} {'one frame':>15}")
     for store, ips, mbs, *lat in rows:
         cells = " ".join(f"{m:7.1f}/{p:<7.1f}" for m, p in lat)
         print(f"{store:9} {ips:11.1f} {mbs:6.1f} | {'':16} {cells}")
-    print(f"\n(series metadata = {args.per_series} instances; instance retrieve = one 512 KB instance, multipart)")
+    print(f"\n(series metadata = {args.per_series} instances; instance retrieve = one 512 KB instance, multipart; "
+          "one frame = frames/1 of that instance as OHIF asks for it)")
     if qido_rows:
         print(f"\nQIDO with {args.qido_instances} more small instances ({args.qido_instances // 100} studies), "
               f"median / p95 ms:")
