@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,9 +74,15 @@ def get(target: Target, path: str, accept: str, params: dict[str, str] | None = 
     return check(resp)
 
 
-def get_json(target: Target, path: str, params: dict[str, str] | None = None) -> Any:
-    resp = get(target, path, DICOM_JSON, params)
-    return resp.json() if resp.content else []  # 204 / empty body: no matches
+def get_body(target: Target, path: str, params: dict[str, str] | None = None) -> bytes:
+    """The whole DICOM JSON answer as bytes: a latency that ends when the
+    server's answer has arrived, not after the client library decoded it
+    (decoding 2 MB of JSON in Python costs more than most servers take)."""
+    return bytes(get(target, path, DICOM_JSON, params).content)
+
+
+def decode(body: bytes) -> Any:
+    return json.loads(body) if body else []  # 204 / empty body: no matches
 
 
 def get_streamed(target: Target, path: str, accept: str, timeout: float = 600) -> int:

@@ -17,7 +17,19 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import requests
-from client import ACCEPT_FRAMES, ACCEPT_INSTANCES, NotAnswered, Target, get, get_json, get_streamed, new_session, stow, stow_body
+from client import (
+    ACCEPT_FRAMES,
+    ACCEPT_INSTANCES,
+    NotAnswered,
+    Target,
+    decode,
+    get,
+    get_body,
+    get_streamed,
+    new_session,
+    stow,
+    stow_body,
+)
 from corpus import QIDO_DATES, QIDO_NAME, Corpus, Instance
 
 OpFn = Callable[[Target, int], list[float]]
@@ -103,8 +115,9 @@ def qido_studies(expected: int, out: Outcome, samples: int) -> OpFn:
         times = []
         for _ in range(samples):
             start = time.perf_counter()
-            found = get_json(t, f"/studies?{query}")
+            body = get_body(t, f"/studies?{query}")
             times.append(time.perf_counter() - start)
+            found = decode(body)
         if len(found) != expected:
             out.note(t.name, f"returned {len(found)} studies, expected {expected}")
         return times
@@ -119,8 +132,9 @@ def qido_instances(limit: int, out: Outcome, samples: int) -> OpFn:
         times = []
         for _ in range(samples):
             start = time.perf_counter()
-            found = get_json(t, "/instances", {"limit": str(limit)})
+            body = get_body(t, "/instances", {"limit": str(limit)})
             times.append(time.perf_counter() - start)
+            found = decode(body)
         if len(found) != limit:
             out.note(t.name, f"returned {len(found)} instances, expected {limit}")
         return times
@@ -138,8 +152,9 @@ def study_metadata(study: str, expected: int, out: Outcome, samples: int) -> OpF
         times = []
         for _ in range(samples):
             start = time.perf_counter()
-            found = get_json(t, f"/studies/{study}/metadata")
+            body = get_body(t, f"/studies/{study}/metadata")
             times.append(time.perf_counter() - start)
+            found = decode(body)
         if len(found) != expected:
             out.note(t.name, f"returned {len(found)} instances, expected {expected}")
         return times
