@@ -15,6 +15,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .stream import close_iterator
+
 _UID_SEGMENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ROLE_AFTER = {"studies": "{study}", "series": "{series}", "instances": "{instance}", "frames": "{frames}",
                "bulk": "{path}", "reject": "{code}"}
@@ -115,8 +117,6 @@ class InstrumentedStore:
                     histogram.observe(time.monotonic() - start)
                     yield data
             finally:
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await close_iterator(iterator)
 
         return chunks

@@ -18,7 +18,7 @@ from ..dicom.multipart import MultipartError, Part, iter_parts
 from ..dicom.stow import StowResult
 from ..mediatype import parse_media_type
 from ..store import Store, StoreItem
-from .errors import HTTPError, bad_request, unsupported_media_type
+from .errors import bad_request, unsupported_media_type
 
 log = Logger()
 
@@ -123,4 +123,4 @@ async def _store(store: Store, body: IO[bytes], parts: list[Part],
         results[i] = StowResult(info.sop_class_uid, info.sop_uid, info.study_uid, info.series_uid, failure=failure)
 
 
-__all__ = ["HTTPError", "body_boundary", "store_body"]
+__all__ = ["body_boundary", "store_body"]

@@ -82,9 +82,7 @@ async def stream(request: Any, chunks: AsyncIterator[bytes]) -> None:
         _abort(request)
     finally:
         _unregister(request)
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_iterator(chunks)
 
 
 def _unregister(request: Any) -> None:
@@ -100,3 +98,11 @@ def _abort(request: Any) -> None:
     abort = getattr(transport, "abortConnection", None)
     if abort is not None:
         abort()
+
+
+async def close_iterator(iterator: object) -> None:
+    """Close an async generator now (its ``finally`` runs: files close, work
+    stops); other async iterables have nothing to close."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

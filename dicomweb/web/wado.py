@@ -30,7 +30,7 @@ from ..dicom.stow import instance_path
 from ..store import InstanceRecord, Store
 from . import negotiation
 from .errors import HTTPError, bad_request, not_found
-from .stream import stream
+from .stream import close_iterator, stream
 
 log = Logger()
 T = TypeVar("T")
@@ -540,9 +540,7 @@ async def _framed(head: bytes, body: AsyncIterator[bytes], tail: bytes) -> Async
         async for data in body:
             yield data
     finally:
-        aclose = getattr(body, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_iterator(body)
     yield tail
 
 
