@@ -103,6 +103,26 @@ def stow_round(corpus: Corpus, instances: list[Instance], per_request: int, vari
 # -- QIDO -----------------------------------------------------------------------
 
 
+def json_latency(path: str, params: dict[str, str] | None, expected: int, what: str,
+                 out: Outcome, samples: int) -> OpFn:
+    """GET ``path`` as DICOM JSON ``samples`` times; the clock stops when the
+    answer has arrived, and the number of items is checked (``what`` names them)."""
+
+    def run(t: Target, r: int) -> list[float]:
+        times = []
+        found: list[object] = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            body = get_body(t, path, params)
+            times.append(time.perf_counter() - start)
+            found = decode(body)
+        if len(found) != expected:
+            out.note(t.name, f"returned {len(found)} {what}, expected {expected}")
+        return times
+
+    return run
+
+
 def qido_studies(expected: int, out: Outcome, samples: int) -> OpFn:
     """GET /studies?PatientName=Smith*&StudyDate=20180101-20221231 (result count checked).
 
@@ -110,36 +130,12 @@ def qido_studies(expected: int, out: Outcome, samples: int) -> OpFn:
     does not decode ``%2A`` and would match nothing.
     """
     query = f"PatientName={quote(QIDO_NAME, safe='*')}&StudyDate={'-'.join(QIDO_DATES)}"
-
-    def run(t: Target, r: int) -> list[float]:
-        times = []
-        for _ in range(samples):
-            start = time.perf_counter()
-            body = get_body(t, f"/studies?{query}")
-            times.append(time.perf_counter() - start)
-            found = decode(body)
-        if len(found) != expected:
-            out.note(t.name, f"returned {len(found)} studies, expected {expected}")
-        return times
-
-    return run
+    return json_latency(f"/studies?{query}", None, expected, "studies", out, samples)
 
 
 def qido_instances(limit: int, out: Outcome, samples: int) -> OpFn:
     """GET /instances?limit=N, no filter (N = the 1,200 of the main corpus)."""
-
-    def run(t: Target, r: int) -> list[float]:
-        times = []
-        for _ in range(samples):
-            start = time.perf_counter()
-            body = get_body(t, "/instances", {"limit": str(limit)})
-            times.append(time.perf_counter() - start)
-            found = decode(body)
-        if len(found) != limit:
-            out.note(t.name, f"returned {len(found)} instances, expected {limit}")
-        return times
-
-    return run
+    return json_latency("/instances", {"limit": str(limit)}, limit, "instances", out, samples)
 
 
 # -- WADO -----------------------------------------------------------------------
@@ -147,19 +143,7 @@ def qido_instances(limit: int, out: Outcome, samples: int) -> OpFn:
 
 def study_metadata(study: str, expected: int, out: Outcome, samples: int) -> OpFn:
     """GET /studies/{study}/metadata (Accept: application/dicom+json)."""
-
-    def run(t: Target, r: int) -> list[float]:
-        times = []
-        for _ in range(samples):
-            start = time.perf_counter()
-            body = get_body(t, f"/studies/{study}/metadata")
-            times.append(time.perf_counter() - start)
-            found = decode(body)
-        if len(found) != expected:
-            out.note(t.name, f"returned {len(found)} instances, expected {expected}")
-        return times
-
-    return run
+    return json_latency(f"/studies/{study}/metadata", None, expected, "instances", out, samples)
 
 
 def study_retrieve(studies: list[list[Instance]], out: Outcome, samples: int) -> OpFn:
