@@ -119,9 +119,15 @@ class Bench:
         self.results: dict[str, Outcome] = {}
         self.copies = 1  # copies of the main corpus stored (each STOW round adds one)
         self.transfers: dict[str, dict[str, ops.Transfer | str]] = {}
+        self.only: set[str] = set()  # measure just these operations (--only); empty: all
+
+    def wanted(self, key: str) -> bool:
+        return not self.only or key.split("@")[0] in self.only or key in ("stow_load", "load_rest")
 
     def step(self, key: str, label: str, fn: ops.OpFn, targets: list[Target] | None = None,
              rounds: int | None = None, warmup: int = 1) -> Outcome:
+        if not self.wanted(key):
+            return Outcome()
         say(f"  {label} ...")
         out = self.results.setdefault(key, Outcome())
         ops.alternate(targets or self.servers, fn, self.plan.rounds if rounds is None else rounds, warmup, say, out)
@@ -167,7 +173,7 @@ class Bench:
 
     def stow_rounds(self) -> None:
         main = self.corpus.group("main")
-        for r in range(self.plan.stow_rounds):
+        for r in range(self.plan.stow_rounds if self.wanted("stow") else 0):
             # variant 1 + r: fresh UIDs every round, so every round really stores
             self.step("stow", f"STOW round {r + 1}", ops.stow_round(self.corpus, main, self.plan.stow_batch, 1 + r),
                       rounds=1, warmup=0)
@@ -250,7 +256,7 @@ class Table:
 
     def add(self, key: str, label: str, ours: str, goal: Goal, fmt: Callable[[float], str], **kw: object) -> None:
         o, x, ona, xna, wrong = self.pair(key, ours)
-        if key in self.b.results:
+        if key in self.b.results and self.b.wanted(key):
             self.rows.append(ratio_row(f"{label} [{store(ours)}]", o, x, goal, fmt, ona, xna, wrong, **kw))  # type: ignore[arg-type]
 
     def for_store(self, ours: str) -> None:
@@ -272,6 +278,8 @@ class Table:
 
     def _retrieve(self, ours: str) -> None:
         """MB/s ratio to Orthanc, and share of the fastest static server (the ceiling)."""
+        if not self.b.wanted("retrieve"):
+            return
         out = self.b.results.get("retrieve", Outcome())
         statics = {t.name: out.median(t.name) for t in self.b.statics if out.median(t.name)}
         ceiling = max(statics.values(), default=None)
@@ -352,6 +360,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--big", action="store_true", help="the 2 GB retrieve and 1 GB STOW memory figures only")
     ap.add_argument("--stores", default="embedded", help="comma list of our stores: embedded,couch")
     ap.add_argument("--server-rev", default=None, help="benchmark this git revision (git archive) instead of the working tree")
+    ap.add_argument("--only", default="", help="comma list of operations to measure (e.g. stow,retrieve); "
+                    "default all: stow, qido_studies, qido_instances, metadata, retrieve, frame_native, "
+                    "frame_j2k, concurrent")
     ap.add_argument("--no-report", action="store_true", help="print only; do not append to bench/REPORT.md")
     args = ap.parse_args(argv)
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -383,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         repo, commit = server_checkout(args.server_rev, tmp)
         started, notes = start_servers(args, repo, tmp, corpus)
         bench = Bench(plan, corpus, started)
+        bench.only = {o.strip() for o in args.only.split(",") if o.strip()}
         say("servers: " + ", ".join(f"{s.name} {s.url}" for s in started))
         try:
             run_all(bench, args)
