@@ -18,7 +18,7 @@ from .config import Settings, env_overrides, load_config_file, parse_size
 
 log = Logger()
 
-_FLAGS = {"allow-remote", "trust-forwarded", "log-query-strings"}
+_FLAGS = {"allow-remote", "trust-forwarded", "log-query-strings", "no-sendfile"}
 
 
 class Options(_config.SecurityOptions, usage.Options):
@@ -40,6 +40,8 @@ class Options(_config.SecurityOptions, usage.Options):
         ["allow-remote", None, "Allow listening on non-loopback addresses without authentication"],
         ["trust-forwarded", None, "Build public URLs from X-Forwarded-Proto/Host/Prefix"],
         ["log-query-strings", None, "Put query strings (may hold patient names/IDs) in the access log"],
+        ["no-sendfile", None, "Send stored files through user space instead of os.sendfile (e.g. on a "
+         "network filesystem that mishandles it)"],
     ]
 
     def postOptions(self) -> None:
@@ -203,6 +205,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
 
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     _tune_transports()
+    from .web import sendfile
+
+    sendfile.enabled = not settings.no_sendfile
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="dicomweb")
     store: Any
     if settings.couchdb:

@@ -98,6 +98,11 @@ class Store(Protocol):
     def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         """The whole stored Part 10 object, as a stream of chunks."""
 
+    def local_path(self, record: InstanceRecord) -> str | None:
+        """A local file holding the stored Part 10 object (written once, never
+        modified), so the web layer can send it zero-copy; None when the
+        bytes live elsewhere and only ``read``/``chunks`` reach them."""
+
     async def search(self, query: Query) -> list[dict[str, Any]]:
         """QIDO: the answers to ``query``, in a stable order, ``query.offset``
         skipped and at most ``query.limit`` returned. Each is DICOM JSON with

@@ -364,6 +364,9 @@ class CouchStore:
             stream.abort()
         return b"".join(out)
 
+    def local_path(self, record: InstanceRecord) -> str | None:
+        return None  # attachments live in CouchDB
+
     async def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         response = await self._attachment(record)
         stream = BodyStream(high_water=max(4 * chunk_size, 1 << 20))

@@ -404,6 +404,9 @@ class EmbeddedStore:
             fp.seek(offset)
             return fp.read(length)
 
+    def local_path(self, record: InstanceRecord) -> str | None:
+        return os.path.join(self.files_dir, record.location)
+
     async def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         # Read on the reactor thread, as twisted.web.static.File does: a chunk
         # of a stored file is a page-cache copy (tens of microseconds), and a

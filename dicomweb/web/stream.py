@@ -31,6 +31,11 @@ class StreamProducer:
         self._paused: Deferred[None] | None = None
         self.stopped = False
 
+    @property
+    def paused(self) -> Deferred[None] | None:
+        """Fires when the transport asks for more; None while not paused."""
+        return self._paused
+
     def pauseProducing(self) -> None:
         if self._paused is None:
             self._paused = Deferred()
@@ -79,13 +84,13 @@ async def stream(request: Any, chunks: AsyncIterator[bytes]) -> None:
             log.warn("response aborted after {sent} bytes: {reason}", sent=sent, reason=exc.reason)
         else:
             log.failure("response aborted after {sent} bytes", sent=sent)
-        _abort(request)
+        abort(request)
     finally:
-        _unregister(request)
+        unregister(request)
         await close_iterator(chunks)
 
 
-def _unregister(request: Any) -> None:
+def unregister(request: Any) -> None:
     # After the connection is lost the channel has no transport left to
     # unregister from; there is nothing to undo then.
     channel = getattr(request, "channel", None)
@@ -93,7 +98,7 @@ def _unregister(request: Any) -> None:
         request.unregisterProducer()
 
 
-def _abort(request: Any) -> None:
+def abort(request: Any) -> None:
     transport = getattr(getattr(request, "channel", None), "transport", None)
     abort = getattr(transport, "abortConnection", None)
     if abort is not None:

@@ -30,7 +30,9 @@ from ..dicom.stow import instance_path
 from ..store import InstanceRecord, Store
 from . import negotiation
 from .errors import HTTPError, bad_request, not_found
-from .stream import close_iterator, stream
+from .sendfile import FileSlice, Piece
+from .sendfile import send as send_pieces
+from .stream import stream
 
 log = Logger()
 T = TypeVar("T")
@@ -239,6 +241,17 @@ class InstancePixels:
         return pixels.negotiate_frame_syntax(
             self.stored, acceptable, lambda s, t: transcode.can_transcode(s, t, metadata))
 
+    def stored_frame(self, index: int, target: str) -> FileSlice | None:
+        """Frame ``index`` as a slice of the stored object, when it is sent as
+        stored and lies in one piece (native data, one fragment per frame)."""
+        frames = self.record.frames
+        if frames is None or len(frames[index]) != 1:
+            return None
+        if not (target == self.stored or (target == EXPLICIT_LE and self.stored == pixels.IMPLICIT_VR_LE)):
+            return None
+        offset, length = frames[index][0]
+        return self.wado.part(self.record, offset, length)
+
     async def frame(self, index: int, target: str) -> bytes:
         """Frame ``index`` (0-based) in ``target``: the stored bytes when possible."""
         stored = self.stored
@@ -307,8 +320,46 @@ class Wado:
         targets = await self._instance_targets(records, syntaxes, study, series, sop)
         boundary = new_boundary()
         request.setHeader(b"content-type", multipart_type(negotiation.DICOM, boundary))
-        if request.method != b"HEAD":
+        if request.method == b"HEAD":
+            return
+        if all(t == r.transfer_syntax_uid for r, t in zip(records, targets, strict=True)):
+            # All as stored: every size is known, the kernel can send the files.
+            await self.send(request, self._stored_parts(records, boundary, base))
+        else:
             await stream(request, self._instance_parts(records, targets, boundary, base))
+
+    def _stored_parts(self, records: list[InstanceRecord], boundary: str, base: str) -> list[Piece]:
+        pieces: list[Piece] = []
+        for i, record in enumerate(records):
+            pieces.append(delimiter(boundary, first=(i == 0)) + self._stored_part_header(record, base))
+            pieces.append(self.whole(record))
+        pieces.append(close_delimiter(boundary))
+        return pieces
+
+    @staticmethod
+    def _stored_part_header(record: InstanceRecord, base: str) -> bytes:
+        location = f"{base}/{instance_path(record.study_uid, record.series_uid, record.sop_uid)}"
+        return part_header(f"application/dicom; transfer-syntax={record.transfer_syntax_uid}",
+                           {"Content-Location": location, "Content-Length": str(record.size)})
+
+    # -- sending stored bytes ----------------------------------------------------
+
+    def whole(self, record: InstanceRecord) -> FileSlice:
+        """The whole stored object, as a piece of a response body."""
+        return FileSlice(self.store.local_path(record), 0, record.size, record)
+
+    def part(self, record: InstanceRecord, offset: int, length: int) -> FileSlice:
+        return FileSlice(self.store.local_path(record), offset, length, record)
+
+    async def send(self, request: Request, pieces: Sequence[Piece]) -> None:
+        """Send ``pieces`` as the body: zero-copy where possible (``sendfile``)."""
+        await send_pieces(request, pieces, self._read_slice)
+
+    def _read_slice(self, piece: FileSlice) -> AsyncIterator[bytes]:
+        record: InstanceRecord = piece.record
+        if piece.offset == 0 and piece.length == record.size:
+            return self.store.chunks(record)
+        return self._range(record, piece.offset, piece.length)
 
     async def _instance_targets(self, records: list[InstanceRecord], syntaxes: list[str | None], study: str,
                                 series: str | None, sop: str | None) -> list[str]:
@@ -334,9 +385,7 @@ class Wado:
                         f"application/dicom; transfer-syntax={target}",
                         {"Content-Location": location, "Content-Length": str(len(data))}) + data
                     continue
-            yield delimiter(boundary, first=(i == 0)) + part_header(
-                f"application/dicom; transfer-syntax={record.transfer_syntax_uid}",
-                {"Content-Location": location, "Content-Length": str(record.size)})
+            yield delimiter(boundary, first=(i == 0)) + self._stored_part_header(record, base)
             async for chunk in self.store.chunks(record):
                 yield chunk
         yield close_delimiter(boundary)
@@ -409,15 +458,29 @@ class Wado:
         request.setHeader(b"content-type", multipart_type(media, boundary))
         r = source.record
         location = f"{base}/{instance_path(r.study_uid, r.series_uid, r.sop_uid)}/frames/"
+        slices = [source.stored_frame(n - 1, target) for n in numbers]
+        if all(slices):
+            # As stored: the sizes are known and the kernel can send the bytes.
+            pieces: list[Piece] = []
+            for i, (number, piece) in enumerate(zip(numbers, slices, strict=True)):
+                assert piece is not None
+                pieces += [delimiter(boundary, first=(i == 0)) + self._frame_header(media, target, location, number,
+                                                                                    piece.length), piece]
+            await self.send(request, [*pieces, close_delimiter(boundary)])
+            return
         await stream(request, self._frame_parts(source, numbers, media, target, boundary, location))
+
+    @staticmethod
+    def _frame_header(media: str, target: str, location: str, number: int, length: int) -> bytes:
+        return part_header(f"{media}; transfer-syntax={target}",
+                           {"Content-Location": f"{location}{number}", "Content-Length": str(length)})
 
     async def _frame_parts(self, source: InstancePixels, numbers: list[int], media: str, target: str,
                            boundary: str, location: str) -> AsyncIterator[bytes]:
         for i, number in enumerate(numbers):
             data = await source.frame(number - 1, target)
-            yield delimiter(boundary, first=(i == 0)) + part_header(
-                f"{media}; transfer-syntax={target}",
-                {"Content-Location": f"{location}{number}", "Content-Length": str(len(data))}) + data
+            yield delimiter(boundary, first=(i == 0)) + self._frame_header(media, target, location, number,
+                                                                           len(data)) + data
         yield close_delimiter(boundary)
 
     # -- bulk data ---------------------------------------------------------------
@@ -449,19 +512,19 @@ class Wado:
             request.setResponseCode(206)
         content_range = f"bytes {start}-{start + length - 1}/{size}"
         media = negotiation.OCTET_STREAM + (f"; transfer-syntax={EXPLICIT_LE}" if is_pixels else "")
-        body = self._swapped(source, where, start, length) if swap else self._range(source.record, offset + start, length)
+        body: Piece = (await self._swapped(source, where, start, length) if swap
+                       else self.part(source.record, offset + start, length))
         if form == "single":
             request.setHeader(b"content-type", media.encode())
-            request.setHeader(b"content-length", str(length).encode())
             if wanted is not None:
                 request.setHeader(b"content-range", content_range.encode())
-            await stream(request, body)
+            await self.send(request, [body])
             return
         boundary = new_boundary()
         request.setHeader(b"content-type", multipart_type(negotiation.OCTET_STREAM, boundary))
         headers = {"Content-Length": str(length)} | ({"Content-Range": content_range} if wanted else {})
-        await stream(request, _framed(delimiter(boundary, first=True) + part_header(media, headers), body,
-                                      close_delimiter(boundary)))
+        await self.send(request, [delimiter(boundary, first=True) + part_header(media, headers), body,
+                                  close_delimiter(boundary)])
 
     async def _range(self, record: InstanceRecord, offset: int, length: int) -> AsyncIterator[bytes]:
         end = offset + length
@@ -472,13 +535,12 @@ class Wado:
             offset += len(data)
             yield data
 
-    async def _swapped(self, source: InstancePixels, where: tuple[int, int], start: int,
-                       length: int) -> AsyncIterator[bytes]:
+    async def _swapped(self, source: InstancePixels, where: tuple[int, int], start: int, length: int) -> bytes:
         """Big endian native pixel data as little endian (whole value: swapping needs word alignment)."""
         data = await source.wado.store.read(source.record, *where)
         metadata = await source.metadata()
         swapped = await self.cpu(transcode.frame_bytes_to_target, [data], metadata, pixels.EXPLICIT_VR_BE, EXPLICIT_LE)
-        yield swapped[start:start + length]
+        return bytes(swapped[start:start + length])
 
     # -- rendered and thumbnails -------------------------------------------------
 
@@ -532,16 +594,6 @@ class _Sink:
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
-
-
-async def _framed(head: bytes, body: AsyncIterator[bytes], tail: bytes) -> AsyncIterator[bytes]:
-    yield head
-    try:
-        async for data in body:
-            yield data
-    finally:
-        await close_iterator(body)
-    yield tail
 
 
 def _arg(request: Request, name: bytes) -> str | None:

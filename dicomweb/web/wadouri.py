@@ -17,7 +17,6 @@ from ..dicom.uids import is_valid_uid
 from ..mediatype import parse_accept
 from . import negotiation
 from .errors import bad_request, not_acceptable
-from .stream import stream
 from .wado import InstancePixels, RenderOptions, Wado, make_window, positive_int
 
 DICOM = "application/dicom"
@@ -126,7 +125,8 @@ async def answer(wado: Wado, request: Request) -> bytes | None:
             request.setHeader(b"content-type", f"{DICOM}; transfer-syntax={target}".encode())
             return data
     request.setHeader(b"content-type", f"{DICOM}; transfer-syntax={record.transfer_syntax_uid}".encode())
-    request.setHeader(b"content-length", str(record.size).encode())
-    if request.method != b"HEAD":
-        await stream(request, wado.store.chunks(record))
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", str(record.size).encode())
+    else:
+        await wado.send(request, [wado.whole(record)])
     return None
