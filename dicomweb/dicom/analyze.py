@@ -5,13 +5,19 @@ data) and returns an :class:`InstanceInfo`: the identifying UIDs, the
 instance's DICOM JSON metadata (bulk values as BulkDataURIs), the attributes
 of each QIDO level, and the byte ranges of every frame and bulk value inside
 the file, so that WADO can serve them by offset without parsing again.
+
+Most objects take the fast path (:mod:`fastparse`: the raw header bytes walked
+once, no pydicom objects); what it does not handle exactly like pydicom goes
+through pydicom. Both give the same result (``tests/test_fastparse.py``).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -23,17 +29,17 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
-from . import levels
+from . import fastparse, levels
 from .fileio import FileWindow
 from .uids import clean_uid, is_valid_uid
 
 log = logging.getLogger(__name__)
 
 #: Binary VRs whose values become BulkDataURIs when larger than the threshold.
-BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-BULK_THRESHOLD = 1024
+BINARY_VRS = fastparse.BINARY_VRS
+BULK_THRESHOLD = fastparse.BULK_THRESHOLD
 #: Values above this are not read into memory while parsing the header.
-DEFER_SIZE = 64 * 1024
+DEFER_SIZE = fastparse.DEFER_SIZE
 PIXEL_TAGS = {0x7FE00008: "OF", 0x7FE00009: "OD", 0x7FE00010: "OW"}
 
 # STOW failure reasons (PS3.18 Table 10.5.3-2 / PS3.4 Annex B).
@@ -48,6 +54,11 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 _ITEM = 0xFFFEE000
 _SEQ_DELIM = 0xFFFEE0DD
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
+
+#: Reads (offset, length) of the object: short at its end, like a file.
+Reader = Callable[[int, int], bytes]
+#: ``ds.get(keyword, default)`` of the top-level data set.
+Getter = Callable[[str, Any], Any]
 
 
 class InvalidInstance(ValueError):
@@ -97,8 +108,8 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
-def _uid(ds: Dataset, keyword: str, required: bool = True) -> str:
-    value = ds.get(keyword)
+def _uid(get: Getter, keyword: str, required: bool = True) -> str:
+    value = get(keyword, None)
     text = clean_uid(str(value)) if value is not None else ""
     if required and not text:
         raise InvalidInstance(f"{keyword} is missing")
@@ -112,6 +123,14 @@ def analyze(fp: BinaryIO, offset: int = 0, length: int | None = None) -> Instanc
     if length is None:
         fp.seek(0, io.SEEK_END)
         length = fp.tell() - offset
+    info = analyze_fast(fp, offset, length)
+    if info is not None:
+        return info
+    return analyze_pydicom(fp, offset, length)
+
+
+def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
+    """The pydicom path: any encoding pydicom reads."""
     window = io.BufferedReader(FileWindow(fp, offset, length), 64 * 1024)  # type: ignore[arg-type]
     try:
         ds = pydicom.dcmread(window, defer_size=DEFER_SIZE, stop_before_pixels=True)
@@ -120,35 +139,141 @@ def analyze(fp: BinaryIO, offset: int = 0, length: int | None = None) -> Instanc
         raise InvalidInstance("not a DICOM Part 10 object (no DICM prefix)") from None
     except Exception as exc:  # pydicom raises many types on damaged input
         raise InvalidInstance(f"cannot parse the DICOM header ({type(exc).__name__})") from None
-    meta = ds.file_meta
-    tsuid = clean_uid(str(meta.get("TransferSyntaxUID", "")))
+
+    def read(pos: int, size: int) -> bytes:
+        window.seek(pos)
+        return window.read(size)
+
+    tsuid, study_uid, series_uid, sop_uid, sop_class = _identify(ds.get, ds.file_meta.get)
+    try:
+        prefix = _prefix(study_uid, series_uid, sop_uid)
+        bulk: dict[str, Range] = {}
+        warnings: list[str] = []
+        metadata = dataset_to_json(ds, window, prefix, bulk, [], warnings)
+        implicit, little = ds.original_encoding
+        if implicit is None or little is None:
+            implicit, little = tsuid == "1.2.840.10008.1.2", tsuid != "1.2.840.10008.1.2.2"
+        eot = ds.get_item(0x7FE00001, keep_deferred=True)
+        return _build(metadata, bulk, warnings, ds.get, read, lambda: _read_offsets(window, eot, "<Q"),
+                      pixel_pos, length, tsuid, study_uid, series_uid, sop_uid, sop_class, prefix,
+                      bool(implicit), bool(little))
+    except InvalidInstance as exc:
+        exc.sop_class_uid, exc.sop_uid = sop_class, sop_uid
+        raise
+
+
+#: Top-level values analyze() reads, and the VR they must have for the fast
+#: path's values to equal pydicom's (anything else goes through pydicom).
+_FAST_FIELDS = {
+    "SOPClassUID": (0x00080016, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+    "BitsAllocated": (0x00280100, "US"),
+}
+_FAST_SINGLE = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PhotometricInterpretation")
+
+
+def analyze_fast(fp: BinaryIO, offset: int, length: int) -> InstanceInfo | None:
+    """The fast path, or None when it does not handle this object."""
+    view = _open_view(fp)
+    if view is None:
+        return None
+    buf, close = view
+    try:
+        parsed = fastparse.parse(buf, offset, length)
+        if parsed is None:
+            return None
+        for keyword, (tag, vr) in _FAST_FIELDS.items():
+            elem = parsed.metadata.get(f"{tag:08X}")
+            if elem is not None and (elem["vr"] != vr or (keyword in _FAST_SINGLE and len(elem.get("Value", ())) > 1)):
+                return None
+
+        def get(keyword: str, default: Any) -> Any:
+            return parsed.get(_FAST_FIELDS[keyword][0], default)
+
+        def meta_get(keyword: str, default: Any) -> Any:
+            value = parsed.transfer_syntax if keyword == "TransferSyntaxUID" else parsed.media_sop_class
+            return default if value is None else value
+
+        end = offset + length
+
+        def read(pos: int, size: int) -> bytes:
+            start = offset + max(0, pos)
+            return bytes(buf[start:min(start + max(0, size), end)])
+
+        tsuid, study_uid, series_uid, sop_uid, sop_class = _identify(get, meta_get)
+        try:
+            prefix = _prefix(study_uid, series_uid, sop_uid)
+            for element, where in parsed.bulk_refs:
+                element["BulkDataURI"] = prefix + where
+
+            def eot() -> list[int]:
+                if parsed.eot is None:
+                    return []
+                data = read(*parsed.eot)
+                return [v for (v,) in struct.iter_unpack("<Q", data[: len(data) // 8 * 8])]
+
+            return _build(parsed.metadata, parsed.bulk, [], get, read, eot, parsed.pixel_pos, length,
+                          tsuid, study_uid, series_uid, sop_uid, sop_class, prefix, parsed.implicit, True)
+        except InvalidInstance as exc:
+            exc.sop_class_uid, exc.sop_uid = sop_class, sop_uid
+            raise
+    finally:
+        close()
+
+
+def _open_view(fp: BinaryIO) -> tuple[Any, Callable[[], None]] | None:
+    """The whole body as a buffer read in place (no copy): a memory map of
+    the spooled file, or an in-memory body's own buffer."""
+    if isinstance(fp, io.BytesIO):
+        view = fp.getbuffer()
+        return view, view.release
+    try:
+        mapped = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return mapped, mapped.close
+
+
+def _identify(get: Getter, meta_get: Getter) -> tuple[str, str, str, str, str]:
+    """(transfer syntax, study, series, SOP instance, SOP class UIDs), or the
+    InvalidInstance that says which one is wrong."""
+    tsuid = clean_uid(str(meta_get("TransferSyntaxUID", "")))
     if not tsuid or not is_valid_uid(tsuid):
         raise InvalidInstance("file meta has no valid TransferSyntaxUID", TRANSFER_SYNTAX_NOT_SUPPORTED)
-    sop_class = _uid(ds, "SOPClassUID", required=False) or clean_uid(str(meta.get("MediaStorageSOPClassUID", "")))
-    sop_uid = _uid(ds, "SOPInstanceUID", required=False)
+    sop_class = _uid(get, "SOPClassUID", required=False) or clean_uid(str(meta_get("MediaStorageSOPClassUID", "")))
+    sop_uid = _uid(get, "SOPInstanceUID", required=False)
     try:
         if not sop_class or not is_valid_uid(sop_class):
             raise InvalidInstance("SOPClassUID is missing or not a valid UID")
         if not sop_uid:
             raise InvalidInstance("SOPInstanceUID is missing")
-        study_uid = _uid(ds, "StudyInstanceUID")
-        series_uid = _uid(ds, "SeriesInstanceUID")
-        return _build(ds, window, pixel_pos, length, tsuid, study_uid, series_uid, sop_uid, sop_class)
+        study_uid = _uid(get, "StudyInstanceUID")
+        series_uid = _uid(get, "SeriesInstanceUID")
     except InvalidInstance as exc:
         exc.sop_class_uid, exc.sop_uid = sop_class if is_valid_uid(sop_class) else "", sop_uid
         raise
+    return tsuid, study_uid, series_uid, sop_uid, sop_class
 
 
-def _build(ds: Dataset, fp: BinaryIO, pixel_pos: int, size: int, tsuid: str,
-           study_uid: str, series_uid: str, sop_uid: str, sop_class: str) -> InstanceInfo:
-    prefix = f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulk/"
-    bulk: dict[str, Range] = {}
-    warnings: list[str] = []
-    metadata = dataset_to_json(ds, fp, prefix, bulk, [], warnings)
+def _prefix(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    return f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulk/"
+
+
+def _build(metadata: dict[str, Any], bulk: dict[str, Range], warnings: list[str], get: Getter,
+           read: Reader, eot: Callable[[], list[int]], pixel_pos: int, size: int, tsuid: str,
+           study_uid: str, series_uid: str, sop_uid: str, sop_class: str, prefix: str,
+           implicit: bool, little: bool) -> InstanceInfo:
     frames: list[list[Range]] | None = None
     encapsulated = False
     if pixel_pos < size and tsuid != DEFLATED:
-        pixel = _read_pixel_element(fp, pixel_pos, ds, tsuid)
+        pixel = _read_pixel_element(read, pixel_pos, get, implicit, little)
         if pixel is not None:
             tag, vr, value_range, fragments = pixel
             key = f"{tag:08X}"
@@ -157,7 +282,7 @@ def _build(ds: Dataset, fp: BinaryIO, pixel_pos: int, size: int, tsuid: str,
                 vr = "OB"
             metadata[key] = {"vr": vr, "BulkDataURI": prefix + key}
             bulk[key] = value_range
-            frames = _frames(ds, fp, value_range, fragments, warnings)
+            frames = _frames(get, read, eot, value_range, fragments, warnings)
     elif tsuid == DEFLATED:
         warnings.append("deflated transfer syntax: frames are decoded on request")
     return InstanceInfo(
@@ -192,8 +317,13 @@ def _vr_of(tag: BaseTag, raw: Any) -> str:
 
 
 def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Range],
-                    path: list[str], warnings: list[str]) -> dict[str, Any]:
-    """DICOM JSON (PS3.18 F.2) of ``ds``; large binary values become BulkDataURIs."""
+                    path: list[str], warnings: list[str], base: int = 0) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2) of ``ds``; large binary values become BulkDataURIs.
+
+    ``base``: where the bytes ``ds`` was read from start in the object. pydicom
+    parses a sequence of defined length from a copy of its value, so the
+    positions it records inside are relative to that value's start.
+    """
     out: dict[str, Any] = {}
     for tag in ds.keys():
         if tag.element == 0 or (tag in PIXEL_TAGS and not path):
@@ -202,18 +332,19 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
         raw = ds.get_item(tag, keep_deferred=True)  # never let pydicom re-open the file
         vr = _vr_of(tag, raw)
         if vr == "SQ":
-            items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings)
+            inner = base + int(raw.value_tell) if isinstance(raw, RawDataElement) else base
+            items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings, inner)
                      for i, item in enumerate(ds[tag].value or [])]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
         if isinstance(raw, RawDataElement):
             if vr in BINARY_VRS and raw.length > BULK_THRESHOLD and raw.length != 0xFFFFFFFF:
                 where = "/".join([*path, key])
-                bulk[where] = (int(raw.value_tell), int(raw.length))
+                bulk[where] = (base + int(raw.value_tell), int(raw.length))
                 out[key] = {"vr": vr, "BulkDataURI": prefix + where}
                 continue
             if raw.value is None and raw.length:
-                fp.seek(raw.value_tell)
+                fp.seek(base + raw.value_tell)
                 ds[tag] = pydicom.dataelem.convert_raw_data_element(
                     raw._replace(value=fp.read(raw.length)), encoding=ds._character_set, ds=ds)
         try:
@@ -224,21 +355,16 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
     return out
 
 
-def _read_pixel_element(fp: BinaryIO, pos: int, ds: Dataset, tsuid: str
+def _read_pixel_element(read: Reader, pos: int, get: Getter, implicit: bool, little: bool
                         ) -> tuple[int, str, Range, list[Range] | None] | None:
     """Parse the pixel data element header at ``pos``.
 
-    Returns (tag, vr, value range, fragments or None for native data).
+    ``implicit``/``little``: how the data set was actually encoded (some
+    writers contradict their transfer syntax; pydicom detects it while
+    reading). Returns (tag, vr, value range, fragments or None for native data).
     """
-    # How the data set was actually encoded (some writers contradict their
-    # transfer syntax; pydicom detects it while reading).
-    implicit, little = ds.original_encoding
-    if implicit is None or little is None:
-        implicit, little = tsuid == "1.2.840.10008.1.2", tsuid != "1.2.840.10008.1.2.2"
-    big = not little
-    end = "<" if not big else ">"
-    fp.seek(pos)
-    head = fp.read(12)
+    end = "<" if little else ">"
+    head = read(pos, 12)
     if len(head) < 8:
         return None
     group, elem = struct.unpack(end + "HH", head[:4])
@@ -247,7 +373,7 @@ def _read_pixel_element(fp: BinaryIO, pos: int, ds: Dataset, tsuid: str
         return None
     if implicit:
         (length,) = struct.unpack(end + "L", head[4:8])
-        vr = PIXEL_TAGS[tag] if tag != 0x7FE00010 else ("OW" if int(ds.get("BitsAllocated", 16) or 16) > 8 else "OB")
+        vr = PIXEL_TAGS[tag] if tag != 0x7FE00010 else ("OW" if int(get("BitsAllocated", 16) or 16) > 8 else "OB")
         value_start = pos + 8
     else:
         vr_bytes = head[4:6]
@@ -260,16 +386,15 @@ def _read_pixel_element(fp: BinaryIO, pos: int, ds: Dataset, tsuid: str
             value_start = pos + 8
     if length != 0xFFFFFFFF:
         return tag, vr, (value_start, length), None
-    fragments, value_end = _read_fragments(fp, value_start, end)
+    fragments, value_end = _read_fragments(read, value_start, end)
     return tag, vr, (value_start, value_end - value_start), fragments
 
 
-def _read_fragments(fp: BinaryIO, pos: int, end: str) -> tuple[list[Range], int]:
+def _read_fragments(read: Reader, pos: int, end: str) -> tuple[list[Range], int]:
     """Fragments of encapsulated pixel data; the first item (Basic Offset Table) is included."""
     items: list[Range] = []
     while True:
-        fp.seek(pos)
-        head = fp.read(8)
+        head = read(pos, 8)
         if len(head) < 8:
             raise InvalidInstance("encapsulated pixel data is truncated")
         group, elem, length = struct.unpack(end + "HHL", head)
@@ -282,14 +407,14 @@ def _read_fragments(fp: BinaryIO, pos: int, end: str) -> tuple[list[Range], int]
         pos += 8 + length
 
 
-def _frames(ds: Dataset, fp: BinaryIO, value: Range, items: list[Range] | None,
-            warnings: list[str]) -> list[list[Range]] | None:
+def _frames(get: Getter, read: Reader, eot: Callable[[], list[int]], value: Range,
+            items: list[Range] | None, warnings: list[str]) -> list[list[Range]] | None:
     try:
-        nframes = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+        nframes = max(1, int(get("NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         nframes = 1
     if items is None:
-        return _native_frames(ds, value, nframes, warnings)
+        return _native_frames(get, value, nframes, warnings)
     if not items:
         raise InvalidInstance("encapsulated pixel data has no Basic Offset Table item")
     bot, fragments = items[0], items[1:]
@@ -298,7 +423,7 @@ def _frames(ds: Dataset, fp: BinaryIO, value: Range, items: list[Range] | None,
         return []
     if nframes == 1:
         return [fragments]
-    starts = _frame_starts(ds, fp, bot, fragments, nframes)
+    starts = _frame_starts(read, eot, bot, fragments, nframes)
     if starts is None:
         warnings.append("cannot split fragments into frames; frames are decoded on request")
         return None
@@ -306,12 +431,12 @@ def _frames(ds: Dataset, fp: BinaryIO, value: Range, items: list[Range] | None,
     return [fragments[bounds[i]:bounds[i + 1]] for i in range(nframes)]
 
 
-def _native_frames(ds: Dataset, value: Range, nframes: int, warnings: list[str]) -> list[list[Range]] | None:
+def _native_frames(get: Getter, value: Range, nframes: int, warnings: list[str]) -> list[list[Range]] | None:
     try:
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = int(get("SamplesPerPixel", 1) or 1)
+        if str(get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
             samples = 2  # two chroma samples are shared by each pair of pixels
-        bits = int(ds.Rows) * int(ds.Columns) * samples * int(ds.BitsAllocated)
+        bits = int(get("Rows", None)) * int(get("Columns", None)) * samples * int(get("BitsAllocated", None))
     except (AttributeError, TypeError, ValueError):
         warnings.append("pixel data without Rows/Columns/BitsAllocated")
         return None
@@ -325,16 +450,13 @@ def _native_frames(ds: Dataset, value: Range, nframes: int, warnings: list[str])
     return [[(offset + i * frame_len, frame_len)] for i in range(nframes)]
 
 
-def _frame_starts(ds: Dataset, fp: BinaryIO, bot: Range, fragments: list[Range], nframes: int) -> list[int] | None:
+def _frame_starts(read: Reader, eot: Callable[[], list[int]], bot: Range, fragments: list[Range],
+                  nframes: int) -> list[int] | None:
     """Index of the first fragment of each frame, or None if it cannot be told."""
     item_pos = [off - 8 - fragments[0][0] + 8 for off, _ in fragments]  # relative to first item tag
-    offsets: list[int] = []
-    eot = ds.get_item(0x7FE00001, keep_deferred=True)
-    if eot is not None:
-        offsets = _read_offsets(fp, eot, "<Q")
+    offsets = eot()
     if not offsets and bot[1]:
-        fp.seek(bot[0])
-        raw = fp.read(bot[1])
+        raw = read(bot[0], bot[1])
         offsets = list(struct.unpack(f"<{len(raw) // 4}L", raw[: len(raw) // 4 * 4]))
     if len(offsets) == nframes:
         index = {pos: i for i, pos in enumerate(item_pos)}
@@ -346,8 +468,7 @@ def _frame_starts(ds: Dataset, fp: BinaryIO, bot: Range, fragments: list[Range],
     # Fall back to markers: each JPEG family frame begins with SOI (FFD8) or SOC (FF4F).
     marked: list[int] = []
     for i, (off, _length) in enumerate(fragments):
-        fp.seek(off)
-        if fp.read(2) in (b"\xff\xd8", b"\xff\x4f"):
+        if read(off, 2) in (b"\xff\xd8", b"\xff\x4f"):
             marked.append(i)
     if len(marked) == nframes and marked[0] == 0:
         return marked
@@ -355,6 +476,8 @@ def _frame_starts(ds: Dataset, fp: BinaryIO, bot: Range, fragments: list[Range],
 
 
 def _read_offsets(fp: BinaryIO, elem: Any, fmt: str) -> list[int]:
+    if elem is None:
+        return []
     if isinstance(elem, RawDataElement):
         if elem.value is not None:
             data = elem.value
