@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal, cast
 
 from pydicom.datadict import get_entry, keyword_dict
@@ -166,8 +166,14 @@ def _safe_name(name: str) -> str:
     return "(not shown)"
 
 
+@lru_cache(maxsize=1024)
 def resolve(name: str) -> Attribute:
-    """Resolve ``PatientName``, ``00100010`` or a dotted sequence path."""
+    """Resolve ``PatientName``, ``00100010`` or a dotted sequence path.
+
+    Cached: clients name the same few attributes in every query, and the
+    dictionary lookups behind an answer cost more than the rest of a parse.
+    (An unknown name raises, and is not cached.)
+    """
     parts = name.split(".")
     if len(parts) > 4 or not all(parts):
         raise QueryError(f"malformed attribute path {_safe_name(name)}")
