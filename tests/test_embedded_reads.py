@@ -92,6 +92,25 @@ async def test_a_read_over_the_budget_is_interrupted_and_answered_from_the_pool(
 
 
 @pytest_twisted.ensureDeferred
+async def test_after_a_slow_search_the_next_ones_of_its_shape_go_straight_to_the_pool(
+        store: EmbeddedStore, in_pool: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "POOL_AFTER_SLOW", 2)
+    with monkeypatch.context() as slow:
+        slow.setattr(embedded, "INLINE_BUDGET", -1.0)
+        slow.setattr(embedded, "_PROGRESS_STEPS", 1)
+        await store.search(studies_query())  # interrupted: answered from the pool
+    assert len(in_pool) == 1
+    other_shape = parse_query("study", [("PatientID", "*")])
+    await store.search(other_shape)
+    assert len(in_pool) == 1, "another shape is still tried on the reactor"
+    await store.search(studies_query())
+    await store.search(studies_query())
+    assert len(in_pool) == 3, "the same shape went to the pool twice without trying"
+    await store.search(studies_query())
+    assert len(in_pool) == 3, "then it is tried on the reactor again"
+
+
+@pytest_twisted.ensureDeferred
 async def test_many_answers_are_built_in_the_pool(
         store: EmbeddedStore, in_pool: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     quick = await store.search(studies_query())

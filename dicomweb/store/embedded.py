@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet.threads import deferToThreadPool
@@ -57,6 +57,10 @@ _PROGRESS_STEPS = 2000
 #: Answers built on the reactor thread at most: building one answer (JSON
 #: decoding) costs some microseconds, so more go to the pool.
 INLINE_ROWS = 50
+#: After a read of some shape ran over the budget, this many reads of that
+#: shape go straight to the pool before one is tried on the reactor again.
+POOL_AFTER_SLOW = 64
+_MAX_SHAPES = 1024
 
 
 class EmbeddedStore:
@@ -76,13 +80,14 @@ class EmbeddedStore:
         self._connections: list[sqlite3.Connection] = []
         self._conn_lock = threading.Lock()
         self._reactor_conn: sqlite3.Connection | None = None  # used by _read on the reactor thread only
+        self._slow_shapes: dict[Hashable, int] = {}  # read shape -> reads left to send to the pool
 
     # -- plumbing ---------------------------------------------------------
 
     def _run(self, fn: Callable[..., T], *args: Any) -> Any:
         return deferToThreadPool(self._reactor, self._pool, fn, *args)
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _read(self, fn: Callable[..., T], *args: Any, shape: Hashable = None) -> T:
         """``fn(conn, *args)``, a read, on the reactor thread if it is quick, else in the pool.
 
         On the reactor thread ``conn`` is a query-only connection that does
@@ -90,9 +95,19 @@ class EmbeddedStore:
         :data:`INLINE_BUDGET`; an interrupted (or lock-blocked) read is run
         again in the pool, so the reactor is never held for longer.  ``fn``
         must only read, and do little Python work per row it reads.
+
+        ``shape`` names the kind of read (e.g. which filters a search has):
+        after a read of a shape was interrupted, the next
+        :data:`POOL_AFTER_SLOW` reads of that shape go straight to the pool
+        (a big index, e.g., would otherwise cost the budget on every request),
+        then one is tried on the reactor again.
         """
+        key = (fn, shape)
         conn = self._inline_conn()
-        if conn is not None:
+        pool_turns = self._slow_shapes.get(key, 0)
+        if pool_turns:
+            self._slow_shapes[key] = pool_turns - 1
+        elif conn is not None:
             deadline = time.perf_counter() + INLINE_BUDGET
             conn.set_progress_handler(lambda: time.perf_counter() > deadline, _PROGRESS_STEPS)
             try:
@@ -100,6 +115,10 @@ class EmbeddedStore:
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode not in _RETRY_IN_POOL:
                     raise
+                if exc.sqlite_errorcode == sqlite3.SQLITE_INTERRUPT:
+                    if len(self._slow_shapes) >= _MAX_SHAPES:
+                        self._slow_shapes.clear()  # bounded, whatever shapes clients invent
+                    self._slow_shapes[key] = POOL_AFTER_SLOW
             finally:
                 conn.set_progress_handler(None, 0)
         result: T = await self._run(lambda: fn(self._conn(), *args))
@@ -489,9 +508,11 @@ class EmbeddedStore:
     # -- search -------------------------------------------------------------
 
     async def search(self, query: Query) -> list[dict[str, Any]]:
-        rows = await self._read(sqlsearch.fetch, query)
+        # Searches with the same filters on the same attributes cost alike.
+        shape = (query.level, tuple((f.tag, f.kind) for f in query.filters), bool(query.includefields))
+        rows = await self._read(sqlsearch.fetch, query, shape=shape)
         if len(rows) <= INLINE_ROWS:
-            return await self._read(sqlsearch.answers, query, rows)
+            return await self._read(sqlsearch.answers, query, rows, shape=shape)
         # Many answers: building them (JSON decoding) is work for the pool.
         result: list[dict[str, Any]] = await self._run(lambda: sqlsearch.answers(self._conn(), query, rows))
         return result
