@@ -219,6 +219,9 @@ _LEVEL_TAGS: dict[Level, tuple[str, ...]] = {
 # Filters and the query
 
 
+_WILDCARD_RE = re.compile(r"[*?]")
+
+
 @dataclass(frozen=True)
 class Filter:
     """One matching condition on one attribute (see the module docstring).
@@ -263,7 +266,7 @@ class Filter:
 
     def literal_prefix(self) -> str:
         """The text before the first wildcard, for an index range scan."""
-        return re.split(r"[*?]", self._pattern(), maxsplit=1)[0]
+        return _WILDCARD_RE.split(self._pattern(), maxsplit=1)[0]
 
     def prefix_regexes(self) -> tuple[str, ...]:
         """For fuzzy filters: one anchored prefix regex per word."""
@@ -710,6 +713,8 @@ def wildcard_to_like(pattern: str) -> str:
 
 def wildcard_to_glob(pattern: str) -> str:
     # GLOB has no escape character: a literal special character becomes a class.
+    if "[" not in pattern and "]" not in pattern:
+        return pattern  # the usual case, without a pass per character
     parts = {"[": "[[]", "]": "[]]"}
     return "".join(parts.get(c, c) for c in pattern)
 
