@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal, cast
 
 from pydicom.datadict import get_entry, keyword_dict
@@ -166,8 +166,14 @@ def _safe_name(name: str) -> str:
     return "(not shown)"
 
 
+@lru_cache(maxsize=1024)
 def resolve(name: str) -> Attribute:
-    """Resolve ``PatientName``, ``00100010`` or a dotted sequence path."""
+    """Resolve ``PatientName``, ``00100010`` or a dotted sequence path.
+
+    Cached: clients name the same few attributes in every query, and the
+    dictionary lookups behind an answer cost more than the rest of a parse.
+    (An unknown name raises, and is not cached.)
+    """
     parts = name.split(".")
     if len(parts) > 4 or not all(parts):
         raise QueryError(f"malformed attribute path {_safe_name(name)}")
@@ -211,6 +217,9 @@ _LEVEL_TAGS: dict[Level, tuple[str, ...]] = {
 
 # --------------------------------------------------------------------------
 # Filters and the query
+
+
+_WILDCARD_RE = re.compile(r"[*?]")
 
 
 @dataclass(frozen=True)
@@ -257,7 +266,7 @@ class Filter:
 
     def literal_prefix(self) -> str:
         """The text before the first wildcard, for an index range scan."""
-        return re.split(r"[*?]", self._pattern(), maxsplit=1)[0]
+        return _WILDCARD_RE.split(self._pattern(), maxsplit=1)[0]
 
     def prefix_regexes(self) -> tuple[str, ...]:
         """For fuzzy filters: one anchored prefix regex per word."""
@@ -704,6 +713,8 @@ def wildcard_to_like(pattern: str) -> str:
 
 def wildcard_to_glob(pattern: str) -> str:
     # GLOB has no escape character: a literal special character becomes a class.
+    if "[" not in pattern and "]" not in pattern:
+        return pattern  # the usual case, without a pass per character
     parts = {"[": "[[]", "]": "[]]"}
     return "".join(parts.get(c, c) for c in pattern)
 

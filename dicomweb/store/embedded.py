@@ -15,7 +15,11 @@ that no index row points to: invisible, and listed by ``orphan_files`` (``dicomw
 
 Concurrency: SQLite work runs in the service's thread pool, one connection
 per thread; WAL lets readers run while one writer (serialised by a lock)
-commits.
+commits. Small reads (QIDO, one instance's record or metadata) are first
+tried on the reactor thread, on a read-only connection that never waits for
+a lock and is interrupted after a fraction of a millisecond: a thread-pool
+round trip costs more than such a read, and a read that turns out to be big
+is run again in the pool (see :meth:`EmbeddedStore._read`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet.threads import deferToThreadPool
@@ -42,6 +46,21 @@ from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome
 
 T = TypeVar("T")
 log = Logger()
+
+#: How long (seconds) a read may hold the reactor thread before SQLite
+#: interrupts it and it is run again in the thread pool. An indexed QIDO or
+#: instance lookup takes tens of microseconds; a pool round trip about 150.
+INLINE_BUDGET = 0.0005
+#: SQLite calls the budget check every this many virtual machine steps
+#: (a few microseconds of work each time).
+_PROGRESS_STEPS = 2000
+#: Answers built on the reactor thread at most: building one answer (JSON
+#: decoding) costs some microseconds, so more go to the pool.
+INLINE_ROWS = 50
+#: After a read of some shape ran over the budget, this many reads of that
+#: shape go straight to the pool before one is tried on the reactor again.
+POOL_AFTER_SLOW = 64
+_MAX_SHAPES = 1024
 
 
 class EmbeddedStore:
@@ -60,11 +79,66 @@ class EmbeddedStore:
         self._write_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._conn_lock = threading.Lock()
+        self._reactor_conn: sqlite3.Connection | None = None  # used by _read on the reactor thread only
+        self._slow_shapes: dict[Hashable, int] = {}  # read shape -> reads left to send to the pool
 
     # -- plumbing ---------------------------------------------------------
 
     def _run(self, fn: Callable[..., T], *args: Any) -> Any:
         return deferToThreadPool(self._reactor, self._pool, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any, shape: Hashable = None) -> T:
+        """``fn(conn, *args)``, a read, on the reactor thread if it is quick, else in the pool.
+
+        On the reactor thread ``conn`` is a query-only connection that does
+        not wait for locks, and SQLite interrupts ``fn`` once it has run for
+        :data:`INLINE_BUDGET`; an interrupted (or lock-blocked) read is run
+        again in the pool, so the reactor is never held for longer.  ``fn``
+        must only read, and do little Python work per row it reads.
+
+        ``shape`` names the kind of read (e.g. which filters a search has):
+        after a read of a shape was interrupted, the next
+        :data:`POOL_AFTER_SLOW` reads of that shape go straight to the pool
+        (a big index, e.g., would otherwise cost the budget on every request),
+        then one is tried on the reactor again.
+        """
+        key = (fn, shape)
+        conn = self._inline_conn()
+        pool_turns = self._slow_shapes.get(key, 0)
+        if pool_turns:
+            self._slow_shapes[key] = pool_turns - 1
+        elif conn is not None:
+            deadline = time.perf_counter() + INLINE_BUDGET
+            conn.set_progress_handler(lambda: time.perf_counter() > deadline, _PROGRESS_STEPS)
+            try:
+                return fn(conn, *args)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _RETRY_IN_POOL:
+                    raise
+                if exc.sqlite_errorcode == sqlite3.SQLITE_INTERRUPT:
+                    if len(self._slow_shapes) >= _MAX_SHAPES:
+                        self._slow_shapes.clear()  # bounded, whatever shapes clients invent
+                    self._slow_shapes[key] = POOL_AFTER_SLOW
+            finally:
+                conn.set_progress_handler(None, 0)
+        result: T = await self._run(lambda: fn(self._conn(), *args))
+        return result
+
+    def _inline_conn(self) -> sqlite3.Connection | None:
+        """The reactor thread's read-only connection (None if it cannot be opened now)."""
+        conn = self._reactor_conn
+        if conn is None:
+            try:
+                # timeout=0: a lock is never waited for on the reactor (the pool waits instead).
+                conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False, timeout=0)
+                conn.execute("PRAGMA query_only=ON")
+                conn.execute("PRAGMA cache_size=-65536")
+            except sqlite3.Error:
+                return None
+            self._reactor_conn = conn
+            with self._conn_lock:
+                self._connections.append(conn)
+        return conn
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -106,6 +180,7 @@ class EmbeddedStore:
                 except sqlite3.Error:
                     pass
             self._connections.clear()
+            self._reactor_conn = None
 
     async def ready(self) -> bool:
         try:
@@ -361,8 +436,8 @@ class EmbeddedStore:
 
     async def instances(self, study: str, series: str | None = None,
                         sop: str | None = None) -> list[InstanceRecord]:
-        rows = await self._run(self._select, "path, size, frames, bulk, sop_class_uid, transfer_syntax_uid",
-                               study, series, sop)
+        rows = await self._select_rows("path, size, frames, bulk, sop_class_uid, transfer_syntax_uid",
+                                       study, series, sop)
         return [
             InstanceRecord(
                 study_uid=r[0], series_uid=r[1], sop_uid=r[2],
@@ -374,10 +449,20 @@ class EmbeddedStore:
 
     async def metadata(self, study: str, series: str | None = None,
                        sop: str | None = None) -> list[bytes]:
-        rows = await self._run(self._select, "(SELECT json FROM metadata m WHERE m.sop_uid=i.sop_uid)", study, series, sop)
+        rows = await self._select_rows("(SELECT json FROM metadata m WHERE m.sop_uid=i.sop_uid)", study, series, sop)
         return [bytes(r[3]) for r in rows]
 
-    def _select(self, columns: str, study: str, series: str | None, sop: str | None) -> list[tuple[Any, ...]]:
+    async def _select_rows(self, columns: str, study: str, series: str | None,
+                           sop: str | None) -> list[tuple[Any, ...]]:
+        # One instance is a primary-key lookup: cheaper on the reactor thread
+        # than a pool round trip. A series or study may be thousands of rows.
+        if sop is not None:
+            return await self._read(self._select, columns, study, series, sop)
+        rows: list[tuple[Any, ...]] = await self._run(lambda: self._select(self._conn(), columns, study, series, sop))
+        return rows
+
+    def _select(self, conn: sqlite3.Connection, columns: str, study: str, series: str | None,
+                sop: str | None) -> list[tuple[Any, ...]]:
         where, args = ["i.study_uid=?"], [study]
         if series is not None:
             where.append("i.series_uid=?")
@@ -392,7 +477,7 @@ class EmbeddedStore:
             "ORDER BY s.series_number IS NULL, s.series_number, i.series_uid, "
             "i.instance_number IS NULL, i.instance_number, i.sop_uid"
         )
-        rows = self._conn().execute(sql, args).fetchall()
+        rows = conn.execute(sql, args).fetchall()
         if not rows:
             raise NotFound("no such " + ("instance" if sop else "series" if series else "study"))
         return rows
@@ -428,8 +513,18 @@ class EmbeddedStore:
     # -- search -------------------------------------------------------------
 
     async def search(self, query: Query) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._run(lambda: sqlsearch.search(self._conn(), query))
+        # Searches with the same filters on the same attributes cost alike.
+        shape = (query.level, tuple((f.tag, f.kind) for f in query.filters), bool(query.includefields))
+        rows = await self._read(sqlsearch.fetch, query, shape=shape)
+        if len(rows) <= INLINE_ROWS:
+            return await self._read(sqlsearch.answers, query, rows, shape=shape)
+        # Many answers: building them (JSON decoding) is work for the pool.
+        result: list[dict[str, Any]] = await self._run(lambda: sqlsearch.answers(self._conn(), query, rows))
         return result
+
+
+#: SQLite errors after which a read tried on the reactor thread is run in the pool.
+_RETRY_IN_POOL = frozenset({sqlite3.SQLITE_INTERRUPT, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 def _level_name(target: sqlremove.Target) -> str:

@@ -148,8 +148,17 @@ def _marks(values: Iterable[Any]) -> str:
 
 def search(conn: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
     """DICOM JSON answers for ``query`` (RetrieveURLs relative to the service root)."""
+    return answers(conn, query, fetch(conn, query))
+
+
+def fetch(conn: sqlite3.Connection, query: Query) -> list[tuple[Any, ...]]:
+    """The result rows of ``query`` (the SQL part of :func:`search`)."""
     plan = build_sql(query)
-    rows = conn.execute(plan.sql, plan.args).fetchall()
+    return conn.execute(plan.sql, plan.args).fetchall()
+
+
+def answers(conn: sqlite3.Connection, query: Query, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """The DICOM JSON answers made of :func:`fetch`'s ``rows`` (the Python part of :func:`search`)."""
     builder = _ResultBuilder(query)
     combined = [builder.combine(row) for row in rows]
     extra = set(query.includefields) - AVAILABLE

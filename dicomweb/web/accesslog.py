@@ -19,8 +19,9 @@ def access_log_formatter(include_query: bool = False) -> Any:
     def formatter(timestamp: str, request: Any) -> str:
         uri = request.uri if include_query else request.uri.split(b"?", 1)[0]
         principal = getattr(request, "dicomweb_principal", None)
+        host = getattr(request.getClientAddress(), "host", None)  # a UNIX socket has none
         return '"%s" "%s %s %s" %d %s "%s"' % (
-            _escape(request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-"),
+            _escape(host) if host is not None else "-",
             _escape(request.method),
             _escape(uri),
             _escape(request.clientproto),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -25,7 +26,19 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 def route_label(path: bytes | str) -> str:
     """``/studies/1.2.3/series/4.5`` -> ``/studies/{study}/series/{series}``."""
-    text = path.decode("latin-1") if isinstance(path, bytes) else path
+    if isinstance(path, bytes):
+        return _route_label_of_bytes(path)
+    return _route_label(path)
+
+
+@lru_cache(maxsize=1024)
+def _route_label_of_bytes(path: bytes) -> str:
+    # The same paths come again and again (searches, a viewer's series); bounded,
+    # so a stream of distinct instance paths only costs the computation.
+    return _route_label(path.decode("latin-1"))
+
+
+def _route_label(text: str) -> str:
     text = text.split("?", 1)[0]
     segments = [s for s in text.split("/") if s]
     out: list[str] = []
@@ -58,16 +71,27 @@ class Metrics:
         self.store_latency = Histogram("dicomweb_store_operation_duration_seconds", "Store call latency",
                                        ["store", "operation"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("dicomweb_http_requests_in_flight", "Requests being processed", registry=self.registry)
+        # Route labels have fixed cardinality (see route_label), so this stays small.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
     def observe_request(self, request: Any) -> None:
         route = route_label(request.path)
         method = request.method.decode("latin-1", "replace") if isinstance(request.method, bytes) else str(request.method)
-        self.requests.labels(route, method, str(request.code)).inc()
+        # The label children of one (route, method, status), found once: a
+        # labels() lookup takes a lock and builds tuples, four per request.
+        key = (route, method, request.code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(request.code)), self.latency.labels(route, method),
+                self.bytes_in.labels(route), self.bytes_out.labels(route))
+        count, latency, bytes_in, bytes_out = children
+        count.inc()
         started = getattr(request, "received_at", None)
         if started is not None:
-            self.latency.labels(route, method).observe(time.monotonic() - started)
-        self.bytes_in.labels(route).inc(getattr(request, "body_bytes", 0))
-        self.bytes_out.labels(route).inc(request.sentLength or 0)
+            latency.observe(time.monotonic() - started)
+        bytes_in.inc(getattr(request, "body_bytes", 0))
+        bytes_out.inc(request.sentLength or 0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -85,10 +109,15 @@ class InstrumentedStore:
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._store, name)
         if name in self._TIMED:
-            return self._timed(name, attr)
-        if name == "chunks":
-            return self._timed_chunks(attr)
-        return attr
+            wrapped = self._timed(name, attr)
+        elif name == "chunks":
+            wrapped = self._timed_chunks(attr)
+        else:
+            return attr  # anything else is the store's own, looked up each time
+        # A wrapper is made once: later calls find it as a plain attribute,
+        # without a new closure and label lookup per call.
+        setattr(self, name, wrapped)
+        return wrapped
 
     def _timed(self, name: str, method: Any) -> Any:
         histogram = self._metrics.store_latency.labels(getattr(self._store, "name", "store"), name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..mediatype import MediaRange, parse_accept
 from .errors import bad_request, not_acceptable
 
@@ -10,14 +12,22 @@ DICOM_XML = "application/dicom+xml"
 MULTIPART = "multipart/related"
 
 
-def accept_ranges(header: bytes | None) -> list[MediaRange]:
+def accept_ranges(header: bytes | None) -> tuple[MediaRange, ...]:
     try:
-        ranges = parse_accept(header.decode("latin-1") if header else None)
+        ranges = _parsed_accept(header)
     except ValueError as exc:
         raise bad_request(f"malformed Accept header: {exc}") from None
     if not ranges:
         raise not_acceptable("every media range in Accept has q=0")
     return ranges
+
+
+@lru_cache(maxsize=256)
+def _parsed_accept(header: bytes | None) -> tuple[MediaRange, ...]:
+    # A client sends the same few Accept values again and again, and a route
+    # may ask twice (406 before any work, then to encode): parse each once.
+    # Bounded, so odd headers only cost a re-parse.
+    return tuple(parse_accept(header.decode("latin-1") if header else None))
 
 
 def choose_dataset_type(header: bytes | None) -> str:

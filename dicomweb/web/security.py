@@ -175,6 +175,16 @@ class SecureResource(Resource):
         if request.path in EXEMPT_PATHS:
             return self.inner.render(request)  # type: ignore[no-any-return]
         d = ensureDeferred(self._authorize(request))
+        if d.called and not d.paused:
+            # Decided at once (no auth, a cached password or token): render
+            # the app now, as for the probes, instead of in a callback.
+            outcome: list[Any] = []
+            d.addBoth(outcome.append)
+            if not isinstance(outcome[0], Failure):
+                request.dicomweb_principal = outcome[0]  # type: ignore[attr-defined]
+                return self.inner.render(request)  # type: ignore[no-any-return]
+            self._refused(outcome[0], request)
+            return NOT_DONE_YET
         d.addCallbacks(self._granted, self._refused, callbackArgs=(request,),
                        errbackArgs=(request,))
         return NOT_DONE_YET
