@@ -29,14 +29,15 @@ BLOB = os.urandom(3 << 20) + b"tail"
 class _Body(resource.Resource):
     isLeaf = True
 
-    def __init__(self, pieces: list[Piece]) -> None:
+    def __init__(self, pieces: list[Piece], announce_length: bool = False) -> None:
         super().__init__()
         self.pieces = pieces
+        self.announce_length = announce_length
         self.finished: list[Deferred[None]] = []
 
     def render_GET(self, request: server.Request) -> Any:
         async def go() -> None:
-            await sendfile.send(request, self.pieces, _read)
+            await sendfile.send(request, self.pieces, _read, announce_length=self.announce_length)
             if not request._disconnected:
                 request.finish()
 
@@ -82,13 +83,14 @@ def _serve(body: _Body) -> Any:
     return reactor.listenTCP(0, server.Site(body), interface="127.0.0.1")  # type: ignore[attr-defined]
 
 
-def _fetch(port: int, rcvbuf: int | None = None, pause: float = 0.0, stop_after: int | None = None) -> bytes:
+def _fetch(port: int, rcvbuf: int | None = None, pause: float = 0.0, stop_after: int | None = None,
+           proto: str = "HTTP/1.1") -> bytes:
     """The raw response (headers and body) of ``GET /``, read slowly if asked."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    sock.sendall(f"GET / {proto}\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     received = bytearray()
     sock.settimeout(30)
     while True:
@@ -108,12 +110,28 @@ def _fetch(port: int, rcvbuf: int | None = None, pause: float = 0.0, stop_after:
 
 
 def _split(raw: bytes) -> tuple[dict[str, str], bytes]:
+    """Headers and body; a chunked body is decoded (and must be complete)."""
     head, _, body = raw.partition(b"\r\n\r\n")
     headers = {}
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         headers[name.decode().lower()] = value.decode().strip()
+    if headers.get("transfer-encoding") == "chunked":
+        body = _dechunk(body)
     return headers, body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, pos = bytearray(), 0
+    while True:
+        end = body.index(b"\r\n", pos)
+        size = int(body[pos:end], 16)
+        if size == 0:
+            assert body[end:] == b"\r\n\r\n", "a chunked body ends with the last chunk"
+            return bytes(out)
+        out += body[end + 2:end + 2 + size]
+        assert body[end + 2 + size:end + 4 + size] == b"\r\n"
+        pos = end + 4 + size
 
 
 def _pieces(path: str) -> tuple[list[Piece], bytes]:
@@ -132,8 +150,22 @@ async def test_bytes_and_file_slices_arrive_whole_and_in_order_through_sendfile(
         headers, body = _split(await deferToThread(_fetch, port.getHost().port))
     finally:
         await port.stopListening()
-    assert headers["content-length"] == str(len(expected))
-    assert "transfer-encoding" not in headers
+    assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
+    assert body == expected
+    assert sum(sendfile_calls) == len(BLOB) + 70_000
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(("proto", "announce"), [("HTTP/1.0", False), ("HTTP/1.1", True)])
+async def test_a_single_object_or_an_http_1_0_client_gets_a_content_length(
+        blob_file: str, sendfile_calls: list[int], proto: str, announce: bool) -> None:
+    pieces, expected = _pieces(blob_file)
+    port = _serve(_Body(pieces, announce_length=announce))
+    try:
+        headers, body = _split(await deferToThread(_fetch, port.getHost().port, proto=proto))
+    finally:
+        await port.stopListening()
+    assert headers["content-length"] == str(len(expected)) and "transfer-encoding" not in headers
     assert body == expected
     assert sum(sendfile_calls) == len(BLOB) + 70_000
 
@@ -160,7 +192,7 @@ async def test_switched_off_the_same_bytes_go_through_user_space(
         headers, body = _split(await deferToThread(_fetch, port.getHost().port))
     finally:
         await port.stopListening()
-    assert body == expected and headers["content-length"] == str(len(expected))
+    assert body == expected
     assert sendfile_calls == []
 
 
@@ -179,7 +211,7 @@ async def test_a_client_that_leaves_ends_the_response_without_an_error(blob_file
 
 @pytest_twisted.ensureDeferred
 async def test_a_stored_file_shorter_than_its_record_aborts_the_connection(blob_file: str) -> None:
-    port = _serve(_Body([FileSlice(blob_file, 0, len(BLOB) + 10)]))
+    port = _serve(_Body([FileSlice(blob_file, 0, len(BLOB) + 10)], announce_length=True))
     try:
         headers, body = _split(await deferToThread(_fetch, port.getHost().port))
     finally:

@@ -351,9 +351,9 @@ class Wado:
     def part(self, record: InstanceRecord, offset: int, length: int) -> FileSlice:
         return FileSlice(self.store.local_path(record), offset, length, record)
 
-    async def send(self, request: Request, pieces: Sequence[Piece]) -> None:
+    async def send(self, request: Request, pieces: Sequence[Piece], announce_length: bool = False) -> None:
         """Send ``pieces`` as the body: zero-copy where possible (``sendfile``)."""
-        await send_pieces(request, pieces, self._read_slice)
+        await send_pieces(request, pieces, self._read_slice, announce_length=announce_length)
 
     def _read_slice(self, piece: FileSlice) -> AsyncIterator[bytes]:
         record: InstanceRecord = piece.record
@@ -518,7 +518,7 @@ class Wado:
             request.setHeader(b"content-type", media.encode())
             if wanted is not None:
                 request.setHeader(b"content-range", content_range.encode())
-            await self.send(request, [body])
+            await self.send(request, [body], announce_length=True)
             return
         boundary = new_boundary()
         request.setHeader(b"content-type", multipart_type(negotiation.OCTET_STREAM, boundary))

@@ -128,5 +128,5 @@ async def answer(wado: Wado, request: Request) -> bytes | None:
     if request.method == b"HEAD":
         request.setHeader(b"content-length", str(record.size).encode())
     else:
-        await wado.send(request, [wado.whole(record)])
+        await wado.send(request, [wado.whole(record)], announce_length=True)
     return None
