@@ -1,9 +1,17 @@
-"""multipart/related: an incremental reader over a file, and a part writer.
+"""multipart/related: an incremental reader over a file, a splitter that
+writes each part to a file of its own as the body arrives, and a part writer.
 
 The reader never holds a whole part in memory: it scans the body file in
 chunks and reports each part as ``(headers, offset, length)`` inside that file,
 so the store can copy the bytes once, straight from where twisted.web spooled
 them.
+
+The splitter (:class:`PartSplitter`) is fed the body chunk by chunk while it
+is received and writes each part's bytes into its own file, which the store
+can then move into place (a rename, no copy). It only handles well-formed
+bodies; at the first thing it does not expect it stops splitting, keeps the
+raw bytes, and can rebuild the exact body as one file for the reader above,
+so malformed bodies get the reader's errors, unchanged.
 """
 
 from __future__ import annotations
@@ -11,9 +19,12 @@ from __future__ import annotations
 import io
 import mmap
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
+
+from .fileio import copy_range, start_writeback
 
 CHUNK = 1 << 20
 MAX_HEADER_BYTES = 16 * 1024
@@ -195,3 +206,338 @@ def delimiter(boundary: str, first: bool = False) -> bytes:
 
 def close_delimiter(boundary: str) -> bytes:
     return b"\r\n--" + boundary.encode("latin-1") + b"--\r\n"
+
+
+# -- splitting a body into part files while it is received --------------------
+
+#: Bytes before the first delimiter the splitter waits through (a preamble
+#: longer than this is legal but unusual: the reader handles it).
+MAX_PREAMBLE = 64 * 1024
+#: Delimiter lines, padding and part headers the splitter keeps in memory to
+#: rebuild the body if it has to hand it to the reader after all.
+MAX_FRAMING_BYTES = 1 << 20
+
+_PREAMBLE, _DELIMITER, _HEADERS, _BODY, _EPILOGUE, _RAW = range(6)
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """One received part: its headers and the file holding exactly its bytes."""
+
+    headers: dict[str, str]  # lower-cased names
+    path: str
+    length: int
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("content-type")
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Raw body bytes kept in a file of the splitter's (a part, or the rest)."""
+
+    path: str
+    length: int
+
+
+class PartSplitter:
+    """Writes each part of a multipart body into its own file in ``directory``
+    as the body is fed to it (``write``), chunk by chunk.
+
+    Used as the request's body sink. After ``finish``, either ``parts`` lists
+    every part of a well-formed body (``complete``), or splitting stopped at
+    something unexpected (malformed framing, an early end, too many parts)
+    and ``materialize`` rebuilds the exact body as one file for
+    :func:`iter_parts`, which then reports the error it always did.
+
+    Memory stays bounded: at most one received chunk, a delimiter's length of
+    body bytes, and the framing (``MAX_FRAMING_BYTES``). ``close`` removes
+    every file still in the directory (parts the store did not move into
+    place); while a user holds the splitter (``hold``), closing waits for it.
+    """
+
+    def __init__(self, boundary: str, directory: str, max_parts: int = MAX_PARTS) -> None:
+        self.directory = directory
+        self.parts: list[PartFile] = []
+        self._dash = b"--" + boundary.encode("latin-1")
+        self._delimiter = b"\r\n" + self._dash
+        self._max_parts = max_parts
+        self._state = _PREAMBLE
+        self._buf = bytearray()  # framing bytes not yet understood
+        self._scanned = 0  # how far into _buf a search already looked
+        self._tail = b""  # body bytes that may start a delimiter
+        self._fd = -1  # the current part's (or the raw rest's) file
+        self._path = ""
+        self._written = 0
+        self._headers: dict[str, str] = {}
+        self._segments: list[bytes | _Span] = []  # the body so far, for materialize
+        self._framing = 0
+        self._received = 0
+        self._holders = 0
+        self._close_pending = False
+        self.closed = False
+
+    # -- the file-like side twisted.web sees ------------------------------
+
+    def tell(self) -> int:
+        return self._received
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """twisted.web rewinds the body before the resource reads it; the
+        splitter is not read as a stream, so there is nothing to move."""
+        return 0
+
+    def write(self, data: bytes) -> int:
+        if self.closed:
+            return len(data)
+        self._received += len(data)
+        if self._state == _RAW:
+            self._write_file(data)
+        else:
+            self._feed(data)
+        return len(data)
+
+    # -- state machine ----------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            if self._state == _BODY:
+                rest = self._feed_body(data)
+                if rest is None:
+                    return
+                data = rest
+            elif self._state == _EPILOGUE:
+                return  # ignored, as the reader ignores it
+            elif self._state == _RAW:
+                self._write_file(data)
+                return
+            else:
+                self._buf += data
+                data = self._framing_step()
+
+    def _framing_step(self) -> bytes:
+        """Advance through preamble, delimiter line and headers as far as the
+        buffered bytes allow; returns the bytes left once a part body starts
+        (or the epilogue), else b"" (waiting for more)."""
+        while True:
+            buf = self._buf
+            if self._state == _PREAMBLE:
+                found = buf.find(self._dash, max(0, self._scanned - len(self._dash)))
+                if found < 0:
+                    self._scanned = len(buf)
+                    if len(buf) > MAX_PREAMBLE:
+                        self._give_up()
+                    return b""
+                # The reader takes the first occurrence only, and needs it
+                # at the start or after a CRLF.
+                if found != 0 and (found < 2 or buf[found - 2:found] != b"\r\n"):
+                    self._give_up()
+                    return b""
+                self._consume(found + len(self._dash), _DELIMITER)
+            elif self._state == _DELIMITER:
+                if len(buf) < 2:
+                    return b""
+                if buf[:2] == b"--":
+                    self._consume(2, _EPILOGUE)
+                    self._buf = bytearray()  # the reader ignores the epilogue too
+                    return b""
+                # Transport padding (spaces, tabs) may precede the CRLF, up to
+                # the reader's limit of 1024 bytes.
+                eol = buf.find(b"\r\n", max(0, self._scanned - 1), 1026)
+                if eol < 0:
+                    self._scanned = len(buf)
+                    if len(buf) >= 1026:
+                        self._give_up()
+                    return b""
+                if buf[:eol].strip(b" \t"):
+                    self._give_up()
+                    return b""
+                self._consume(eol + 2, _HEADERS)
+            elif self._state == _HEADERS:
+                if len(buf) < 2:
+                    return b""
+                if buf[:2] == b"\r\n":
+                    end, start = 0, 2
+                else:
+                    found = buf.find(b"\r\n\r\n", max(0, self._scanned - 3), MAX_HEADER_BYTES + 4)
+                    if found < 0:
+                        self._scanned = len(buf)
+                        if len(buf) >= MAX_HEADER_BYTES + 4:
+                            self._give_up()
+                        return b""
+                    end, start = found, found + 4
+                try:
+                    headers = _parse_headers(bytes(buf[:end]))
+                except MultipartError:
+                    self._give_up()
+                    return b""
+                if len(self.parts) >= self._max_parts:
+                    self._give_up()
+                    return b""
+                self._consume(start, _HEADERS)
+                if self._state == _RAW:  # the framing budget ran out
+                    return b""
+                self._open_part(headers)
+                rest = bytes(self._buf)
+                self._buf = bytearray()
+                return rest
+            else:
+                return b""
+
+    def _consume(self, count: int, state: int) -> None:
+        """The first ``count`` buffered bytes are framing: keep them (for
+        ``materialize``) and move to ``state``."""
+        self._segments.append(bytes(self._buf[:count]))
+        self._framing += count
+        del self._buf[:count]
+        self._scanned = 0
+        self._state = state
+        if self._framing > MAX_FRAMING_BYTES:
+            self._give_up()
+
+    def _open_part(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+        self._open_file("part-")
+        self._state = _BODY
+
+    def _open_file(self, prefix: str) -> None:
+        self._path = os.path.join(self.directory, prefix + uuid.uuid4().hex)
+        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        self._written = 0
+
+    def _write_file(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            self._written += n
+            view = view[n:]
+
+    def _feed_body(self, data: bytes) -> bytes | None:
+        """Write part bytes up to the next delimiter. Returns the bytes after
+        that delimiter (the part is complete), or None (all consumed).
+
+        The search runs over each chunk in place; only the last
+        ``len(delimiter) - 1`` bytes are held back, as they may be the start
+        of a delimiter split across chunks."""
+        delim = self._delimiter
+        keep = len(delim) - 1
+        tail = self._tail
+        if tail and len(data) < 4 * len(delim):
+            data, tail = tail + data, b""  # tiny chunk: joining costs nothing
+            self._tail = b""
+        if tail:
+            found = (tail + data[:keep]).find(delim)
+            if found >= 0:  # starts in the tail: nothing in data is body
+                self._write_file(tail[:found])
+                self._tail = b""
+                self._end_part()
+                return data[found + len(delim) - len(tail):]
+            self._write_file(tail)
+            self._tail = b""
+        found = data.find(delim)
+        if found >= 0:
+            self._write_file(memoryview(data)[:found])
+            self._end_part()
+            return data[found + len(delim):]
+        cut = max(0, len(data) - keep)
+        self._write_file(memoryview(data)[:cut])
+        self._tail = data[cut:]
+        return None
+
+    def _end_part(self) -> None:
+        # Writeback starts now, while later parts are still arriving: the
+        # store's fsync then finds the data (mostly) on disk already.
+        start_writeback(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        part = PartFile(self._headers, self._path, self._written)
+        self.parts.append(part)
+        self._segments.append(_Span(part.path, part.length))
+        self._segments.append(self._delimiter)
+        self._framing += len(self._delimiter)
+        self._state = _DELIMITER
+        if self._framing > MAX_FRAMING_BYTES:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """Stop splitting: everything from here on is kept raw, in order, so
+        ``materialize`` can rebuild the body byte for byte."""
+        if self._fd >= 0:  # a part cut short: its bytes so far
+            os.close(self._fd)
+            self._fd = -1
+            self._segments.append(_Span(self._path, self._written))
+        self._state = _RAW
+        self._open_file("raw-")
+        self._write_file(bytes(self._buf) + self._tail)
+        self._buf = bytearray()
+        self._tail = b""
+
+    # -- the result -------------------------------------------------------
+
+    def finish(self) -> None:
+        """The whole body has arrived."""
+        if self.closed:
+            return
+        if self._state != _EPILOGUE and self._state != _RAW:
+            self._give_up()  # ended early: the reader says how
+        if self._state == _RAW and self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._segments.append(_Span(self._path, self._written))
+
+    @property
+    def complete(self) -> bool:
+        """Whether the body was well-formed and ``parts`` lists all of it."""
+        return self._state == _EPILOGUE and not self.closed
+
+    def materialize(self, spool: Callable[[], IO[bytes]]) -> IO[bytes]:
+        """The exact body received, as one file from ``spool`` (rewound), for
+        when splitting gave up. Blocking: run it in a thread."""
+        out = spool()
+        try:
+            for segment in self._segments:
+                if isinstance(segment, bytes):
+                    out.write(segment)
+                else:
+                    with open(segment.path, "rb") as src:
+                        copy_range(src, 0, segment.length, out)  # type: ignore[arg-type]
+            out.flush()
+            out.seek(0)
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+    # -- lifetime ---------------------------------------------------------
+
+    def hold(self) -> None:
+        """A user reads or moves the part files: ``close`` waits for ``release``."""
+        self._holders += 1
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._holders == 0 and self._close_pending:
+            self.close()
+
+    def close(self) -> None:
+        """Remove every file the splitter made that is still there (a part the
+        store moved into place is not). Idempotent; deferred while held."""
+        if self._holders > 0:
+            self._close_pending = True
+            return
+        if self.closed:
+            return
+        self.closed = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._segments.append(_Span(self._path, self._written))
+        for segment in self._segments:
+            if isinstance(segment, _Span):
+                try:
+                    os.unlink(segment.path)
+                except FileNotFoundError:
+                    pass
+        self._segments.clear()
+        self.parts.clear()
