@@ -272,7 +272,7 @@ class PartSplitter:
         self._written = 0
         self._headers: dict[str, str] = {}
         self._segments: list[bytes | _Span] = []  # the body so far, for materialize
-        self._framing = 0
+        self._framing_kept = 0
         self._received = 0
         self._holders = 0
         self._close_pending = False
@@ -301,105 +301,107 @@ class PartSplitter:
     # -- state machine ----------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        while data:
+        pos = 0
+        if self._buf:
+            # A framing piece began in an earlier chunk: it continues in the
+            # buffer (bounded by the framing limits), then the rest of this
+            # chunk is taken from where the framing ended.
+            self._buf += data
+            end, more = self._framing(self._buf, 0)
+            if more:
+                del self._buf[:end]  # small: what the framing limits allow
+                return
+            data, pos = bytes(self._buf[end:]), 0
+            self._buf = bytearray()
+        while pos < len(data):
             if self._state == _BODY:
-                rest = self._feed_body(data)
-                if rest is None:
-                    return
-                data = rest
+                pos = self._feed_body(data, pos)
             elif self._state == _EPILOGUE:
                 return  # ignored, as the reader ignores it
             elif self._state == _RAW:
-                self._write_file(data)
+                self._write_file(memoryview(data)[pos:])
                 return
             else:
-                self._buf += data
-                data = self._framing_step()
+                pos, more = self._framing(data, pos)
+                if more:
+                    # Incomplete: short, else the framing limits gave up.
+                    self._buf = bytearray(data[pos:])
+                    return
 
-    def _framing_step(self) -> bytes:
-        """Advance through preamble, delimiter line and headers as far as the
-        buffered bytes allow; returns the bytes left once a part body starts
-        (or the epilogue), else b"" (waiting for more)."""
+    def _framing(self, buf: bytes | bytearray, pos: int) -> tuple[int, bool]:
+        """Advance through preamble, delimiter line and part headers from
+        ``pos`` as far as ``buf`` allows. Returns ``(position, more)``: with
+        ``more``, the framing is incomplete from ``position`` on and needs
+        more bytes (the caller keeps ``buf[position:]``); else ``position`` is
+        where a part body (or the epilogue, or raw bytes) starts. Searches
+        resume where they stopped (``_scanned``), so bytes trickling in one
+        at a time cost no more."""
         while True:
-            buf = self._buf
+            avail = len(buf) - pos
             if self._state == _PREAMBLE:
-                found = buf.find(self._dash, max(0, self._scanned - len(self._dash)))
+                dash = self._dash
+                found = buf.find(dash, pos + max(0, self._scanned - len(dash)))
                 if found < 0:
-                    self._scanned = len(buf)
-                    if len(buf) > MAX_PREAMBLE:
-                        self._give_up()
-                    return b""
+                    self._scanned = avail
+                    if avail > MAX_PREAMBLE:
+                        return self._give_up(buf, pos), False
+                    return pos, True
                 # The reader takes the first occurrence only, and needs it
                 # at the start or after a CRLF.
-                if found != 0 and (found < 2 or buf[found - 2:found] != b"\r\n"):
-                    self._give_up()
-                    return b""
-                self._consume(found + len(self._dash), _DELIMITER)
+                if found != pos and (found - pos < 2 or buf[found - 2:found] != b"\r\n"):
+                    return self._give_up(buf, pos), False
+                pos = self._consume(buf, pos, found + len(dash) - pos, _DELIMITER)
             elif self._state == _DELIMITER:
-                if len(buf) < 2:
-                    return b""
-                if buf[:2] == b"--":
-                    self._consume(2, _EPILOGUE)
-                    self._buf = bytearray()  # the reader ignores the epilogue too
-                    return b""
+                if avail < 2:
+                    return pos, True
+                if buf[pos:pos + 2] == b"--":
+                    self._consume(buf, pos, 2, _EPILOGUE)
+                    return len(buf), False  # the reader ignores the epilogue too
                 # Transport padding (spaces, tabs) may precede the CRLF, up to
                 # the reader's limit of 1024 bytes.
-                eol = buf.find(b"\r\n", max(0, self._scanned - 1), 1026)
+                eol = buf.find(b"\r\n", pos + max(0, self._scanned - 1), pos + 1026)
                 if eol < 0:
-                    self._scanned = len(buf)
-                    if len(buf) >= 1026:
-                        self._give_up()
-                    return b""
-                if buf[:eol].strip(b" \t"):
-                    self._give_up()
-                    return b""
-                self._consume(eol + 2, _HEADERS)
+                    self._scanned = avail
+                    if avail >= 1026:
+                        return self._give_up(buf, pos), False
+                    return pos, True
+                if buf[pos:eol].strip(b" \t"):
+                    return self._give_up(buf, pos), False
+                pos = self._consume(buf, pos, eol + 2 - pos, _HEADERS)
             elif self._state == _HEADERS:
-                if len(buf) < 2:
-                    return b""
-                if buf[:2] == b"\r\n":
-                    end, start = 0, 2
+                if avail < 2:
+                    return pos, True
+                if buf[pos:pos + 2] == b"\r\n":
+                    end, start = pos, pos + 2
                 else:
-                    found = buf.find(b"\r\n\r\n", max(0, self._scanned - 3), MAX_HEADER_BYTES + 4)
+                    found = buf.find(b"\r\n\r\n", pos + max(0, self._scanned - 3), pos + MAX_HEADER_BYTES + 4)
                     if found < 0:
-                        self._scanned = len(buf)
-                        if len(buf) >= MAX_HEADER_BYTES + 4:
-                            self._give_up()
-                        return b""
+                        self._scanned = avail
+                        if avail >= MAX_HEADER_BYTES + 4:
+                            return self._give_up(buf, pos), False
+                        return pos, True
                     end, start = found, found + 4
                 try:
-                    headers = _parse_headers(bytes(buf[:end]))
+                    headers = _parse_headers(bytes(buf[pos:end]))
                 except MultipartError:
-                    self._give_up()
-                    return b""
-                if len(self.parts) >= self._max_parts:
-                    self._give_up()
-                    return b""
-                self._consume(start, _HEADERS)
-                if self._state == _RAW:  # the framing budget ran out
-                    return b""
-                self._open_part(headers)
-                rest = bytes(self._buf)
-                self._buf = bytearray()
-                return rest
+                    return self._give_up(buf, pos), False
+                if len(self.parts) >= self._max_parts or self._framing_kept + start - pos > MAX_FRAMING_BYTES:
+                    return self._give_up(buf, pos), False
+                pos = self._consume(buf, pos, start - pos, _BODY)
+                self._headers = headers
+                self._open_file("part-")
+                return pos, False
             else:
-                return b""
+                return pos, False
 
-    def _consume(self, count: int, state: int) -> None:
-        """The first ``count`` buffered bytes are framing: keep them (for
-        ``materialize``) and move to ``state``."""
-        self._segments.append(bytes(self._buf[:count]))
-        self._framing += count
-        del self._buf[:count]
+    def _consume(self, buf: bytes | bytearray, pos: int, count: int, state: int) -> int:
+        """``buf[pos:pos + count]`` is framing: keep it (for ``materialize``)
+        and move to ``state``; returns the position after it."""
+        self._segments.append(bytes(buf[pos:pos + count]))
+        self._framing_kept += count
         self._scanned = 0
         self._state = state
-        if self._framing > MAX_FRAMING_BYTES:
-            self._give_up()
-
-    def _open_part(self, headers: dict[str, str]) -> None:
-        self._headers = headers
-        self._open_file("part-")
-        self._state = _BODY
+        return pos + count
 
     def _open_file(self, prefix: str) -> None:
         self._path = os.path.join(self.directory, prefix + uuid.uuid4().hex)
@@ -413,37 +415,50 @@ class PartSplitter:
             self._written += n
             view = view[n:]
 
-    def _feed_body(self, data: bytes) -> bytes | None:
-        """Write part bytes up to the next delimiter. Returns the bytes after
-        that delimiter (the part is complete), or None (all consumed).
+    def _feed_body(self, data: bytes, pos: int) -> int:
+        """Write part bytes from ``pos`` up to the next delimiter. Returns
+        where the bytes after that delimiter start (the part is complete),
+        or ``len(data)`` (all consumed, the part goes on).
 
         The search runs over each chunk in place; only the last
         ``len(delimiter) - 1`` bytes are held back, as they may be the start
         of a delimiter split across chunks."""
         delim = self._delimiter
-        keep = len(delim) - 1
+        size = len(delim)
+        keep = size - 1
         tail = self._tail
-        if tail and len(data) < 4 * len(delim):
-            data, tail = tail + data, b""  # tiny chunk: joining costs nothing
-            self._tail = b""
         if tail:
-            found = (tail + data[:keep]).find(delim)
-            if found >= 0:  # starts in the tail: nothing in data is body
-                self._write_file(tail[:found])
-                self._tail = b""
-                self._end_part()
-                return data[found + len(delim) - len(tail):]
-            self._write_file(tail)
+            if len(data) - pos < 4 * size:
+                # A tiny chunk: a delimiter may span the tail, all of it, and
+                # more to come, so search them joined (a few bytes).
+                joined = tail + data[pos:]
+                found = joined.find(delim)
+                if found >= 0:
+                    self._tail = b""
+                    self._write_file(joined[:found])
+                    self._end_part()
+                    return pos + found + size - len(tail)
+                cut = max(0, len(joined) - keep)
+                self._write_file(joined[:cut])
+                self._tail = joined[cut:]
+                return len(data)
+            # A delimiter starting in the tail ends within ``keep`` bytes.
+            found = (tail + data[pos:pos + keep]).find(delim)
             self._tail = b""
-        found = data.find(delim)
+            if found >= 0:
+                self._write_file(tail[:found])
+                self._end_part()
+                return pos + found + size - len(tail)
+            self._write_file(tail)
+        found = data.find(delim, pos)
         if found >= 0:
-            self._write_file(memoryview(data)[:found])
+            self._write_file(memoryview(data)[pos:found])
             self._end_part()
-            return data[found + len(delim):]
-        cut = max(0, len(data) - keep)
-        self._write_file(memoryview(data)[:cut])
+            return found + size
+        cut = max(pos, len(data) - keep)
+        self._write_file(memoryview(data)[pos:cut])
         self._tail = data[cut:]
-        return None
+        return len(data)
 
     def _end_part(self) -> None:
         # Writeback starts now, while later parts are still arriving: the
@@ -455,23 +470,23 @@ class PartSplitter:
         self.parts.append(part)
         self._segments.append(_Span(part.path, part.length))
         self._segments.append(self._delimiter)
-        self._framing += len(self._delimiter)
+        self._framing_kept += len(self._delimiter)
         self._state = _DELIMITER
-        if self._framing > MAX_FRAMING_BYTES:
-            self._give_up()
 
-    def _give_up(self) -> None:
-        """Stop splitting: everything from here on is kept raw, in order, so
-        ``materialize`` can rebuild the body byte for byte."""
+    def _give_up(self, buf: bytes | bytearray, pos: int) -> int:
+        """Stop splitting: ``buf[pos:]`` and everything after it is kept raw,
+        in order, so ``materialize`` can rebuild the body byte for byte.
+        Returns ``len(buf)`` (all consumed)."""
         if self._fd >= 0:  # a part cut short: its bytes so far
             os.close(self._fd)
             self._fd = -1
             self._segments.append(_Span(self._path, self._written))
         self._state = _RAW
         self._open_file("raw-")
-        self._write_file(bytes(self._buf) + self._tail)
+        self._write_file(bytes(buf[pos:]) + self._tail)
         self._buf = bytearray()
         self._tail = b""
+        return len(buf)
 
     # -- the result -------------------------------------------------------
 
@@ -480,7 +495,7 @@ class PartSplitter:
         if self.closed:
             return
         if self._state != _EPILOGUE and self._state != _RAW:
-            self._give_up()  # ended early: the reader says how
+            self._give_up(self._buf, 0)  # ended early: the reader says how
         if self._state == _RAW and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
