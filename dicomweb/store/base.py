@@ -41,6 +41,10 @@ class StoreItem:
     source: BinaryIO  # the spooled request body (or a file) holding the bytes
     offset: int
     length: int
+    #: A file holding exactly these bytes (``source`` opened, offset 0) that
+    #: the store may *move* into place instead of copying; after a stored or
+    #: replaced outcome it may be gone. None: copy from ``source``.
+    path: str | None = None
 
 
 @dataclass(frozen=True)

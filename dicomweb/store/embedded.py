@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
-from ..dicom.fileio import copy_range, read_at, start_writeback
+from ..dicom.fileio import SpoolDir, copy_range, read_at, start_writeback
 from ..dicom.query import Query
 from . import sqlremove, sqlschema, sqlsearch
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome
@@ -165,7 +165,8 @@ class EmbeddedStore:
         conn = self._conn()
         with self._write_lock:
             sqlschema.migrate(conn)
-        # Bodies left in the spool by a crash were never acknowledged.
+        # Bodies and part files left in the spool by a crash were never
+        # acknowledged (a stored part was renamed out of it first).
         for name in os.listdir(self.spool_dir):
             try:
                 os.unlink(os.path.join(self.spool_dir, name))
@@ -189,13 +190,13 @@ class EmbeddedStore:
             return False
         return True
 
-    def spool_file(self) -> Any:
-        """An anonymous temporary file on the store's file system, for a
-        request body (so parts can be copied into place without crossing
-        file systems)."""
-        import tempfile
-
-        return tempfile.TemporaryFile(dir=self.spool_dir)
+    @property
+    def spool_file(self) -> SpoolDir:
+        """Request bodies are received in the store's spool directory (same
+        file system): called, an anonymous file for a whole body; its
+        ``parts_dir`` takes the part files of a split multipart body, which
+        ``store_batch`` renames into place."""
+        return SpoolDir(self.spool_dir)
 
     # -- store --------------------------------------------------------------
 
@@ -284,6 +285,16 @@ class EmbeddedStore:
             dirs.add(parent)
         dirs.add(directory)
         path = os.path.join(directory, uuid.uuid4().hex + ".dcm")
+        if item.path is not None:
+            # A part file received into the spool directory (same file
+            # system): moved into place, no copy. Its writeback started when
+            # it was received; the batch's fsyncs below make it durable.
+            try:
+                os.rename(item.path, path)
+                return path
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
         try:
             with open(path, "wb") as out:
                 copy_range(item.source, item.offset, item.length, out)

@@ -3,9 +3,12 @@
 twisted.web buffers a request body before the resource sees it: small bodies
 in memory, large ones in a temporary file. This subclass (1) puts that file
 in the store's spool directory, so STOW copies parts into place within one
-file system, and (2) stops keeping bytes once the body passes the configured
-cap, so a client can never make the server hold more than that; the route
-then answers 413.
+file system, (2) when the store offers a directory for part files
+(``SpoolDir.parts_dir``) and the body is multipart/related, splits it into
+one file per part as it arrives (:class:`~dicomweb.dicom.multipart.PartSplitter`),
+so the store renames each part into place instead of copying it, and (3)
+stops keeping bytes once the body passes the configured cap, so a client can
+never make the server hold more than that; the route then answers 413.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from twisted.web.server import Request
+
+from ..dicom.multipart import PartSplitter
+from ..mediatype import parse_media_type
 
 SMALL_BODY = 100_000
 
@@ -49,10 +55,33 @@ class DICOMwebRequest(Request):
             self.content = _Discard()  # type: ignore[assignment]
         elif self._refused_whatever_the_body():
             self.content = _Discard()  # type: ignore[assignment]
+        elif (splitter := self._part_splitter()) is not None:
+            self.content = splitter  # type: ignore[assignment]
         elif (length is not None and length < SMALL_BODY) or self.spool is None:
             super().gotLength(length)
         else:
             self.content = self.spool()  # type: ignore[assignment]
+
+    def _part_splitter(self) -> PartSplitter | None:
+        """A splitter for a multipart/related body with a usable boundary,
+        when the store has a part directory; else None (the body is spooled
+        whole, and the multipart reader sees it as before).
+
+        The method is not known yet (twisted.web sets it after the body), so
+        any such body is split; routes other than STOW never read it, and the
+        part files go when the request is done (``close``)."""
+        directory = getattr(self.spool, "parts_dir", None)
+        content_type = self.getHeader(b"content-type")
+        if directory is None or not content_type:
+            return None
+        try:
+            media = parse_media_type(content_type.decode("latin-1"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        boundary = media.param("boundary")
+        if media.type != "multipart/related" or not boundary or len(boundary) > 70:
+            return None
+        return PartSplitter(boundary, directory)
 
     def _refused_whatever_the_body(self) -> bool:
         """True when the site's root will refuse this request before any
@@ -70,6 +99,11 @@ class DICOMwebRequest(Request):
             self.content.close()  # type: ignore[union-attr]
             self.content = _Discard()  # type: ignore[assignment]
         self.content.write(data)  # type: ignore[union-attr]
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if isinstance(self.content, PartSplitter):
+            self.content.finish()  # before the resource sees the body
+        super().requestReceived(command, path, version)
 
 
 def request_factory(max_body: int, spool: Callable[[], IO[bytes]] | None) -> type[DICOMwebRequest]:
