@@ -189,7 +189,7 @@ async def test_switched_off_the_same_bytes_go_through_user_space(
     pieces, expected = _pieces(blob_file)
     port = _serve(_Body(pieces))
     try:
-        headers, body = _split(await deferToThread(_fetch, port.getHost().port))
+        _, body = _split(await deferToThread(_fetch, port.getHost().port))
     finally:
         await port.stopListening()
     assert body == expected
