@@ -228,3 +228,38 @@ def _open_paths() -> list[str]:
         except OSError:  # closed while listing
             pass
     return paths
+
+
+def _two_requests_on_one_connection(port: int) -> list[bytes]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(30)
+    bodies = []
+    reader = sock.makefile("rb")
+    for _ in range(2):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        headers = {}
+        assert reader.readline().startswith(b"HTTP/1.1 200")
+        while (line := reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        assert headers["transfer-encoding"] == "chunked"
+        body = bytearray()
+        while (size := int(reader.readline(), 16)) > 0:
+            body += reader.read(size)
+            assert reader.read(2) == b"\r\n"
+        assert reader.read(2) == b"\r\n"
+        bodies.append(bytes(body))
+    sock.close()
+    return bodies
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_connection_stays_usable_for_the_next_request(blob_file: str, sendfile_calls: list[int]) -> None:
+    pieces, expected = _pieces(blob_file)
+    port = _serve(_Body(pieces))
+    try:
+        bodies = await deferToThread(_two_requests_on_one_connection, port.getHost().port)
+    finally:
+        await port.stopListening()
+    assert bodies == [expected, expected]
+    assert sum(sendfile_calls) == 2 * (len(BLOB) + 70_000)
