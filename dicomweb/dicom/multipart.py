@@ -37,14 +37,20 @@ class MultipartError(ValueError):
 
 
 @dataclass(frozen=True)
-class Part:
+class _Headed:
     headers: dict[str, str]  # lower-cased names
-    offset: int
-    length: int
 
     @property
     def content_type(self) -> str | None:
         return self.headers.get("content-type")
+
+
+@dataclass(frozen=True)
+class Part(_Headed):
+    """One part of a body read in place: where its bytes are in the body."""
+
+    offset: int
+    length: int
 
 
 def _parse_headers(block: bytes) -> dict[str, str]:
@@ -221,16 +227,11 @@ _PREAMBLE, _DELIMITER, _HEADERS, _BODY, _EPILOGUE, _RAW = range(6)
 
 
 @dataclass(frozen=True)
-class PartFile:
+class PartFile(_Headed):
     """One received part: its headers and the file holding exactly its bytes."""
 
-    headers: dict[str, str]  # lower-cased names
     path: str
     length: int
-
-    @property
-    def content_type(self) -> str | None:
-        return self.headers.get("content-type")
 
 
 @dataclass(frozen=True)
