@@ -134,6 +134,15 @@ def _dechunk(body: bytes) -> bytes:
         pos = end + 4 + size
 
 
+async def _served(body: _Body, *fetch_args: Any, **fetch_kw: Any) -> tuple[dict[str, str], bytes]:
+    """Serve ``body`` on a loopback port, fetch it once, stop listening."""
+    port = _serve(body)
+    try:
+        return _split(await deferToThread(_fetch, port.getHost().port, *fetch_args, **fetch_kw))
+    finally:
+        await port.stopListening()
+
+
 def _pieces(path: str) -> tuple[list[Piece], bytes]:
     pieces: list[Piece] = [b"--head--", FileSlice(path, 0, len(BLOB)), b"--mid--",
                            FileSlice(path, 1000, 70_000), b"--end--"]
@@ -145,11 +154,7 @@ def _pieces(path: str) -> tuple[list[Piece], bytes]:
 async def test_bytes_and_file_slices_arrive_whole_and_in_order_through_sendfile(
         blob_file: str, sendfile_calls: list[int]) -> None:
     pieces, expected = _pieces(blob_file)
-    port = _serve(_Body(pieces))
-    try:
-        headers, body = _split(await deferToThread(_fetch, port.getHost().port))
-    finally:
-        await port.stopListening()
+    headers, body = await _served(_Body(pieces))
     assert headers["transfer-encoding"] == "chunked" and "content-length" not in headers
     assert body == expected
     assert sum(sendfile_calls) == len(BLOB) + 70_000
@@ -160,11 +165,7 @@ async def test_bytes_and_file_slices_arrive_whole_and_in_order_through_sendfile(
 async def test_a_single_object_or_an_http_1_0_client_gets_a_content_length(
         blob_file: str, sendfile_calls: list[int], proto: str, announce: bool) -> None:
     pieces, expected = _pieces(blob_file)
-    port = _serve(_Body(pieces, announce_length=announce))
-    try:
-        headers, body = _split(await deferToThread(_fetch, port.getHost().port, proto=proto))
-    finally:
-        await port.stopListening()
+    headers, body = await _served(_Body(pieces, announce_length=announce), proto=proto)
     assert headers["content-length"] == str(len(expected)) and "transfer-encoding" not in headers
     assert body == expected
     assert sum(sendfile_calls) == len(BLOB) + 70_000
@@ -173,11 +174,7 @@ async def test_a_single_object_or_an_http_1_0_client_gets_a_content_length(
 @pytest_twisted.ensureDeferred
 async def test_a_slow_reader_with_a_small_buffer_still_gets_every_byte(blob_file: str, sendfile_calls: list[int]) -> None:
     pieces, expected = _pieces(blob_file)
-    port = _serve(_Body(pieces))
-    try:
-        _, body = _split(await deferToThread(_fetch, port.getHost().port, 8192, 0.0005))
-    finally:
-        await port.stopListening()
+    _, body = await _served(_Body(pieces), 8192, 0.0005)
     assert body == expected
     assert len(sendfile_calls) > 1  # the socket filled up and the sender waited for it
 
@@ -187,11 +184,7 @@ async def test_switched_off_the_same_bytes_go_through_user_space(
         blob_file: str, sendfile_calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sendfile, "enabled", False)
     pieces, expected = _pieces(blob_file)
-    port = _serve(_Body(pieces))
-    try:
-        _, body = _split(await deferToThread(_fetch, port.getHost().port))
-    finally:
-        await port.stopListening()
+    _, body = await _served(_Body(pieces))
     assert body == expected
     assert sendfile_calls == []
 
@@ -211,11 +204,7 @@ async def test_a_client_that_leaves_ends_the_response_without_an_error(blob_file
 
 @pytest_twisted.ensureDeferred
 async def test_a_stored_file_shorter_than_its_record_aborts_the_connection(blob_file: str) -> None:
-    port = _serve(_Body([FileSlice(blob_file, 0, len(BLOB) + 10)], announce_length=True))
-    try:
-        headers, body = _split(await deferToThread(_fetch, port.getHost().port))
-    finally:
-        await port.stopListening()
+    headers, body = await _served(_Body([FileSlice(blob_file, 0, len(BLOB) + 10)], announce_length=True))
     assert int(headers["content-length"]) == len(BLOB) + 10
     assert len(body) < len(BLOB) + 10  # the client can tell the body is broken
 

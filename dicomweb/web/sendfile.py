@@ -185,7 +185,7 @@ class _RawSender:
                 continue
             except OSError as exc:
                 raise _gone(exc) from None
-            self._sent(n)
+            self._since_turn += n
             view = view[n:]
 
     async def send_file(self, piece: FileSlice) -> None:
@@ -204,7 +204,7 @@ class _RawSender:
                     raise _gone(exc) from None
                 if n == 0:
                     raise StoredFileShort(end - offset)
-                self._sent(n)
+                self._since_turn += n
                 offset += n
         finally:
             os.close(fd)
@@ -222,9 +222,6 @@ class _RawSender:
         await self._transport_turn()
         if self._producer.stopped:
             raise ClientGone()
-
-    def _sent(self, n: int) -> None:
-        self._since_turn += n
 
     def _transport_turn(self) -> Deferred[None]:
         """Fires when the transport has written its buffer and the socket can take more.
