@@ -17,6 +17,7 @@ setup(
         "dicomweb",
         "dicomweb.auth",
         "dicomweb.dicom",
+        "dicomweb.io",
         "dicomweb.store",
         "dicomweb.web",
         "twisted.plugins",

@@ -9,7 +9,7 @@ from typing import Any
 
 import requests
 
-from dicomweb.dicom.multipart import iter_parts
+from dicomweb.io.multipart import iter_parts
 from dicomweb.mediatype import parse_media_type
 
 

@@ -18,6 +18,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicomweb.dicom import analyze as az
+from dicomweb.dicom.dicomjson import dumps
 from tests import dicomgen
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -31,9 +32,9 @@ def _outcome(call: Any) -> Any:
         return ("invalid", exc.reason, exc.failure, exc.sop_class_uid, exc.sop_uid)
     if info is None:
         return None
-    return (az.dumps(info.metadata), info.bulk, info.frames, info.warnings, info.study_uid, info.series_uid,
+    return (dumps(info.metadata), info.bulk, info.frames, info.warnings, info.study_uid, info.series_uid,
             info.sop_uid, info.sop_class_uid, info.transfer_syntax_uid, info.size, info.encapsulated,
-            az.dumps(info.study), az.dumps(info.series), az.dumps(info.instance))
+            dumps(info.study), dumps(info.series), dumps(info.instance))
 
 
 def both(data: bytes, lead: bytes = b"--\r\n") -> tuple[Any, Any]:

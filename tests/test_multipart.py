@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicomweb.dicom import multipart
-from dicomweb.dicom.multipart import MultipartError, iter_parts
+from dicomweb.io import multipart
+from dicomweb.io.multipart import MultipartError, iter_parts
 from tests.httpclient import multipart_body
 
 

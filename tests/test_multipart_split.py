@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicomweb.dicom.multipart import MultipartError, PartSplitter, iter_parts
+from dicomweb.io.multipart import MultipartError, PartSplitter, iter_parts
 from tests.httpclient import multipart_body
 
 

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import orjson
 import pydicom
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
@@ -29,8 +28,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
+from ..io.files import FileWindow
 from . import fastparse, levels
-from .fileio import FileWindow
+from .dicomjson import dumps
 from .uids import clean_uid, is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,6 @@ class InstanceInfo:
 
     def metadata_bytes(self) -> bytes:
         return dumps(self.metadata)
-
-
-def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON (orjson: several times faster than json for the big
-    QIDO and metadata answers). The output form relies on ``"BulkDataURI":"``
-    with no space."""
-    return orjson.dumps(obj)
 
 
 def _uid(get: Getter, keyword: str, required: bool = True) -> str:

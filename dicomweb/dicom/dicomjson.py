@@ -1,8 +1,10 @@
-"""Reading values out of DICOM JSON objects (PS3.18 F.2)."""
+"""DICOM JSON objects (PS3.18 F.2): reading values out of them, writing them."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
 
 
 def first_value(dataset: dict[str, Any], tag: str, default: Any = None) -> Any:
@@ -24,3 +26,10 @@ def int_value(dataset: dict[str, Any], tag: str) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON (orjson: several times faster than json for the big
+    QIDO and metadata answers). The output form relies on ``"BulkDataURI":"``
+    with no space."""
+    return orjson.dumps(obj)

@@ -39,8 +39,8 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
-from ..dicom.fileio import SpoolDir, copy_range, read_at, start_writeback
 from ..dicom.query import Query
+from ..io.files import SpoolDir, copy_range, read_at, start_writeback
 from . import sqlremove, sqlschema, sqlsearch
 from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome
 

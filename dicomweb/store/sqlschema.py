@@ -12,8 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ..dicom.analyze import InstanceInfo, dumps
-from ..dicom.dicomjson import first_text, int_value
+from ..dicom.analyze import InstanceInfo
+from ..dicom.dicomjson import dumps, first_text, int_value
 from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries, stored_keys
 
 SOP_CLASSES_IN_STUDY = "00080062"

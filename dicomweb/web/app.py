@@ -19,14 +19,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from ..dicom import stow as stow_response
-from ..dicom.analyze import dumps
+from ..dicom import stowresponse
+from ..dicom.dicomjson import dumps
 from ..dicom.dicomxml import to_xml
-from ..dicom.multipart import close_delimiter, delimiter, part_header
 from ..dicom.pixels import PixelError
 from ..dicom.query import DEFAULT_MAX_LIMIT, Level
 from ..dicom.rejection import parse_rejection
 from ..dicom.uids import is_valid_uid
+from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import NotFound, Store, StoreUnavailable
 from . import capabilities, negotiation, qido, wadouri
 from .errors import HTTPError, bad_request
@@ -186,7 +186,7 @@ class DICOMwebApp:
         failures = sum(1 for r in results if r.failure)
         self.metrics.instances.labels("stored").inc(len(results) - failures)
         self.metrics.instances.labels("failed").inc(failures)
-        status, dataset = stow_response.response(results, self.base_url(request), study)
+        status, dataset = stowresponse.response(results, self.base_url(request), study)
         request.setResponseCode(status)
         log.info("STOW: {stored} stored, {failed} failed", stored=sum(1 for r in results if not r.failure),
                  failed=sum(1 for r in results if r.failure))

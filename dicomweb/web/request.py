@@ -5,7 +5,7 @@ in memory, large ones in a temporary file. This subclass (1) puts that file
 in the store's spool directory, so STOW copies parts into place within one
 file system, (2) when the store offers a directory for part files
 (``SpoolDir.parts_dir``) and the body is multipart/related, splits it into
-one file per part as it arrives (:class:`~dicomweb.dicom.multipart.PartSplitter`),
+one file per part as it arrives (:class:`~dicomweb.io.multipart.PartSplitter`),
 so the store renames each part into place instead of copying it, and (3)
 stops keeping bytes once the body passes the configured cap, so a client can
 never make the server hold more than that; the route then answers 413.
@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from twisted.web.server import Request
 
-from ..dicom.multipart import PartSplitter
+from ..io.multipart import PartSplitter
 from ..mediatype import parse_media_type
 
 SMALL_BODY = 100_000

@@ -25,8 +25,8 @@ from twisted.web.server import Request
 
 from ..dicom import pixels, render, transcode
 from ..dicom.analyze import PIXEL_TAGS
-from ..dicom.multipart import close_delimiter, delimiter, part_header
-from ..dicom.stow import instance_path
+from ..dicom.stowresponse import instance_path
+from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import InstanceRecord, Store
 from . import negotiation
 from .errors import HTTPError, bad_request, not_found

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
-from .fileio import copy_range, start_writeback
+from .files import copy_range, start_writeback
 
 CHUNK = 1 << 20
 MAX_HEADER_BYTES = 16 * 1024
