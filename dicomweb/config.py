@@ -1,38 +1,36 @@
 """Typed settings, from command-line options, a TOML config file or the
 environment.
 
+The options are declared once, in :data:`dicomweb.options.OPTIONS`; this
+module reads them from every source into one :class:`Settings`.
+
 Precedence: command line > environment (``DICOMWEB_<OPTION>``) > config file
-(``--config FILE``, TOML with the option names as keys, e.g.
-``data-dir = "/srv/dicom"``) > defaults.
+(``--config FILE`` or ``DICOMWEB_CONFIG``, TOML with the option names as keys,
+e.g. ``data-dir = "/srv/dicom"``, at top level or in a ``[dicomweb]`` table)
+> defaults.  A key or ``DICOMWEB_`` variable that names no option is refused.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .auth import AUTH_KINDS, AuthSettings
+from .auth import AuthSettings
+from .options import AUTH, ENV_NOT_OPTIONS, ENV_PREFIX, OPTIONS, Option, by_name, parse_size, words
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """``"2G"`` -> 2147483648; plain numbers are bytes."""
-    if isinstance(text, int):
-        return text
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {text!r} (use e.g. 500M or 4G)")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
+__all__ = ["Settings", "env_values", "load_config_file", "load_settings", "parse_size", "resolve",
+           "validate_security", "words"]
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the server, typed.  One field per option of
+    :data:`~dicomweb.options.OPTIONS` (the auth options are fields of
+    ``auth_settings``); the defaults are the table's, and a unit test checks
+    that both agree."""
+
     port: str = "5985"
     data_dir: str = "dicomweb-data"
     base_url: str | None = None
@@ -49,12 +47,21 @@ class Settings:
     # The CouchDB store (used when ``couchdb`` is set). Credentials come from the
     # URL, ``couchdb_credentials`` (a file holding ``user:password``) or
     # ``DICOMWEB_COUCHDB_USER``/``DICOMWEB_COUCHDB_PASSWORD``; never logged.
-    couchdb: str | None = field(default=None, repr=False)
+    couchdb: str | None = None
     couchdb_db: str = "dicomweb"
     couchdb_credentials: str | None = None
     couchdb_ca: str | None = None
     couchdb_user: str | None = None
-    couchdb_password: str | None = field(default=None, repr=False)
+    couchdb_password: str | None = None
+
+    def __repr__(self) -> str:
+        # The values of secret options (a password, a URL that may hold one)
+        # would otherwise reach any log line or traceback showing the settings.
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            return "<hidden>" if name in _SECRET_FIELDS and value is not None else repr(value)
+
+        return f"Settings({', '.join(f'{f.name}={shown(f.name)}' for f in fields(self))})"
 
     def couchdb_login(self) -> tuple[str | None, str | None]:
         """(user, password) from the credentials file or settings, else (None, None)."""
@@ -68,52 +75,90 @@ class Settings:
         return self.couchdb_user, self.couchdb_password
 
 
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Options given as ``DICOMWEB_DATA_DIR=...`` etc."""
+_SECRET_FIELDS = frozenset(o.attribute for o in OPTIONS if o.secret and not o.group)
+
+
+# -- the sources ---------------------------------------------------------------
+
+
+def env_values(environ: Mapping[str, str] | None = None, table: Sequence[Option] = OPTIONS) -> dict[str, str]:
+    """Options given as ``DICOMWEB_DATA_DIR=...``, by option name.  ValueError
+    naming the ``DICOMWEB_`` variables that are no option."""
     environ = os.environ if environ is None else environ
-    out = {}
+    known = by_name(table)
+    out: dict[str, str] = {}
+    unknown = []
     for key, value in environ.items():
-        if key.startswith("DICOMWEB_") and key != "DICOMWEB_ARGS":
-            out[key[len("DICOMWEB_"):].lower().replace("_", "-")] = value
+        if key.startswith(ENV_PREFIX) and key not in ENV_NOT_OPTIONS:
+            name = key[len(ENV_PREFIX):].lower().replace("_", "-")
+            if name in known:
+                out[name] = value
+            else:
+                unknown.append(key)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in the environment: {', '.join(sorted(unknown))}")
     return out
 
 
 def load_config_file(path: str) -> dict[str, Any]:
+    """The keys of a TOML file, as option names.  OSError when it cannot be
+    read; ValueError when it is not TOML."""
     with open(path, "rb") as fp:
         data = tomllib.load(fp)
     section = data.get("dicomweb", data)
     return {str(k).replace("_", "-"): v for k, v in section.items()}
 
 
-# -- authentication and CORS ---------------------------------------------------
+def resolve(command_line: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+            table: Sequence[Option] = OPTIONS) -> dict[str, dict[str, Any]]:
+    """Every option's typed value, as ``{group: {field: value}}`` (group ""
+    is ``Settings`` itself), from the command line (twistd's ``opts``: None or
+    a false flag means not given; a repeatable option's values as a list), the
+    environment, the config file it names, and the defaults.  ValueError."""
+    environ = os.environ if environ is None else environ
+    options = by_name(table)
+    given = {k: v for k, v in command_line.items()
+             if k in options and v is not None and (v or not options[k].flag)}
+    env = env_values(environ, table)
+    merged: dict[str, Any] = {}
+    config_path = given.get("config") or env.get("config")
+    if config_path:
+        try:
+            merged.update(load_config_file(str(config_path)))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read config file: {exc}") from None
+        unknown = set(merged) - set(options)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in {config_path}: {', '.join(sorted(unknown))}")
+    merged.update(env)
+    merged.update(given)
+    _read_value_files(merged, table)
+    out: dict[str, dict[str, Any]] = {}
+    for opt in table:
+        if opt.attribute is None:
+            continue
+        try:
+            value = opt.value(merged.get(opt.name))
+        except ValueError as exc:
+            raise ValueError(f"{opt.label}: bad value" if opt.secret else f"{opt.label}: {exc}") from None
+        out.setdefault(opt.group, {})[opt.attribute] = value
+    return out
 
-#: Option name -> AuthSettings field, for the options that are plain strings.
-_AUTH_FIELDS = {
-    "users-file": "users_file",
-    "realm": "realm",
-    "oidc-issuer": "oidc_issuer",
-    "oidc-audience": "oidc_audience",
-    "oidc-jwks-uri": "oidc_jwks_uri",
-    "oidc-write-role": "oidc_write_role",
-    "oidc-roles-claim": "oidc_roles_claim",
-    "oidc-username-claim": "oidc_username_claim",
-    "oidc-introspection": "oidc_introspection",
-    "oidc-client-id": "oidc_client_id",
-    "oidc-client-secret": "oidc_client_secret",
-    "keycloak-realm": "keycloak_realm",
-    "keycloak-url": "keycloak_auth_server_url",
-}
-#: Options that take a list (repeated, comma-separated, or a TOML array).
-_AUTH_LISTS = {"oidc-required-scope": "oidc_required_scopes",
-               "oidc-required-role": "oidc_required_roles"}
-SECURITY_KEYS = frozenset({*_AUTH_FIELDS, *_AUTH_LISTS, "auth", "cors-origin",
-                           "oidc-client-secret-file", "oidc-ca-file"})
 
-
-def words(value: Any) -> tuple[str, ...]:
-    """``"a,b"``, ``["a", "b,c"]`` -> ``("a", "b", "c")``."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    return tuple(w.strip() for item in items for w in str(item).split(",") if w.strip())
+def _read_value_files(merged: dict[str, Any], table: Sequence[Option]) -> None:
+    """Replace each given ``file_of`` option by the value its file holds."""
+    options = by_name(table)
+    for opt in table:
+        if opt.file_of is None or opt.name not in merged:
+            continue
+        path = str(merged.pop(opt.name))
+        target = options[opt.file_of]
+        if target.name in merged:
+            raise ValueError(f"give {target.label} or {opt.label}, not both")
+        try:
+            merged[target.name] = read_secret_file(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read {opt.label} {path}: {exc.strerror}") from None
 
 
 def read_secret_file(path: str) -> str:
@@ -125,30 +170,13 @@ def read_secret_file(path: str) -> str:
     return secret
 
 
-def security_settings(values: dict[str, Any]) -> dict[str, Any]:
-    """Pop the auth and CORS options from ``values``; ``Settings`` keyword
-    arguments for them.  ValueError on a bad value."""
-    mine = {k: values.pop(k) for k in list(values) if k in SECURITY_KEYS}
-    kind = str(mine.pop("auth", "none")).lower()
-    if kind not in AUTH_KINDS:
-        raise ValueError(f"--auth must be one of {', '.join(AUTH_KINDS)}, not {kind!r}")
-    out: dict[str, Any] = {"auth": kind}
-    if "cors-origin" in mine:
-        out["cors_origins"] = words(mine.pop("cors-origin")) or ("*",)
-    if "oidc-ca-file" in mine:
-        out["oidc_ca_file"] = str(mine.pop("oidc-ca-file"))
-    secret_file = mine.pop("oidc-client-secret-file", None)
-    if secret_file is not None:
-        if "oidc-client-secret" in mine:
-            raise ValueError("give --oidc-client-secret or --oidc-client-secret-file, not both")
-        try:
-            mine["oidc-client-secret"] = read_secret_file(str(secret_file))
-        except OSError as exc:
-            raise ValueError(f"cannot read the client secret file: {exc.strerror}") from None
-    fields: dict[str, Any] = {_AUTH_FIELDS[k]: str(v) for k, v in mine.items() if k in _AUTH_FIELDS}
-    fields.update({_AUTH_LISTS[k]: words(v) for k, v in mine.items() if k in _AUTH_LISTS})
-    out["auth_settings"] = AuthSettings(**fields)
-    return out
+def load_settings(command_line: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """The validated settings (see :func:`resolve`).  ValueError."""
+    values = resolve(command_line, environ)
+    auth = AuthSettings(**values.pop(AUTH, {}))
+    settings = Settings(**values.pop("", {}), auth_settings=auth)
+    validate_security(settings)
+    return settings
 
 
 def validate_security(settings: Settings) -> None:
@@ -166,44 +194,3 @@ def validate_security(settings: Settings) -> None:
         resolve_issuer(settings.auth_settings)
     if settings.oidc_ca_file and not os.access(settings.oidc_ca_file, os.R_OK):
         raise ValueError(f"cannot read the CA file {settings.oidc_ca_file}")
-
-
-class SecurityOptions:
-    """The auth, TLS-to-IdP and CORS options, mixed into the tap's Options
-    (``usage.Options`` gathers ``optParameters`` and ``opt_`` methods from
-    every base class)."""
-
-    optParameters = [
-        ["auth", None, None, "Authentication: none, basic or oidc [default: none]"],
-        ["users-file", None, None, "--auth basic: users file, name:bcrypt-hash[:read,write] (htpasswd -B)"],
-        ["realm", None, None, "Realm named in WWW-Authenticate challenges [default: dicomweb]"],
-        ["oidc-issuer", None, None, "--auth oidc: issuer URL (discovery document and JWKS come from it)"],
-        ["oidc-audience", None, None, "Required 'aud' of bearer tokens (strongly recommended)"],
-        ["oidc-jwks-uri", None, None, "Key set URL, instead of the discovery document's"],
-        ["oidc-write-role", None, None, "Role or scope that grants write (STOW, delete, reject) [default: write]"],
-        ["oidc-roles-claim", None, None, "Dotted path of the roles claim [default: roles; Keycloak: realm_access.roles]"],
-        ["oidc-username-claim", None, None, "Claim logged as the user's name [default: preferred_username]"],
-        ["oidc-introspection", None, None, "RFC 7662 introspection: off, opaque or always [default: off]"],
-        ["oidc-client-id", None, None, "Client id for token introspection"],
-        ["oidc-client-secret", None, None, "Client secret for introspection (prefer --oidc-client-secret-file)"],
-        ["oidc-client-secret-file", None, None, "File holding the introspection client secret"],
-        ["oidc-ca-file", None, None, "PEM CA bundle trusted for TLS to the identity provider [default: system CAs]"],
-        ["keycloak-realm", None, None, "Keycloak realm (with --keycloak-url: issuer URL/realms/REALM)"],
-        ["keycloak-url", None, None, "Keycloak auth server URL, e.g. https://sso.example/auth"],
-    ]
-
-    def _append(self, key: str, value: str) -> None:
-        opts: dict[str, Any] = self.opts  # type: ignore[attr-defined]
-        opts[key] = [*(opts.get(key) or []), *words(value)]
-
-    def opt_oidc_required_scope(self, value: str) -> None:
-        """Scope every token must carry (repeatable or comma list)"""
-        self._append("oidc-required-scope", value)
-
-    def opt_oidc_required_role(self, value: str) -> None:
-        """Role every token must carry (repeatable or comma list)"""
-        self._append("oidc-required-role", value)
-
-    def opt_cors_origin(self, value: str) -> None:
-        """Browser origin allowed to call the server (repeatable or comma list) [default: *]"""
-        self._append("cors-origin", value)

@@ -13,86 +13,36 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
-from . import config as _config
-from .config import Settings, env_overrides, load_config_file, parse_size
+from .config import Settings, load_settings
+from .options import usage_flags, usage_handlers, usage_parameters
 
 log = Logger()
 
-_FLAGS = {"allow-remote", "trust-forwarded", "log-query-strings", "no-sendfile"}
 
+class Options(usage.Options):
+    """twistd's options, derived from :data:`dicomweb.options.OPTIONS`."""
 
-class Options(_config.SecurityOptions, usage.Options):
     synopsis = "[options]"
     longdesc = "A DICOMweb server (STOW-RS, QIDO-RS, WADO-RS, WADO-URI). See README.md."
-    optParameters = [
-        ["port", "p", None, "Port number (binds 127.0.0.1) or a Twisted endpoint string [default: 5985]"],
-        ["data-dir", "d", None, "Embedded store directory [default: ./dicomweb-data]"],
-        ["base-url", None, None, "Public base URL used in RetrieveURL and BulkDataURI (behind a proxy)"],
-        ["max-request-size", None, None, "Largest request body accepted, e.g. 500M, 4G [default: 4G]"],
-        ["threads", None, None, "Worker threads for DICOM, image and SQLite work [default: 4]"],
-        ["config", "c", None, "TOML config file with the same option names"],
-        ["couchdb", None, None, "Use the CouchDB store at this URL (http://[user:password@]host:5984)"],
-        ["couchdb-db", None, None, "CouchDB database name [default: dicomweb]"],
-        ["couchdb-credentials", None, None, "File holding the CouchDB user:password (one line)"],
-        ["couchdb-ca", None, None, "PEM CA bundle trusted for an https:// CouchDB URL [default: system CAs]"],
-    ]
-    optFlags = [
-        ["allow-remote", None, "Allow listening on non-loopback addresses without authentication"],
-        ["trust-forwarded", None, "Build public URLs from X-Forwarded-Proto/Host/Prefix"],
-        ["log-query-strings", None, "Put query strings (may hold patient names/IDs) in the access log"],
-        ["no-sendfile", None, "Send stored files through user space instead of os.sendfile (e.g. on a "
-         "network filesystem that mishandles it)"],
-    ]
+    optParameters = usage_parameters()
+    optFlags = usage_flags()
 
     def postOptions(self) -> None:
         self.settings = self.to_settings()
         check_exposure(self.settings, authenticated=self.settings.auth != "none")
 
     def to_settings(self) -> Settings:
-        merged: dict[str, Any] = {}
-        config_path = self["config"] or os.environ.get("DICOMWEB_CONFIG")
-        if config_path:
-            try:
-                merged.update(load_config_file(config_path))
-            except (OSError, ValueError) as exc:
-                raise usage.UsageError(f"cannot read config file: {exc}") from None
-        merged.update(env_overrides())
-        merged.pop("config", None)
-        for key in list(self.keys()):
-            if key in _FLAGS:
-                if self[key]:
-                    merged[key] = True
-            elif self[key] is not None and key != "config":
-                merged[key] = self[key]
-        return _settings_from(merged)
+        """The settings from this command line, the environment and the
+        config file (``dicomweb.config.load_settings``)."""
+        try:
+            return load_settings(self.opts)
+        except ValueError as exc:
+            raise usage.UsageError(str(exc)) from None
 
 
-def _settings_from(values: dict[str, Any]) -> Settings:
-    values = dict(values)
-    known = {"port", "data-dir", "base-url", "max-request-size", "threads", *_FLAGS, *_config.SECURITY_KEYS,
-             "couchdb", "couchdb-db", "couchdb-credentials", "couchdb-user", "couchdb-password", "couchdb-ca"}
-    unknown = set(values) - known
-    if unknown:
-        raise usage.UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    try:
-        kwargs: dict[str, Any] = _config.security_settings(values)  # pops its keys
-        for key, value in values.items():
-            attr = key.replace("-", "_")
-            if key == "max-request-size":
-                kwargs[attr] = parse_size(value)
-            elif key == "threads":
-                kwargs[attr] = int(value)
-                if kwargs[attr] < 1:
-                    raise ValueError("threads must be at least 1")
-            elif key in _FLAGS:
-                kwargs[attr] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-            else:
-                kwargs[attr] = str(value)
-        settings = Settings(**kwargs)
-        _config.validate_security(settings)
-        return settings
-    except ValueError as exc:
-        raise usage.UsageError(str(exc)) from None
+# usage.Options finds ``opt_`` methods on the class: one per repeatable option.
+for _name, _handler in usage_handlers().items():
+    setattr(Options, _name, _handler)
 
 
 def endpoint_description(port: str) -> str:
