@@ -5,6 +5,7 @@ README's option tables."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -256,8 +257,9 @@ def test_the_readme_option_tables_are_the_table() -> None:
     rows = _readme_rows()
     documented = set().union(*(names for names, _ in rows))
     declared = {o.name for o in OPTIONS}
-    assert not declared - documented, "options missing from README's option tables"
-    assert not documented - declared, "README documents options that do not exist"
+    missing, gone = sorted(declared - documented), sorted(documented - declared)
+    assert not missing, f"add a row to one of README's option tables for {missing}"
+    assert not gone, f"README's option tables document options that do not exist: {gone}"
 
 
 def test_the_readme_defaults_are_the_table_defaults() -> None:
@@ -271,8 +273,6 @@ def test_the_readme_defaults_are_the_table_defaults() -> None:
 
 
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     for key in list(os.environ):
         if key.startswith("DICOMWEB_"):
             monkeypatch.delenv(key)

@@ -1,7 +1,9 @@
 """Every authentication option in one typed record.
 
-The tap, the .tac file and the config file all fill an :class:`AuthSettings`;
-the authenticators read nothing else.  Fields that do not apply to the chosen
+The options of ``dicomweb.options.OPTIONS`` with ``group=AUTH`` fill an
+:class:`AuthSettings` (from the command line, environment or config file, see
+``dicomweb.config``); the fields no option names keep their defaults here.  The
+authenticators read nothing else.  Fields that do not apply to the chosen
 ``--auth`` kind are ignored.
 """
 
