@@ -7,6 +7,7 @@ store (SQLite + files) is the default, CouchDB is the shared one.
 from .base import (
     InstanceRecord,
     NotFound,
+    Spool,
     Store,
     StoreItem,
     StoreOutcome,
@@ -16,6 +17,7 @@ from .base import (
 __all__ = [
     "InstanceRecord",
     "NotFound",
+    "Spool",
     "Store",
     "StoreItem",
     "StoreOutcome",

@@ -41,7 +41,6 @@ import base64
 import hashlib
 import os
 import random
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -57,7 +56,7 @@ from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
 from ..dicom.dicomjson import first_text, int_value
 from ..dicom.query import Query
 from . import couchremove, couchsearch
-from .base import InstanceRecord, NotFound, StoreItem, StoreOutcome, StoreUnavailable
+from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 
 log = Logger()
@@ -142,6 +141,7 @@ class CouchStore:
         self.reactor = reactor
         self._pool = pool
         self.spool_dir = spool_dir
+        self._spool = Spool(spool_dir)
         self._uploads = DeferredSemaphore(max(2, concurrency // 2))
         self._sweeper: LoopingCall | None = None
 
@@ -237,9 +237,11 @@ class CouchStore:
             return False
         return True
 
-    def spool_file(self) -> Any:
-        """A temporary file for a request body (STOW streams parts from it)."""
-        return tempfile.TemporaryFile(dir=self.spool_dir)
+    @property
+    def spool(self) -> Spool:
+        """Request bodies are received whole into temporary files (STOW
+        streams each part from there to CouchDB): no part directory."""
+        return self._spool
 
     # -- queries ----------------------------------------------------------------
 
