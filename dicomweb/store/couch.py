@@ -47,16 +47,18 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from twisted.internet.defer import DeferredSemaphore, gatherResults
+from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
 from ..dicom.dicomjson import first_text, int_value
+from ..dicom.order import retrieval_key
 from ..dicom.query import Query
 from . import couchremove, couchsearch
-from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable
+from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
+from .common import ATTEMPTS, PAGE, gather
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 
 log = Logger()
@@ -79,10 +81,8 @@ INDEXES: dict[str, list[str]] = {
 #: Design documents of older schema versions, removed on upgrade.
 OBSOLETE_DDOCS: tuple[str, ...] = ()
 
-PAGE = 1000
 NULL_LAST = 1e15  # sort key of a missing date/time: after every real one
 JOURNAL_GRACE = 120.0  # seconds before another frontend may finish a batch's journal
-ATTEMPTS = 20
 
 
 @dataclass
@@ -320,13 +320,12 @@ class CouchStore:
             doc = await self.client.get_or_none(doc_path(_instance_doc_id(sop)))
             if (not doc or doc.get("state") != "stored" or doc.get("study") != study
                     or (series is not None and doc.get("series") != series)):
-                raise NotFound("no such instance")
+                raise not_found(series, sop)
             return [doc]
         docs = await self._stored_instances(study, series, fields)
         if not docs:
-            raise NotFound("no such " + ("series" if series else "study"))
-        docs.sort(key=lambda d: (d.get("series_number") is None, d.get("series_number") or 0, d["series"],
-                                 d.get("instance_number") is None, d.get("instance_number") or 0, d["sop"]))
+            raise not_found(series, sop)
+        docs.sort(key=lambda d: retrieval_key(d.get("series_number"), d["series"], d.get("instance_number"), d["sop"]))
         return docs
 
     # -- reading bytes ------------------------------------------------------------
@@ -411,8 +410,7 @@ class CouchStore:
                 outcomes[n] = await self._store_one(items[n], digests[n], existing.pop(doc_id, None), touched,
                                                     written)
 
-        await gatherResults([_deferred(run_group(g)) for g in groups.values()], consumeErrors=True).addErrback(
-            _first_error)
+        await gather(run_group(g) for g in groups.values())
         # QIDO keys of the new versions, before the batch is acknowledged.
         await couchsearch.sync_instance_keys(self.client, written)
         hints = _level_hints(items, outcomes)
@@ -510,8 +508,7 @@ class CouchStore:
 
     async def _refresh_studies(self, studies: Iterable[str], hints: _Hints | None = None) -> None:
         hints = hints or _Hints()
-        await gatherResults([_deferred(self._refresh_study(s, hints)) for s in sorted(studies)],
-                            consumeErrors=True).addErrback(_first_error)
+        await gather(self._refresh_study(s, hints) for s in sorted(studies))
 
     async def _refresh_study(self, study: str, hints: _Hints) -> None:
         """Recompute a study's and its series' aggregate docs, exactly.
@@ -692,17 +689,3 @@ def _changed(writes: list[dict[str, Any]], old: dict[str, Any] | None, new: dict
         new["_rev"] = old["_rev"]
     writes.append(new)
 
-
-def _deferred(coro: Any) -> Any:
-    from twisted.internet.defer import Deferred
-
-    return Deferred.fromCoroutine(coro)
-
-
-def _first_error(failure: Any) -> Any:
-    """gatherResults wraps errors in FirstError: raise the original."""
-    from twisted.internet.defer import FirstError
-
-    if failure.check(FirstError):
-        failure.value.subFailure.raiseException()
-    return failure

@@ -38,15 +38,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .base import NotFound
+from .base import not_found
+from .common import ATTEMPTS, PAGE
 from .couchhttp import CouchError, doc_path
 
 if TYPE_CHECKING:
     from .couch import CouchStore
 
 Change = Callable[[dict[str, Any]], dict[str, Any]]
-ATTEMPTS = 20
-PAGE = 1000
 
 
 async def instance_ids(store: CouchStore, study: str, series: str | None, sop: str | None,
@@ -107,7 +106,7 @@ async def remove(store: CouchStore, study: str, series: str | None, sop: str | N
     """Find, journal, change, recompute aggregates, run the hook, unjournal."""
     ids = await instance_ids(store, study, series, sop, sorted(states))
     if not ids:
-        raise NotFound("no such " + ("instance" if sop else "series" if series else "study"))
+        raise not_found(series, sop)
     journal = await store.client.post("", {"doctype": "journal", "at": time.time(), "studies": [study], "docs": [],
                                            "removed": [i[2:] for i in ids]})
     done = await apply(store, study, ids, states, change)

@@ -68,10 +68,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from ..dicom.dicomjson import int_value
+from ..dicom.order import AVAILABLE, INSTANCE_NUMBER, LEVEL_UIDS, NO_NUMBER, SERIES_NUMBER, clamp, study_sort_date
 from ..dicom.query import (
     MODALITIES_IN_STUDY,
     RETRIEVE_URL,
@@ -83,8 +83,7 @@ from ..dicom.query import (
     index_entries,
     project,
 )
-from .sqlschema import NO_NUMBER, UID_PATHS, sort_date
-from .sqlsearch import AVAILABLE
+from .common import gather
 
 log = Logger()
 
@@ -134,22 +133,21 @@ def encode_desc(text: str) -> str:
 
 
 def encode_number(number: int | None) -> str:
-    """19 digits; a missing number sorts after every other (as NO_NUMBER does)."""
-    value = NO_NUMBER if number is None else max(-NO_NUMBER, min(number, NO_NUMBER))
-    return f"{value + NO_NUMBER:019d}"
+    """19 digits in the order of :func:`~dicomweb.dicom.order.clamp` (a missing number last)."""
+    return f"{clamp(number) + NO_NUMBER:019d}"
 
 
 def study_order(attrs: dict[str, Any], uid: str) -> str:
     """StudyDate + StudyTime newest first (no date last), then StudyInstanceUID."""
-    return encode_desc(sort_date(attrs)) + encode_asc(uid)
+    return encode_desc(study_sort_date(attrs)) + encode_asc(uid)
 
 
 def series_order(attrs: dict[str, Any], uid: str) -> str:
-    return encode_number(int_value(attrs, "00200011")) + encode_asc(uid)
+    return encode_number(int_value(attrs, SERIES_NUMBER)) + encode_asc(uid)
 
 
 def instance_order(attrs: dict[str, Any], uid: str) -> str:
-    return encode_number(int_value(attrs, "00200013")) + encode_asc(uid)
+    return encode_number(int_value(attrs, INSTANCE_NUMBER)) + encode_asc(uid)
 
 
 # --------------------------------------------------------------------------
@@ -168,7 +166,7 @@ def _key_docs(level: Level, owner: str, generation: str, level_json: dict[str, A
               series: str | None = None, order: str | None = None) -> list[dict[str, Any]]:
     docs = []
     for path, keys in index_entries(level, level_json).items():
-        if path in UID_PATHS:
+        if path in LEVEL_UIDS:
             continue
         for key in keys:
             docs.append({"_id": key_doc_id(level, owner, generation, path, key), "doctype": "qkey", "l": level,
@@ -347,7 +345,7 @@ async def _owners(client: Any, flt: Filter) -> dict[str, set[_Owner]] | None:
     """uid -> owners (with their parents) matching ``flt`` by its keys, or
     None when too many match."""
     selectors = key_selectors(flt)
-    results = await _gather([_key_owners(client, path, cond) for path, cond in selectors])
+    results = await gather([_key_owners(client, path, cond) for path, cond in selectors])
     if any(r is None for r in results):
         return None
     groups: list[dict[str, set[_Owner]]] = []
@@ -364,21 +362,6 @@ async def _owners(client: Any, flt: Filter) -> dict[str, set[_Owner]] | None:
         for uid, owners in group.items():
             out.setdefault(uid, set()).update(owners)
     return out
-
-
-async def _gather(coros: list[Any]) -> list[Any]:
-    if not coros:
-        return []
-    if len(coros) == 1:
-        return [await coros[0]]
-    d = gatherResults([Deferred.fromCoroutine(c) for c in coros], consumeErrors=True)
-    try:
-        return list(await d)
-    except Exception as exc:
-        sub = getattr(exc, "subFailure", None)
-        if sub is not None:
-            sub.raiseException()
-        raise
 
 
 # --------------------------------------------------------------------------
@@ -477,7 +460,7 @@ class _Search:
                     sops = _meet(sops, (str(v) for v in flt.values))
                 else:
                     lookups.append(flt)
-            for found in await _gather([_owners(self.client, f) for f in lookups]):
+            for found in await gather([_owners(self.client, f) for f in lookups]):
                 if found is None:
                     continue  # too many: only checked
                 if level == "study":
@@ -605,7 +588,7 @@ class _Search:
         if not plan:
             return
         start = len(self.out) - sum(p[3] for p in plan)
-        pages = await _gather([find(self.client, "instances-by-series-order",
+        pages = await gather([find(self.client, "instances-by-series-order",
                                     {"doctype": "instance", "state": "stored", "series": doc["series"],
                                      "o": {"$gt": None}}, fields=_INSTANCE_FIELDS, skip=skip, limit=take)
                                for _, doc, skip, take in plan])

@@ -361,7 +361,8 @@ class EmbeddedIndex:
 def select(conn: sqlite3.Connection, columns: str, study: str, series: str | None,
            sop: str | None) -> list[tuple[Any, ...]]:
     """Rows (study, series, sop, ``columns``...) of a study/series/instance, in
-    the instance order of the query model; raises NotFound when there are none."""
+    the retrieval order of :mod:`dicomweb.dicom.order` (``retrieval_key`` as
+    SQL); raises NotFound when there are none."""
     where, args = ["i.study_uid=?"], [study]
     if series is not None:
         where.append("i.series_uid=?")
