@@ -26,9 +26,6 @@ from .couchdocs import CouchDocs, instance_id
 
 log = Logger()
 
-NULL_LAST = 1e15  # sort key of a missing date/time: after every real one
-
-
 @dataclass
 class LevelHints:
     """Level attributes from the batch just stored (latest write wins)."""
@@ -113,8 +110,7 @@ class Aggregates:
         if attrs is None:
             attrs = study_doc["attrs"] if study_doc else await self._attrs_of(docs[0]["sop"], "study_attrs")
         new = {"_id": "s:" + study, "doctype": "study", "study": study, "attrs": attrs,
-               "pid": first_text(attrs, "00100020"), "od": _desc_key(first_text(attrs, "00080020")),
-               "ot": _desc_key(first_text(attrs, "00080030")), "num_series": len(by_series), "num_instances": len(docs),
+               "num_series": len(by_series), "num_instances": len(docs),
                "modalities": sorted(modalities), "sop_classes": sorted({d["sop_class"] for d in docs}),
                "o": couchsearch.study_order(attrs, study)}
         _changed(writes, study_doc, new)
@@ -132,14 +128,3 @@ def _changed(writes: list[dict[str, Any]], old: dict[str, Any] | None, new: dict
             return
         new["_rev"] = old["_rev"]
     writes.append(new)
-
-
-def _desc_key(text: Any) -> float:
-    """A number that sorts a DA/TM value descending, missing values last."""
-    if text is None:
-        return NULL_LAST
-    digits = "".join(c for c in str(text) if c.isdigit() or c == ".")
-    try:
-        return -float(digits)
-    except ValueError:
-        return NULL_LAST

@@ -11,6 +11,7 @@ Selectors are data (dicts) built from validated values, never text.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,8 +47,6 @@ class Index:
 INDEXES: dict[str, Index] = {
     "instances-by-study": Index(STORE_DDOC, ("doctype", "state", "study", "sop")),
     "instances-by-series": Index(STORE_DDOC, ("doctype", "state", "series", "sop")),
-    "studies-by-date": Index(STORE_DDOC, ("doctype", "od", "ot", "study")),
-    "studies-by-patient": Index(STORE_DDOC, ("doctype", "pid", "od", "ot", "study")),
     "series-by-study": Index(STORE_DDOC, ("doctype", "study", "series")),
     "journal": Index(STORE_DDOC, ("doctype", "at")),
     "qkeys": Index(SEARCH_DDOC, ("doctype", "p", "k", "u")),
@@ -150,6 +149,19 @@ class CouchDocs:
             if len(page) < PAGE:
                 return out
             last = page[-1]["sop"]
+
+    async def ids_with_prefix(self, prefix: str) -> list[str]:
+        """Ids of the documents whose id starts with ``prefix`` (``_all_docs``
+        on a key range, keyset paged)."""
+        out: list[str] = []
+        params: dict[str, Any] = {"startkey": json.dumps(prefix), "endkey": json.dumps(prefix + "\ufff0"),
+                                  "limit": PAGE}
+        while True:
+            rows = (await self.client.request("GET", "_all_docs", params=params)).get("rows", [])
+            out.extend(r["id"] for r in rows)
+            if len(rows) < PAGE:
+                return out
+            params = {**params, "startkey": json.dumps(rows[-1]["id"]), "skip": 1}
 
     # -- writes -----------------------------------------------------------------
 

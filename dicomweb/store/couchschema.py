@@ -12,6 +12,12 @@ Versions:
 1. instance, study, series and journal documents.
 2. order keys ``o`` on level documents, QIDO key documents (``couchsearch``),
    the search indexes.
+3. study documents without the version 1 sort keys (``pid``, and the float
+   ``od``/``ot`` of StudyDate/StudyTime) and without the two indexes on them
+   (``studies-by-date``, ``studies-by-patient``): the search orders studies
+   by ``o`` since version 2, and nothing else read them.
+
+Only this module knows what older versions stored.
 """
 
 from __future__ import annotations
@@ -22,17 +28,19 @@ from typing import Any
 from twisted.logger import Logger
 
 from . import couchsearch
-from .common import PAGE
+from .common import ATTEMPTS
 from .couchaggregates import Aggregates, LevelHints
-from .couchdocs import CHUNK, INDEXES, CouchDocs
-from .couchhttp import CouchError
+from .couchdocs import CHUNK, INDEXES, STORE_DDOC, CouchDocs
+from .couchhttp import Conflict, CouchError
 
 log = Logger()
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_DOC = "_local/dicomweb-schema"
-#: Design documents of older schema versions, removed on upgrade.
-OBSOLETE_DDOCS: tuple[str, ...] = ()
+#: Indexes of version 1 and 2, removed by the upgrade to 3 (in STORE_DDOC).
+OBSOLETE_INDEXES = ("studies-by-date", "studies-by-patient")
+#: Fields of version 1 and 2 study documents, removed by the upgrade to 3.
+OBSOLETE_STUDY_FIELDS = ("od", "ot", "pid")
 
 
 class Schema:
@@ -72,11 +80,9 @@ class Schema:
                                               "name": name, "type": "json"})
         if 0 < version < 2:
             await self._upgrade_1_to_2()
+        if 0 < version < 3:
+            await self._upgrade_2_to_3()
         if version < SCHEMA_VERSION:
-            for ddoc in OBSOLETE_DDOCS:
-                old = await self.docs.get("_design/" + ddoc)
-                if old:
-                    await self.docs.discard("_design/" + ddoc, old["_rev"])
             body: dict[str, Any] = {"version": SCHEMA_VERSION, "indexes": sorted(INDEXES), "upgraded_at": time.time()}
             if schema:
                 body["_rev"] = schema["_rev"]
@@ -87,16 +93,42 @@ class Schema:
         """Order keys and QIDO key documents for what a version 1 server stored."""
         log.info("CouchDB schema 1 -> 2: writing QIDO keys of stored instances")
         count = await self._upgrade_instances()
-        studies: list[str] = []
-        while True:
-            page = await self.docs.find("studies-by-date", {"doctype": "study", "od": {"$gt": None},
-                                                            "ot": {"$gt": None}, "study": {"$gt": None}},
-                                        fields=["study"], skip=len(studies))
-            studies.extend(d["study"] for d in page)
-            if len(page) < PAGE:
-                break
+        studies = [doc_id[2:] for doc_id in await self.docs.ids_with_prefix("s:")]
         await self.aggregates.refresh(studies, LevelHints(ensure_keys=True))
         log.info("CouchDB schema 1 -> 2: {n} instances and {m} studies indexed", n=count, m=len(studies))
+
+    async def _upgrade_2_to_3(self) -> None:
+        """Drop the version 1 study sort keys and their indexes."""
+        log.info("CouchDB schema 2 -> 3: removing the unused study sort keys and their indexes")
+        await self._drop_indexes(STORE_DDOC, OBSOLETE_INDEXES)
+        ids = await self.docs.ids_with_prefix("s:")
+        rewritten = 0
+        for start in range(0, len(ids), CHUNK):
+            docs = await self.docs.get_docs(ids[start:start + CHUNK])
+            rewrite = [{k: v for k, v in d.items() if k not in OBSOLETE_STUDY_FIELDS} for d in docs.values()
+                       if any(f in d for f in OBSOLETE_STUDY_FIELDS)]
+            # A conflict: the study was rewritten meanwhile, without those fields.
+            rows = await self.docs.bulk(rewrite)
+            rewritten += sum(1 for r in rows if not r.get("error"))
+        log.info("CouchDB schema 2 -> 3: {n} study documents rewritten", n=rewritten)
+
+    async def _drop_indexes(self, ddoc: str, names: tuple[str, ...]) -> None:
+        """Remove Mango indexes by rewriting their design document without
+        them (what CouchDB's ``DELETE /db/_index/...`` does; pouchdb-server
+        4.2 answers that request with an error). The other indexes of the
+        design document stay usable; CouchDB rebuilds them once."""
+        path = "_design/" + ddoc
+        for _ in range(ATTEMPTS):
+            design = await self.docs.get(path)
+            views = dict((design or {}).get("views") or {})
+            if design is None or not any(name in views for name in names):
+                return
+            design["views"] = {name: view for name, view in views.items() if name not in names}
+            try:
+                await self.docs.put(path, design)
+                return
+            except Conflict:
+                continue  # another frontend upgrading at the same moment
 
     async def _upgrade_instances(self) -> int:
         """Give every stored instance document its order key ``o`` and write its keys."""
