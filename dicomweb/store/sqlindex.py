@@ -181,23 +181,20 @@ class EmbeddedIndex:
         The store never deletes or rewrites a linked file; deleting such an
         instance only removes it from the index.
         """
-        conn = self.connection()
-        outcomes: list[StoreOutcome] = []
-        with self._write_lock:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                replaced: list[str] = []
-                for info, path in zip(infos, paths, strict=True):
-                    row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
-                    if row is not None and row[0] == os.path.abspath(path):
-                        outcomes.append(StoreOutcome("unchanged"))
-                        continue
-                    outcomes.append(self._index_one(conn, info, os.path.abspath(path), replaced))
-                sqlschema.refresh_aggregates(conn, {i.study_uid for i in infos}, {i.series_uid for i in infos})
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        replaced: list[str] = []
+
+        def change(conn: sqlite3.Connection) -> list[StoreOutcome]:
+            outcomes: list[StoreOutcome] = []
+            for info, path in zip(infos, paths, strict=True):
+                row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
+                if row is not None and row[0] == os.path.abspath(path):
+                    outcomes.append(StoreOutcome("unchanged"))
+                    continue
+                outcomes.append(self._index_one(conn, info, os.path.abspath(path), replaced))
+            sqlschema.refresh_aggregates(conn, {i.study_uid for i in infos}, {i.series_uid for i in infos})
+            return outcomes
+
+        outcomes = self._write(change)
         for path in replaced:
             _unlink(path)
         return outcomes
