@@ -243,7 +243,7 @@ def _as_schema_2(couch: str, db: str) -> None:
     assert writes and requests.post(f"{couch}/{db}/_bulk_docs", json={"docs": writes}, timeout=60).ok
     for name, fields in (("studies-by-date", ["doctype", "od", "ot", "study"]),
                          ("studies-by-patient", ["doctype", "pid", "od", "ot", "study"])):
-        index = {"index": {"fields": fields}, "ddoc": "dicomweb-v1", "name": name, "type": "json"}
+        index: dict[str, Any] = {"index": {"fields": fields}, "ddoc": "dicomweb-v1", "name": name, "type": "json"}
         assert requests.post(f"{couch}/{db}/_index", json=index, timeout=60).ok
     schema = requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()
     schema["version"] = 2
