@@ -104,7 +104,7 @@ async def load(data_dir: str, first: int, last: int) -> None:
     base = template()
     try:
         for start in range(first, last, 2000):
-            body = tempfile.TemporaryFile(dir=store.spool_dir)
+            body = store.spool.temporary_file()
             items = []
             for n in range(start, min(start + 2000, last)):
                 data = instance_bytes(base, n)

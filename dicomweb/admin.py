@@ -17,25 +17,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .store.base import Store
+    from .store.sqlindex import EmbeddedIndex
 
 DAY = 86400.0
 
 
-def _embedded(data_dir: str) -> Any:
-    from .store.embedded import EmbeddedStore
+def _embedded(data_dir: str) -> EmbeddedIndex:
+    from .store.sqlindex import EmbeddedIndex
 
-    store = EmbeddedStore(data_dir, None, None)  # type: ignore[arg-type]  # no reactor: sync use only
-    store.open_sync()
-    return store
+    index = EmbeddedIndex(data_dir)
+    index.open()
+    return index
 
 
 def purge_rejected(args: argparse.Namespace) -> int:
     older_than = args.older_than * DAY
     if args.couchdb:
         _on_couch(args, lambda store: store.purge_rejected(older_than))  # prints, exits
-    _report(_embedded(args.data_dir).purge_rejected_sync(older_than))
+    index = _embedded(args.data_dir)
+    try:
+        _report(index.purge_rejected(older_than))
+    finally:
+        index.close()
     return 0
 
 
@@ -44,7 +52,11 @@ def _report(count: int) -> None:
 
 
 def orphans(args: argparse.Namespace) -> int:
-    found = _embedded(args.data_dir).orphan_files()
+    index = _embedded(args.data_dir)
+    try:
+        found = index.orphan_files()
+    finally:
+        index.close()
     for path in found:
         print(path)
         if args.delete:
@@ -53,7 +65,7 @@ def orphans(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_couch(args: argparse.Namespace, action: Any) -> None:
+def _on_couch(args: argparse.Namespace, action: Callable[[Store], Awaitable[int]]) -> None:
     """Run ``action(store)`` on the reactor, print its count, exit."""
     from twisted.internet import task
     from twisted.internet.defer import ensureDeferred

@@ -25,7 +25,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .store.sqlindex import EmbeddedIndex
 
 FAILURE_TEXT = {
     0x0110: "processing failure",
@@ -252,11 +255,20 @@ def run_online(args: argparse.Namespace, candidates: list[Candidate], summary: S
 
 
 def run_offline(args: argparse.Namespace, candidates: list[Candidate], summary: Summary) -> None:
-    from .dicom.analyze import InvalidInstance, analyze
-    from .store.embedded import EmbeddedStore
+    from .store.sqlindex import EmbeddedIndex
 
-    store = EmbeddedStore(args.data_dir, reactor=None, pool=None)  # type: ignore[arg-type]
-    store.open_sync()
+    index = EmbeddedIndex(args.data_dir)
+    index.open()
+    try:
+        _link_batches(index, args, candidates, summary)
+    finally:
+        index.close()
+
+
+def _link_batches(index: EmbeddedIndex, args: argparse.Namespace, candidates: list[Candidate],
+                  summary: Summary) -> None:
+    from .dicom.analyze import InvalidInstance, analyze
+
     progress = Progress(len(candidates), sum(c.size for c in candidates), not args.quiet)
     for batch in _batches(candidates, args.batch):
         infos, paths = [], []
@@ -267,7 +279,7 @@ def run_offline(args: argparse.Namespace, candidates: list[Candidate], summary: 
                 paths.append(candidate.path)
             except InvalidInstance as exc:
                 summary.failed[exc.reason] += 1
-        outcomes = store.link_sync(infos, paths) if infos and not args.dry_run else []
+        outcomes = index.link(infos, paths) if infos and not args.dry_run else []
         for outcome in outcomes:
             if outcome.outcome == "unchanged":
                 summary.present += 1

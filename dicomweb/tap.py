@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
 from twisted.internet.defer import ensureDeferred
@@ -15,6 +15,10 @@ from twisted.web.server import Site
 
 from .config import Settings, load_settings
 from .options import usage_flags, usage_handlers, usage_parameters
+
+if TYPE_CHECKING:
+    from .store.base import Store
+    from .store.couch import CouchStore
 
 log = Logger()
 
@@ -90,7 +94,7 @@ class MeteredSite(Site):
 class _StoreThenListen(service.MultiService):
     """Start the thread pool, open the store, then start listening."""
 
-    def __init__(self, store: Any, pool: ThreadPool, listener: service.Service) -> None:
+    def __init__(self, store: Store, pool: ThreadPool, listener: service.Service) -> None:
         super().__init__()
         self.store, self.pool, self.listener = store, pool, listener
 
@@ -120,7 +124,7 @@ class _StoreThenListen(service.MultiService):
         return d.addBoth(_after)
 
 
-def _couch_store(settings: Settings, reactor: Any, pool: ThreadPool) -> Any:
+def _couch_store(settings: Settings, reactor: Any, pool: ThreadPool) -> CouchStore:
     from .store.couch import CouchStore
 
     try:
@@ -159,17 +163,17 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
 
     sendfile.enabled = not settings.no_sendfile
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="dicomweb")
-    store: Any
+    store: Store
     if settings.couchdb:
         store = _couch_store(settings, reactor, pool)
     else:
         store = EmbeddedStore(settings.data_dir, reactor, pool)
     metrics = Metrics()
-    app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,  # type: ignore[arg-type]
+    app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
                       WebSettings(settings.base_url, settings.trust_forwarded), metrics)
     root = secure_root(app.resource(), settings, reactor, pool)
     site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
-    site.requestFactory = request_factory(settings.max_request_size, store.spool_file)
+    site.requestFactory = request_factory(settings.max_request_size, store.spool)
     site.displayTracebacks = False
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
     return _StoreThenListen(store, pool, listener)

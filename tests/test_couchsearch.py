@@ -227,6 +227,49 @@ def test_a_schema_1_database_is_upgraded_at_start(servers: dict[str, Any]) -> No
     assert "Traceback" not in upgraded.log()
 
 
+def _as_schema_2(couch: str, db: str) -> None:
+    """Give a database what a schema 2 server wrote besides the schema 3
+    documents: float study sort keys and PatientID on study documents, and
+    the two indexes on them."""
+    rows = requests.get(f"{couch}/{db}/_all_docs", params={"include_docs": "true", "startkey": '"s:"',
+                                                         "endkey": '"s:\ufff0"'}, timeout=60).json()["rows"]
+    writes = []
+    for row in rows:
+        doc, attrs = row["doc"], row["doc"]["attrs"]
+        date, time = (attrs.get(tag, {}).get("Value", [None])[0] for tag in ("00080020", "00080030"))
+        doc.update(pid=attrs.get("00100020", {}).get("Value", [None])[0],
+                   od=-float(date) if date else 1e15, ot=-float(time) if time else 1e15)
+        writes.append(doc)
+    assert writes and requests.post(f"{couch}/{db}/_bulk_docs", json={"docs": writes}, timeout=60).ok
+    for name, fields in (("studies-by-date", ["doctype", "od", "ot", "study"]),
+                         ("studies-by-patient", ["doctype", "pid", "od", "ot", "study"])):
+        index: dict[str, Any] = {"index": {"fields": fields}, "ddoc": "dicomweb-v1", "name": name, "type": "json"}
+        assert requests.post(f"{couch}/{db}/_index", json=index, timeout=60).ok
+    schema = requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()
+    schema["version"] = 2
+    assert requests.put(f"{couch}/{db}/_local/dicomweb-schema", json=schema, timeout=10).ok
+
+
+def test_a_schema_2_database_is_upgraded_at_start(servers: dict[str, Any]) -> None:
+    couch, db = servers["couch"].url, servers["db"]
+    servers["procs"]["couch"].stop()
+    _as_schema_2(couch, db)
+    base = servers["base"]
+    upgraded = ServerProcess(str(base / "couch3"), str(base / "couch3.log"), "--couchdb", couch, "--couchdb-db", db)
+    with upgraded:
+        assert "schema 2 -> 3" in upgraded.log()
+        names = {i["name"] for i in requests.get(f"{couch}/{db}/_index", timeout=10).json()["indexes"]}
+        assert not names & {"studies-by-date", "studies-by-patient"}
+        assert {"instances-by-study", "series-by-study", "qkeys", "studies-by-order"} <= names
+        rows = requests.get(f"{couch}/{db}/_all_docs", params={"include_docs": "true", "startkey": '"s:"',
+                                                             "endkey": '"s:\ufff0"'}, timeout=60).json()["rows"]
+        assert rows and not [r["id"] for r in rows if {"od", "ot", "pid"} & set(r["doc"])]
+        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == 3
+        _compare({"embedded": servers["procs"]["embedded"], "couch": upgraded})
+        _compare({"embedded": servers["procs"]["embedded"], "couch-capped": servers["procs"]["couch-capped"]})
+    assert "Traceback" not in upgraded.log()
+
+
 # -- pure parts ---------------------------------------------------------------
 
 _TEXT = st.text(alphabet=st.sampled_from(list("0123456789.-,AZaz~^ \u00e9\u4e00\U0001f600")), max_size=12)

@@ -39,7 +39,7 @@ async def _store(tmp_path: Path) -> AsyncIterator[EmbeddedStore]:
         path = tmp_path / f"{n}.dcm"
         path.write_bytes(b"\0")
         files.append(str(path))
-    store.link_sync(INFOS, files)
+    store.index.link(INFOS, files)
     yield store
     await store.close()
     pool.stop()
@@ -163,7 +163,7 @@ async def test_a_search_sees_what_was_stored_just_before(store: EmbeddedStore, t
     extra = tmp_path / "extra.dcm"
     extra.write_bytes(b"\0")
     info = _renamed(ONE, "1.2.826.0.1.3680043.8.498.999")
-    await store._run(store.link_sync, [info], [str(extra)])
+    await store._run(store.index.link, [info], [str(extra)])
     after = {a["0020000D"]["Value"][0] for a in await store.search(studies_query())}
     assert after == before | {info.study_uid}
 

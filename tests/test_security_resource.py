@@ -4,7 +4,6 @@ authenticator bug, 503, HEAD)."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -17,6 +16,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
 from dicomweb.auth import AuthError, NoAuth, Principal
+from dicomweb.store.base import Spool
 from dicomweb.web.request import request_factory
 from dicomweb.web.security import SecureResource, principal_of
 
@@ -135,11 +135,12 @@ def test_a_body_is_spooled_only_when_it_may_be_used(tmp_path: Path, authenticato
     channel.site = site
     spooled: list[IO[bytes]] = []
 
-    def spool() -> IO[bytes]:
-        spooled.append(tempfile.TemporaryFile(dir=tmp_path))
-        return spooled[-1]
+    class Recorded(Spool):
+        def temporary_file(self) -> IO[bytes]:
+            spooled.append(super().temporary_file())
+            return spooled[-1]
 
-    request = request_factory(1 << 30, spool)(channel)
+    request = request_factory(1 << 30, Recorded(str(tmp_path)))(channel)
     if header is not None:
         request.requestHeaders.setRawHeaders(b"authorization", [header])
     request.gotLength(10 << 20)

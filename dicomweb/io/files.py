@@ -1,5 +1,5 @@
 """File helpers: a read-only window onto part of a file, in-kernel copies,
-early writeback, and the spool directory request bodies are received into."""
+and early writeback."""
 
 from __future__ import annotations
 
@@ -8,25 +8,7 @@ import ctypes.util
 import io
 import os
 import sys
-import tempfile
-from typing import IO, Any, BinaryIO
-
-
-class SpoolDir:
-    """Where request bodies are received, on the store's file system.
-
-    Called, it gives an anonymous temporary file for a whole body.
-    ``parts_dir`` (the same directory) is where a multipart body may instead
-    be split into one file per part: being on the store's file system, a part
-    file can be renamed into the store rather than copied. Files left there by
-    a crash were never acknowledged; the store removes them at startup.
-    """
-
-    def __init__(self, directory: str) -> None:
-        self.parts_dir = directory
-
-    def __call__(self) -> IO[bytes]:
-        return tempfile.TemporaryFile(dir=self.parts_dir)
+from typing import Any, BinaryIO
 
 
 def read_at(fp: BinaryIO, offset: int, length: int) -> bytes:

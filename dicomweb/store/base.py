@@ -11,13 +11,19 @@ Contract (the conformance suite in ``tests/`` holds every store to it):
   idempotent and nothing is ever duplicated.
 - Reads never parse DICOM: metadata, frame ranges and level attributes were
   computed at store time.
+
+:class:`Store` is the whole interface the service uses: the web layer, the
+ingest path, the metrics wrapper and the wiring in ``tap.py`` call nothing
+else. The command-line tools that work without a reactor use the embedded
+store's synchronous core, :class:`~dicomweb.store.sqlindex.EmbeddedIndex`.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import IO, Any, BinaryIO, Literal, Protocol
 
 from ..dicom.analyze import InstanceInfo, Range
 from ..dicom.query import Query
@@ -27,6 +33,12 @@ Outcome = Literal["stored", "replaced", "unchanged", "failed"]
 
 class NotFound(LookupError):
     """No such study, series or instance."""
+
+
+def not_found(series: str | None = None, sop: str | None = None) -> NotFound:
+    """The NotFound of a target: an instance when ``sop`` is given, else a
+    series when ``series`` is, else a study (the text a 404 carries)."""
+    return NotFound("no such " + ("instance" if sop else "series" if series else "study"))
 
 
 class StoreUnavailable(RuntimeError):
@@ -69,10 +81,39 @@ class InstanceRecord:
     location: str  # back-end specific key of the Part 10 bytes
 
 
-class Store(Protocol):
-    """An asynchronous DICOM store. All methods are non-blocking."""
+class Spool:
+    """Where the web layer receives request bodies for a store.
 
+    ``temporary_file()`` gives an anonymous file for a whole body, in
+    ``directory`` (None: the system's temporary directory). When
+    ``parts_dir`` is set, a multipart/related body is instead split into one
+    file per part there as it arrives; being on the store's file system, a
+    part file can then be renamed into the store (``StoreItem.path``) rather
+    than copied. Files left in ``parts_dir`` by a crash were never
+    acknowledged; the store removes them when it opens.
+    """
+
+    def __init__(self, directory: str | None, parts_dir: str | None = None) -> None:
+        self.directory = directory
+        self.parts_dir = parts_dir
+
+    def temporary_file(self) -> IO[bytes]:
+        return tempfile.TemporaryFile(dir=self.directory)
+
+
+class Store(Protocol):
+    """An asynchronous DICOM store. All methods are non-blocking.
+
+    Store-specific failures that a client may retry raise
+    :class:`StoreUnavailable`; a missing target raises :class:`NotFound`.
+    """
+
+    #: Short back-end name, used as a metric label ("embedded", "couch").
     name: str
+
+    @property
+    def spool(self) -> Spool:
+        """Where request bodies for this store are received (see :class:`Spool`)."""
 
     async def open(self) -> None:
         """Create or upgrade what the store needs; wait for the back end."""
@@ -126,3 +167,8 @@ class Store(Protocol):
         and retrieval, keeping their bytes (README "Delete and reject");
         storing an instance again restores it, ``delete`` purges it. Returns
         how many were rejected; raises NotFound when there were none."""
+
+    async def purge_rejected(self, older_than: float) -> int:
+        """Delete, bytes included, the instances rejected more than
+        ``older_than`` seconds ago (README "Delete and reject"); returns how
+        many were purged."""

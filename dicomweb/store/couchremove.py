@@ -16,9 +16,9 @@ Instance documents ``i:<sop>`` change state; nothing else needs a new document:
   on the current revision) just works. A stub is as small as a tombstone.
 
 Then the study and series aggregate documents are recomputed exactly as
-after a STOW (``CouchStore._refresh_studies``), and
-``CouchStore._after_instances_removed`` removes what is kept per instance
-beside it (the QIDO key documents of ``couchsearch``).
+after a STOW (:class:`~dicomweb.store.couchaggregates.Aggregates`), and the
+QIDO key documents kept per instance beside it are removed
+(:func:`~dicomweb.store.couchsearch.forget_instances`).
 
 Crash repair: a journal document (``doctype: "journal"``) naming the study
 and the removed SOP Instance UIDs is written before the first change and
@@ -35,89 +35,106 @@ frontends deleting or rejecting the same instances both succeed, once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .base import NotFound
-from .couchhttp import CouchError, doc_path
-
-if TYPE_CHECKING:
-    from .couch import CouchStore
+from . import couchsearch
+from .base import not_found
+from .common import ATTEMPTS, PAGE
+from .couchaggregates import Aggregates
+from .couchdocs import CouchDocs, instance_id
+from .couchhttp import CouchError
 
 Change = Callable[[dict[str, Any]], dict[str, Any]]
-ATTEMPTS = 20
-PAGE = 1000
 
 
-async def instance_ids(store: CouchStore, study: str, series: str | None, sop: str | None,
-                       states: Iterable[str]) -> list[str]:
-    """Document ids of the target's instances in any of ``states``."""
-    if sop is not None:
-        doc = await store.client.get_or_none(doc_path("i:" + sop))
-        if doc and doc.get("state") in states and doc.get("study") == study and (
-                series is None or doc.get("series") == series):
-            return [doc["_id"]]
-        return []
-    ids: list[str] = []
-    for state in states:
-        last = ""
-        while True:  # keyset pages on the instance indexes (see CouchStore._stored_instances)
-            selector: dict[str, Any] = {"doctype": "instance", "state": state, "study": study, "sop": {"$gt": last}}
-            index = "instances-by-study"
-            if series is not None:
-                selector["series"] = series
-                index = "instances-by-series"
-            page = await store._find(index, selector, ["_id", "sop"], limit=PAGE)
-            ids.extend(d["_id"] for d in page)
-            if len(page) < PAGE:
+class Removal:
+    """Delete, reject and purge instances (see the module docstring)."""
+
+    def __init__(self, docs: CouchDocs, aggregates: Aggregates) -> None:
+        self.docs = docs
+        self.aggregates = aggregates
+
+    async def delete(self, study: str, series: str | None, sop: str | None) -> int:
+        """Replace the instance documents (stored or rejected) by stubs without bytes."""
+        return await self._remove(study, series, sop, frozenset({"stored", "rejected"}), deleted)
+
+    async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
+        """Mark the stored instances ``rejected`` (bytes kept until deleted or purged)."""
+        return await self._remove(study, series, sop, frozenset({"stored"}), rejected(code, scheme))
+
+    async def purge_rejected(self, older_than: float) -> int:
+        """Delete the instance documents rejected more than ``older_than`` s ago.
+
+        Rejected instances count in no aggregate and no search key, so nothing
+        else changes. Pages on the study index with ``study > null``: the index
+        starts with (doctype, state), so the scan covers rejected documents only.
+        """
+        cutoff = time.time() - older_than
+        purged = 0
+        while True:
+            page = await self.docs.find("instances-by-study", {
+                "doctype": "instance", "state": "rejected", "study": {"$gt": None}, "sop": {"$gt": None},
+                "rejected_at": {"$lt": cutoff}}, ["_id", "_rev"], limit=PAGE)
+            if not page:
+                return purged
+            result = await self.docs.bulk([deleted(d) for d in page])
+            changed = sum(1 for row in result if not row.get("error"))
+            purged += changed
+            if not changed:
+                return purged  # only conflicts: leave the rest to the next run
+
+    async def _remove(self, study: str, series: str | None, sop: str | None, states: frozenset[str],
+                      change: Change) -> int:
+        """Find, journal, change, recompute aggregates, remove keys, unjournal."""
+        ids = await self._instance_ids(study, series, sop, sorted(states))
+        if not ids:
+            raise not_found(series, sop)
+        journal = await self.docs.open_journal([study], removed=[i[2:] for i in ids])
+        done = await self._apply(study, ids, states, change)
+        await self.aggregates.refresh({study})
+        await couchsearch.forget_instances(self.docs, done)
+        await self.docs.close_journal(journal)
+        return len(done)
+
+    async def _instance_ids(self, study: str, series: str | None, sop: str | None,
+                            states: Sequence[str]) -> list[str]:
+        """Document ids of the target's instances in any of ``states``."""
+        if sop is not None:
+            doc = await self.docs.get(instance_id(sop))
+            if doc and doc.get("state") in states and doc.get("study") == study and (
+                    series is None or doc.get("series") == series):
+                return [doc["_id"]]
+            return []
+        ids: list[str] = []
+        for state in states:
+            ids.extend(d["_id"] for d in await self.docs.instances(study, series, state, ["_id"]))
+        return ids
+
+    async def _apply(self, study: str, ids: list[str], states: frozenset[str], change: Change) -> list[dict[str, Any]]:
+        """Apply ``change`` to each document still in ``states``; retry conflicts
+        on fresh revisions. Returns the documents changed by this call, as they
+        were before."""
+        done: list[dict[str, Any]] = []
+        pending = ids
+        for _ in range(ATTEMPTS):
+            if not pending:
                 break
-            last = page[-1]["sop"]
-    return ids
-
-
-async def apply(store: CouchStore, study: str, ids: list[str], states: frozenset[str],
-                change: Change) -> list[dict[str, Any]]:
-    """Apply ``change`` to each document still in ``states``; retry conflicts
-    on fresh revisions. Returns the documents changed by this call, as they
-    were before."""
-    done: list[dict[str, Any]] = []
-    pending = ids
-    for _ in range(ATTEMPTS):
-        if not pending:
-            break
-        found = await store._get_docs(pending)
-        docs = [d for d in found.values() if d and d.get("state") in states and d.get("study") == study]
-        if not docs:
-            break
-        result = await store.client.post("_bulk_docs", {"docs": [change(d) for d in docs]})
-        by_id = {d["_id"]: d for d in docs}
-        pending = []
-        for row in result:
-            if row.get("error") == "conflict":
-                pending.append(row["id"])
-            elif row.get("error"):
-                raise CouchError(500, str(row.get("error")), str(row.get("reason", "")))
-            else:
-                done.append(by_id[row["id"]])
-    return done
-
-
-async def remove(store: CouchStore, study: str, series: str | None, sop: str | None,
-                 states: frozenset[str], change: Change) -> int:
-    """Find, journal, change, recompute aggregates, run the hook, unjournal."""
-    ids = await instance_ids(store, study, series, sop, sorted(states))
-    if not ids:
-        raise NotFound("no such " + ("instance" if sop else "series" if series else "study"))
-    journal = await store.client.post("", {"doctype": "journal", "at": time.time(), "studies": [study], "docs": [],
-                                           "removed": [i[2:] for i in ids]})
-    done = await apply(store, study, ids, states, change)
-    await store._refresh_studies({study})
-    await store._after_instances_removed(done)
-    try:
-        await store.client.request("DELETE", doc_path(journal["id"]), params={"rev": journal["rev"]})
-    except CouchError:
-        pass  # the sweeper removes it
-    return len(done)
+            found = await self.docs.get_docs(pending)
+            docs = [d for d in found.values() if d.get("state") in states and d.get("study") == study]
+            if not docs:
+                break
+            result = await self.docs.bulk([change(d) for d in docs])
+            by_id = {d["_id"]: d for d in docs}
+            pending = []
+            for row in result:
+                if row.get("error") == "conflict":
+                    pending.append(row["id"])
+                elif row.get("error"):
+                    raise CouchError(500, str(row.get("error")), str(row.get("reason", "")))
+                else:
+                    done.append(by_id[row["id"]])
+        return done
 
 
 def deleted(doc: dict[str, Any]) -> dict[str, Any]:
@@ -134,25 +151,3 @@ def rejected(code: str, scheme: str) -> Change:
                 "rejected_at": time.time()}
 
     return change
-
-
-async def purge_rejected(store: CouchStore, older_than: float) -> int:
-    """Delete the instance documents rejected more than ``older_than`` s ago.
-
-    Rejected instances count in no aggregate and no search key, so nothing
-    else changes. Pages on the study index with ``study > null``: the index
-    starts with (doctype, state), so the scan covers rejected documents only.
-    """
-    cutoff = time.time() - older_than
-    purged = 0
-    while True:
-        page = await store._find("instances-by-study", {
-            "doctype": "instance", "state": "rejected", "study": {"$gt": None}, "sop": {"$gt": None},
-            "rejected_at": {"$lt": cutoff}}, ["_id", "_rev"], limit=PAGE)
-        if not page:
-            return purged
-        result = await store.client.post("_bulk_docs", {"docs": [deleted(d) for d in page]})
-        changed = sum(1 for row in result if not row.get("error"))
-        purged += changed
-        if not changed:
-            return purged  # only conflicts: leave the rest to the next run

@@ -68,10 +68,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from ..dicom.dicomjson import int_value
+from ..dicom.order import AVAILABLE, INSTANCE_NUMBER, LEVEL_UIDS, NO_NUMBER, SERIES_NUMBER, clamp, study_sort_date
 from ..dicom.query import (
     MODALITIES_IN_STUDY,
     RETRIEVE_URL,
@@ -83,27 +83,16 @@ from ..dicom.query import (
     index_entries,
     project,
 )
-from .sqlschema import NO_NUMBER, UID_PATHS, sort_date
-from .sqlsearch import AVAILABLE
+from .common import gather
+from .couchdocs import CouchDocs
 
 log = Logger()
 
-#: Design document of the search indexes (kept apart from the store's own
-#: ``dicomweb-v1`` so that adding them does not rebuild the older indexes).
-DDOC = "dicomweb-search-v2"
-INDEXES: dict[str, list[str]] = {
-    "qkeys": ["doctype", "p", "k", "u"],
-    "studies-by-order": ["doctype", "o"],
-    "series-by-study-order": ["doctype", "study", "o"],
-    "instances-by-series-order": ["doctype", "state", "series", "o"],
-}
 #: At most this many keys are read for one filter (value) to find candidates;
 #: a filter matching more is used only to check the candidates of the others
 #: (environment ``QIDO_COUCH_MAX_CANDIDATES``, for tests and tuning; not a
 #: ``DICOMWEB_`` variable, which the settings loader would reject as unknown).
 MAX_CANDIDATES = int(os.environ.get("QIDO_COUCH_MAX_CANDIDATES", "20000"))
-#: Ids per ``_all_docs`` request.
-CHUNK = 500
 #: Above every character a key can have after a literal prefix (see README).
 TOP = "\uffff"
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
@@ -134,22 +123,21 @@ def encode_desc(text: str) -> str:
 
 
 def encode_number(number: int | None) -> str:
-    """19 digits; a missing number sorts after every other (as NO_NUMBER does)."""
-    value = NO_NUMBER if number is None else max(-NO_NUMBER, min(number, NO_NUMBER))
-    return f"{value + NO_NUMBER:019d}"
+    """19 digits in the order of :func:`~dicomweb.dicom.order.clamp` (a missing number last)."""
+    return f"{clamp(number) + NO_NUMBER:019d}"
 
 
 def study_order(attrs: dict[str, Any], uid: str) -> str:
     """StudyDate + StudyTime newest first (no date last), then StudyInstanceUID."""
-    return encode_desc(sort_date(attrs)) + encode_asc(uid)
+    return encode_desc(study_sort_date(attrs)) + encode_asc(uid)
 
 
 def series_order(attrs: dict[str, Any], uid: str) -> str:
-    return encode_number(int_value(attrs, "00200011")) + encode_asc(uid)
+    return encode_number(int_value(attrs, SERIES_NUMBER)) + encode_asc(uid)
 
 
 def instance_order(attrs: dict[str, Any], uid: str) -> str:
-    return encode_number(int_value(attrs, "00200013")) + encode_asc(uid)
+    return encode_number(int_value(attrs, INSTANCE_NUMBER)) + encode_asc(uid)
 
 
 # --------------------------------------------------------------------------
@@ -168,7 +156,7 @@ def _key_docs(level: Level, owner: str, generation: str, level_json: dict[str, A
               series: str | None = None, order: str | None = None) -> list[dict[str, Any]]:
     docs = []
     for path, keys in index_entries(level, level_json).items():
-        if path in UID_PATHS:
+        if path in LEVEL_UIDS:
             continue
         for key in keys:
             docs.append({"_id": key_doc_id(level, owner, generation, path, key), "doctype": "qkey", "l": level,
@@ -199,26 +187,7 @@ def level_key_docs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return _key_docs("series", doc["series"], _digest([attrs, doc["study"]]), attrs, doc["study"], doc["series"])
 
 
-async def _create(client: Any, docs: list[dict[str, Any]]) -> None:
-    """Create documents; one that exists already (409) has the same content."""
-    for start in range(0, len(docs), CHUNK):
-        result = await client.post("_bulk_docs", {"docs": docs[start:start + CHUNK]})
-        errors = [r for r in result if r.get("error") and r.get("error") != "conflict"]
-        if errors:
-            log.error("CouchDB refused QIDO key documents: {error}", error=errors[0].get("error"))
-
-
-async def _delete(client: Any, ids: Iterable[str]) -> None:
-    ids = sorted(set(ids))
-    for start in range(0, len(ids), CHUNK):
-        result = await client.post("_all_docs", {"keys": ids[start:start + CHUNK]})
-        gone = [{"_id": r["id"], "_rev": r["value"]["rev"], "_deleted": True} for r in result.get("rows", [])
-                if r.get("value") and not r["value"].get("deleted")]
-        if gone:
-            await client.post("_bulk_docs", {"docs": gone})  # a conflict: rewritten since, leave it
-
-
-async def sync_keys(client: Any, pairs: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
+async def sync_keys(docs: CouchDocs, pairs: Sequence[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> None:
     """For each (old keys, new keys): create the new ones, delete old ones not kept."""
     create: list[dict[str, Any]] = []
     delete: list[str] = []
@@ -227,17 +196,17 @@ async def sync_keys(client: Any, pairs: Sequence[tuple[list[dict[str, Any]], lis
         create.extend(new)
         delete.extend(d["_id"] for d in old if d["_id"] not in new_ids)
     if create:
-        await _create(client, create)
+        await docs.create_new(create)
     if delete:
-        await _delete(client, delete)
+        await docs.delete_existing(delete)
 
 
-async def sync_instance_keys(client: Any, written: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
+async def sync_instance_keys(docs: CouchDocs, written: Sequence[tuple[dict[str, Any], dict[str, Any] | None]]) -> None:
     """Keys of instances just written (new doc, the stored doc it replaced)."""
-    await sync_keys(client, [(instance_key_docs(old) if old else [], instance_key_docs(new)) for new, old in written])
+    await sync_keys(docs, [(instance_key_docs(old) if old else [], instance_key_docs(new)) for new, old in written])
 
 
-async def sync_level_keys(client: Any, pairs: Sequence[tuple[dict[str, Any] | None, dict[str, Any] | None]],
+async def sync_level_keys(docs: CouchDocs, pairs: Sequence[tuple[dict[str, Any] | None, dict[str, Any] | None]],
                           ensure: bool = False) -> None:
     """Keys of study/series documents: (old doc, new doc); None = absent.
 
@@ -250,42 +219,11 @@ async def sync_level_keys(client: Any, pairs: Sequence[tuple[dict[str, Any] | No
         if not ensure and {d["_id"] for d in old_keys} == {d["_id"] for d in new_keys}:
             continue
         work.append((old_keys, new_keys))
-    await sync_keys(client, work)
+    await sync_keys(docs, work)
 
 
 # --------------------------------------------------------------------------
 # Reading
-
-
-async def find(client: Any, index: str, selector: dict[str, Any], *, fields: list[str] | None = None,
-               limit: int = 1000, skip: int = 0) -> list[dict[str, Any]]:
-    """One ``_find`` on a search index, sorted by its fields (all in the selector)."""
-    missing = [f for f in INDEXES[index] if f not in selector]
-    assert not missing, f"selector lacks index fields {missing}"
-    body: dict[str, Any] = {"selector": selector, "sort": [{f: "asc"} for f in INDEXES[index]],
-                            "use_index": [DDOC, index], "limit": limit}
-    if skip:
-        body["skip"] = skip
-    if fields is not None:
-        body["fields"] = fields
-    result = await client.post("_find", body)
-    if result.get("warning") and "index" in str(result["warning"]).lower():
-        log.warn("CouchDB _find on {index} did not use the index: {warning}", index=index, warning=result["warning"])
-    docs: list[dict[str, Any]] = result.get("docs", [])
-    return docs
-
-
-async def get_docs(client: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Existing documents by id (``_all_docs`` with ``keys``), in chunks."""
-    ids = sorted(set(ids))
-    out: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), CHUNK):
-        result = await client.post("_all_docs", {"keys": ids[start:start + CHUNK]}, params={"include_docs": "true"})
-        for row in result.get("rows", []):
-            doc = row.get("doc")
-            if doc and not (row.get("value") or {}).get("deleted"):
-                out[row["key"]] = doc
-    return out
 
 
 def mango_regex(flt: Filter) -> str:
@@ -335,19 +273,19 @@ class _Owner:
     order: str | None
 
 
-async def _key_owners(client: Any, path: str, cond: Any) -> list[_Owner] | None:
+async def _key_owners(docs: CouchDocs, path: str, cond: Any) -> list[_Owner] | None:
     selector = {"doctype": "qkey", "p": path, "k": cond, "u": {"$gt": None}}
-    docs = await find(client, "qkeys", selector, fields=["u", "t", "s", "o"], limit=MAX_CANDIDATES + 1)
-    if len(docs) > MAX_CANDIDATES:
+    keys = await docs.find("qkeys", selector, fields=["u", "t", "s", "o"], limit=MAX_CANDIDATES + 1)
+    if len(keys) > MAX_CANDIDATES:
         return None
-    return [_Owner(d["u"], d.get("t") or "", d.get("s"), d.get("o")) for d in docs]
+    return [_Owner(d["u"], d.get("t") or "", d.get("s"), d.get("o")) for d in keys]
 
 
-async def _owners(client: Any, flt: Filter) -> dict[str, set[_Owner]] | None:
+async def _owners(docs: CouchDocs, flt: Filter) -> dict[str, set[_Owner]] | None:
     """uid -> owners (with their parents) matching ``flt`` by its keys, or
     None when too many match."""
     selectors = key_selectors(flt)
-    results = await _gather([_key_owners(client, path, cond) for path, cond in selectors])
+    results = await gather([_key_owners(docs, path, cond) for path, cond in selectors])
     if any(r is None for r in results):
         return None
     groups: list[dict[str, set[_Owner]]] = []
@@ -364,21 +302,6 @@ async def _owners(client: Any, flt: Filter) -> dict[str, set[_Owner]] | None:
         for uid, owners in group.items():
             out.setdefault(uid, set()).update(owners)
     return out
-
-
-async def _gather(coros: list[Any]) -> list[Any]:
-    if not coros:
-        return []
-    if len(coros) == 1:
-        return [await coros[0]]
-    d = gatherResults([Deferred.fromCoroutine(c) for c in coros], consumeErrors=True)
-    try:
-        return list(await d)
-    except Exception as exc:
-        sub = getattr(exc, "subFailure", None)
-        if sub is not None:
-            sub.raiseException()
-        raise
 
 
 # --------------------------------------------------------------------------
@@ -441,8 +364,8 @@ def _meet(current: set[str] | None, new: Iterable[str]) -> set[str]:
 
 
 class _Search:
-    def __init__(self, client: Any, query: Query) -> None:
-        self.client = client
+    def __init__(self, docs: CouchDocs, query: Query) -> None:
+        self.docs = docs
         self.query = query
         self.level = query.level
         self.filters: dict[Level, list[Filter]] = {lv: list(query.filters_at(lv)) for lv in ("study", "series", "instance")}
@@ -477,7 +400,7 @@ class _Search:
                     sops = _meet(sops, (str(v) for v in flt.values))
                 else:
                     lookups.append(flt)
-            for found in await _gather([_owners(self.client, f) for f in lookups]):
+            for found in await gather([_owners(self.docs, f) for f in lookups]):
                 if found is None:
                     continue  # too many: only checked
                 if level == "study":
@@ -491,7 +414,7 @@ class _Search:
                         owners = {u: owners[u] | found[u] for u in owners.keys() & found.keys()}
         if sops is not None:
             # Instance documents by id: the truth about their series and study.
-            docs = await get_docs(self.client, ("i:" + s for s in sops))
+            docs = await self.docs.get_docs("i:" + s for s in sops)
             truth = {d["sop"]: {_Owner(d["sop"], d["study"], d["series"], d.get("o") or instance_order(
                 d.get("instance_attrs") or {}, d["sop"]))} for d in docs.values() if d.get("state") == "stored"}
             owners = truth if owners is None else {u: truth[u] for u in owners.keys() & truth.keys()}
@@ -501,7 +424,7 @@ class _Search:
             series_uids = _meet(series_uids, (o.series or "" for o in all_owners))
             cand.studies = _meet(cand.studies, (o.study for o in all_owners))
         if series_uids is not None:
-            docs = await get_docs(self.client, ("se:" + s for s in series_uids))
+            docs = await self.docs.get_docs("se:" + s for s in series_uids)
             cand.series = {d["series"]: d for d in docs.values() if d.get("doctype") == "series"}
             cand.studies = _meet(cand.studies, (d["study"] for d in cand.series.values()))
         return cand
@@ -511,7 +434,7 @@ class _Search:
             return []
         cand = await self.candidates()
         if cand.studies is not None:
-            docs = await get_docs(self.client, ("s:" + s for s in cand.studies))
+            docs = await self.docs.get_docs("s:" + s for s in cand.studies)
             studies = sorted((d for d in docs.values() if d.get("doctype") == "study"),
                              key=lambda d: study_order(d.get("attrs") or {}, d["study"]))
             await self.walk_studies(studies, cand)
@@ -531,13 +454,13 @@ class _Search:
         """Every study in order (no study candidates): page through the order index."""
         lower = bool(self.filters["series"] or self.filters["instance"])
         if self.level == "study" and not self.filters["study"]:
-            docs = await find(self.client, "studies-by-order", {"doctype": "study", "o": {"$gt": None}},
+            docs = await self.docs.find("studies-by-order", {"doctype": "study", "o": {"$gt": None}},
                               limit=self.query.limit, skip=self.query.offset)
             self.out = [study_json(d) for d in docs]
             return
         last, size = None, 16
         while True:
-            docs = await find(self.client, "studies-by-order", {"doctype": "study", "o": {"$gt": last}}, limit=size)
+            docs = await self.docs.find("studies-by-order", {"doctype": "study", "o": {"$gt": last}}, limit=size)
             if not await self.walk_studies(docs, cand, lower):
                 return
             if len(docs) < size:
@@ -565,7 +488,7 @@ class _Search:
                 series = sorted((d for d in cand.series.values() if d["study"] == doc["study"]),
                                 key=lambda d: series_order(d.get("attrs") or {}, d["series"]))
             else:
-                series = await find(self.client, "series-by-study-order",
+                series = await self.docs.find("series-by-study-order",
                                     {"doctype": "series", "study": doc["study"], "o": {"$gt": None}}, limit=100_000)
             if not await self.walk_series(sj, series, cand):
                 return False
@@ -605,7 +528,7 @@ class _Search:
         if not plan:
             return
         start = len(self.out) - sum(p[3] for p in plan)
-        pages = await _gather([find(self.client, "instances-by-series-order",
+        pages = await gather([self.docs.find("instances-by-series-order",
                                     {"doctype": "instance", "state": "stored", "series": doc["series"],
                                      "o": {"$gt": None}}, fields=_INSTANCE_FIELDS, skip=skip, limit=take)
                                for _, doc, skip, take in plan])
@@ -636,7 +559,7 @@ class _Search:
         url = sej[RETRIEVE_URL]["Value"][0]
         while True:
             selector = {"doctype": "instance", "state": "stored", "series": doc["series"], "o": {**low, **bounds}}
-            rows = await find(self.client, "instances-by-series-order", selector, fields=_INSTANCE_FIELDS, limit=1000)
+            rows = await self.docs.find("instances-by-series-order", selector, fields=_INSTANCE_FIELDS, limit=1000)
             for row in rows:
                 if wanted is not None and row["sop"] not in wanted:
                     continue
@@ -652,40 +575,22 @@ class _Search:
     async def _merge_metadata(self, results: list[dict[str, Any]], tags: set[str]) -> None:
         """Instance attributes kept only in the stored metadata (includefield)."""
         by_uid = {item[SOP_UID]["Value"][0]: item for item in results}
-        docs = await get_docs(self.client, ("i:" + s for s in by_uid))
+        docs = await self.docs.get_docs("i:" + s for s in by_uid)
         for doc in docs.values():
             metadata = json.loads(doc.get("meta") or "{}")
             by_uid[doc["sop"]].update({tag: metadata[tag] for tag in tags if tag in metadata})
 
 
-async def search(client: Any, query: Query) -> list[dict[str, Any]]:
+async def search(docs: CouchDocs, query: Query) -> list[dict[str, Any]]:
     """DICOM JSON answers for ``query`` (RetrieveURLs relative to the service root)."""
-    return await _Search(client, query).run()
+    return await _Search(docs, query).run()
 
 
-# --------------------------------------------------------------------------
-# Schema upgrade (version 1 -> 2)
-
-
-async def upgrade_instances(client: Any, v1_find: Any) -> int:
-    """Give every stored instance document its order key ``o`` and write its keys.
-
-    ``v1_find(skip, limit)`` pages through stored instance documents (ids).
-    """
-    done, skip = 0, 0
-    while True:
-        page = await v1_find(skip, CHUNK)
-        skip += len(page)
-        docs = await get_docs(client, (d["_id"] for d in page))
-        rewrite = []
-        for doc in docs.values():
-            order = instance_order(doc.get("instance_attrs") or {}, doc["sop"])
-            if doc.get("o") != order:
-                doc["o"] = order
-                rewrite.append(doc)
-        if rewrite:
-            await client.post("_bulk_docs", {"docs": rewrite})  # conflicts: rewritten by a newer server
-        await sync_keys(client, [([], instance_key_docs(d)) for d in docs.values() if d.get("state") == "stored"])
-        done += len(docs)
-        if len(page) < CHUNK:
-            return done
+async def forget_instances(docs: CouchDocs, removed: Sequence[dict[str, Any]]) -> None:
+    """Remove the key documents of instances that just left search and
+    retrieval (deleted or rejected), given their documents as they were
+    before the change. Idempotent, and harmless after a restore (a new STOW
+    writes keys of a new generation). Crash repair passes the documents as
+    they are now: a deleted stub no longer names its generation, so its keys
+    stay as stale keys, which searches re-check and ignore."""
+    await sync_keys(docs, [(instance_key_docs(d), []) for d in removed if d.get("att") and d.get("sop") and d.get("study")])

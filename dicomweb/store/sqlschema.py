@@ -14,7 +14,8 @@ from typing import Any
 
 from ..dicom.analyze import InstanceInfo
 from ..dicom.dicomjson import dumps, first_text, int_value
-from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries, stored_keys
+from ..dicom.order import LEVEL_UIDS, NO_NUMBER, sort_number, study_sort_date
+from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries
 
 SOP_CLASSES_IN_STUDY = "00080062"
 
@@ -22,10 +23,6 @@ SCHEMA_VERSION = 3
 
 #: Level numbers stored in ``qido_keys.level``.
 STUDY, SERIES, INSTANCE = 0, 1, 2
-#: Sort key of a missing SeriesNumber/InstanceNumber: such rows come last.
-NO_NUMBER = 1 << 62
-#: Matching on these UIDs uses the tables' own columns, not ``qido_keys``.
-UID_PATHS = frozenset({"0020000D", "0020000E", "00080018"})
 
 # Version 2. Every column used by an ORDER BY is NOT NULL and each order index
 # is UNIQUE: only then can SQLite prove that a nested loop over the three order
@@ -41,15 +38,15 @@ _TABLES: dict[str, str] = {
     num_series INTEGER NOT NULL DEFAULT 0, num_instances INTEGER NOT NULL DEFAULT 0,
     attrs TEXT NOT NULL, updated_at REAL NOT NULL,
     sort_date TEXT NOT NULL DEFAULT ''""",
-    "series": """
+    "series": f"""
     series_uid TEXT NOT NULL PRIMARY KEY,
     study_uid TEXT NOT NULL,
     modality TEXT, series_number INTEGER, series_description TEXT,
     pps_start_date TEXT, pps_start_time TEXT,
     num_instances INTEGER NOT NULL DEFAULT 0,
     attrs TEXT NOT NULL, updated_at REAL NOT NULL,
-    sort_number INTEGER NOT NULL DEFAULT 4611686018427387904""",
-    "instances": """
+    sort_number INTEGER NOT NULL DEFAULT {NO_NUMBER}""",
+    "instances": f"""
     sop_uid TEXT NOT NULL PRIMARY KEY,
     series_uid TEXT NOT NULL,
     study_uid TEXT NOT NULL,
@@ -61,7 +58,7 @@ _TABLES: dict[str, str] = {
     path TEXT NOT NULL,
     frames TEXT, bulk TEXT NOT NULL,
     attrs TEXT NOT NULL, stored_at REAL NOT NULL,
-    sort_number INTEGER NOT NULL DEFAULT 4611686018427387904""",
+    sort_number INTEGER NOT NULL DEFAULT {NO_NUMBER}""",
 }
 
 _INDEXES_V2 = """
@@ -156,10 +153,10 @@ def _upgrade_1_to_2(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE {name}_v2 RENAME TO {name}")
     _script(conn, _INDEXES_V2)
     for uid, attrs in conn.execute("SELECT series_uid, attrs FROM series").fetchall():
-        conn.execute("UPDATE series SET sort_number=? WHERE series_uid=?", (_sort_number(json.loads(attrs), "00200011"), uid))
+        conn.execute("UPDATE series SET sort_number=? WHERE series_uid=?", (sort_number(json.loads(attrs), "00200011"), uid))
         index_keys(conn, SERIES, uid, json.loads(attrs))
     for uid, attrs in conn.execute("SELECT sop_uid, attrs FROM instances").fetchall():
-        conn.execute("UPDATE instances SET sort_number=? WHERE sop_uid=?", (_sort_number(json.loads(attrs), "00200013"), uid))
+        conn.execute("UPDATE instances SET sort_number=? WHERE sop_uid=?", (sort_number(json.loads(attrs), "00200013"), uid))
         index_keys(conn, INSTANCE, uid, json.loads(attrs))
     for (uid,) in conn.execute("SELECT study_uid FROM studies").fetchall():
         _refresh_study_keys(conn, uid)
@@ -169,10 +166,11 @@ _LEVEL_NAMES: dict[int, Level] = {STUDY: "study", SERIES: "series", INSTANCE: "i
 
 
 def index_keys(conn: sqlite3.Connection, level: int, uid: str, doc: dict[str, Any]) -> None:
-    """Replace the QIDO match keys of one study, series or instance."""
+    """Replace the QIDO match keys of one study, series or instance (not
+    its UIDs: those are matched on the tables' own columns)."""
     conn.execute("DELETE FROM qido_keys WHERE uid=? AND level=?", (uid, level))
     rows = [(path, key, uid, level)
-            for path, keys in index_entries(_LEVEL_NAMES[level], doc).items() if path not in UID_PATHS
+            for path, keys in index_entries(_LEVEL_NAMES[level], doc).items() if path not in LEVEL_UIDS
             for key in keys]
     conn.executemany("INSERT OR IGNORE INTO qido_keys (path, key, uid, level) VALUES (?,?,?,?)", rows)
 
@@ -186,25 +184,11 @@ def _refresh_study_keys(conn: sqlite3.Connection, uid: str) -> None:
     doc = json.loads(row[0])
     modalities, classes = split_multi(row[1]), split_multi(row[2])
     doc[MODALITIES_IN_STUDY] = {"vr": "CS", "Value": modalities}
-    conn.execute("UPDATE studies SET sort_date=? WHERE study_uid=?", (sort_date(doc), uid))
+    conn.execute("UPDATE studies SET sort_date=? WHERE study_uid=?", (study_sort_date(doc), uid))
     index_keys(conn, STUDY, uid, doc)
     # Not matchable in the query model (yet) but cheap, and kept exact with the rest.
     conn.executemany("INSERT OR IGNORE INTO qido_keys (path, key, uid, level) VALUES (?,?,?,?)",
                      [(SOP_CLASSES_IN_STUDY, c, uid, STUDY) for c in classes])
-
-
-def sort_date(study: dict[str, Any]) -> str:
-    """Fixed-width StudyDate + StudyTime key; '' (sorted last, newest first) if no date."""
-    date_keys = stored_keys("DA", [study.get("00080020") or {}])
-    if not date_keys:
-        return ""
-    time_keys = stored_keys("TM", [study.get("00080030") or {}])
-    return date_keys[0] + (time_keys[0] if time_keys else "")
-
-
-def _sort_number(attrs: dict[str, Any], tag: str) -> int:
-    number = int_value(attrs, tag)
-    return NO_NUMBER if number is None else max(-NO_NUMBER, min(number, NO_NUMBER))
 
 
 def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> None:
@@ -238,7 +222,7 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
         " sort_number=excluded.sort_number",
         (info.series_uid, info.study_uid, first_text(series, "00080060"), int_value(series, "00200011"),
          first_text(series, "0008103E"), first_text(series, "00400244"), first_text(series, "00400245"),
-         dumps(series).decode(), now, _sort_number(series, "00200011")),
+         dumps(series).decode(), now, sort_number(series, "00200011")),
     )
     old = conn.execute("SELECT study_uid, series_uid FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
     conn.execute(
@@ -250,7 +234,7 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
          int_value(inst, "00280100"), int_value(inst, "00280008"), info.transfer_syntax_uid, info.size,
          path, None if info.frames is None else json.dumps(info.frames, separators=(",", ":")),
          json.dumps(info.bulk, separators=(",", ":")), dumps(inst).decode(), now,
-         _sort_number(inst, "00200013")),
+         sort_number(inst, "00200013")),
     )
     # Study and series keys are rebuilt once per batch in refresh_aggregates.
     index_keys(conn, INSTANCE, info.sop_uid, inst)

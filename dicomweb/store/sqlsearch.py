@@ -14,9 +14,9 @@ tables (``studies st``, ``series se``, ``instances i``), with, per filter:
 Values only ever travel as bound parameters; the SQL text is built from
 fixed fragments, column names and the number of values.
 
-Order is newest study first (StudyDate + StudyTime), then StudyInstanceUID,
-SeriesNumber, SeriesInstanceUID, InstanceNumber, SOPInstanceUID (missing
-numbers last): total, so limit/offset pages never overlap or skip. With no
+Order is the search order of :mod:`dicomweb.dicom.order`, kept in the
+``sort_date`` and ``sort_number`` columns: total, so limit/offset pages never
+overlap or skip. With no
 filter but study UIDs the three level tables are joined with ``CROSS JOIN``
 in that order, which walks the three order indexes and stops after
 ``limit`` rows; with filters the matching rows are found through the
@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from ..dicom import levels
+from ..dicom.order import AVAILABLE
 from ..dicom.query import LEVELS, RETRIEVE_URL, Filter, Query, project
 from .sqlschema import split_multi
 
@@ -50,10 +50,6 @@ _ORDER = {
     "series": ("se.sort_number", "se.series_uid"),
     "instance": ("i.sort_number", "i.sop_uid"),
 }
-#: Tags an answer can carry without reading the instance's full metadata.
-_COMPUTED = frozenset({"00080061", "00080062", "00201206", "00201208", "00201209", RETRIEVE_URL,
-                       "0020000D", "0020000E", "00080018"})
-AVAILABLE = frozenset(levels.STUDY_TAGS) | frozenset(levels.SERIES_TAGS) | frozenset(levels.INSTANCE_TAGS) | _COMPUTED
 #: Highest code point: ``prefix + _TOP`` sorts after every key starting with prefix.
 _TOP = "\U0010ffff"
 _CHUNK = 500

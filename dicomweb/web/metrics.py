@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..dicom.query import Query
+from ..store.base import InstanceRecord, Spool, Store, StoreItem, StoreOutcome
 from .stream import close_iterator
+
+T = TypeVar("T")
 
 _UID_SEGMENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ROLE_AFTER = {"studies": "{study}", "series": "{series}", "instances": "{instance}", "frames": "{frames}",
@@ -98,54 +102,90 @@ class Metrics:
 
 
 class InstrumentedStore:
-    """Wraps any store and times each call (a proxy: the store API stays one)."""
+    """A :class:`~dicomweb.store.base.Store` that times each call of another.
 
-    _TIMED = ("store_batch", "instances", "metadata", "read", "search", "ready", "delete", "reject")
+    Histogram ``dicomweb_store_operation_duration_seconds`` with labels
+    (store name, operation): ``store_batch``, ``instances``, ``metadata``,
+    ``read``, ``search``, ``ready``, ``delete``, ``reject``, and ``chunk``
+    (the wait for each chunk of ``chunks``). Lifecycle calls and
+    ``local_path`` (no I/O) are passed through untimed.
+    """
 
-    def __init__(self, store: Any, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics) -> None:
         self._store = store
-        self._metrics = metrics
+        self.name = store.name
+        self._histogram = metrics.store_latency
+        # One label child per operation, found on its first call (a labels()
+        # lookup takes a lock; an operation never called is not exposed).
+        self._timers: dict[str, Any] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if name in self._TIMED:
-            wrapped = self._timed(name, attr)
-        elif name == "chunks":
-            wrapped = self._timed_chunks(attr)
-        else:
-            return attr  # anything else is the store's own, looked up each time
-        # A wrapper is made once: later calls find it as a plain attribute,
-        # without a new closure and label lookup per call.
-        setattr(self, name, wrapped)
-        return wrapped
+    @property
+    def spool(self) -> Spool:
+        return self._store.spool
 
-    def _timed(self, name: str, method: Any) -> Any:
-        histogram = self._metrics.store_latency.labels(getattr(self._store, "name", "store"), name)
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        start = time.monotonic()
+        try:
+            return await call
+        finally:
+            self._timer(operation).observe(time.monotonic() - start)
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            start = time.monotonic()
-            try:
-                return await method(*args, **kwargs)
-            finally:
-                histogram.observe(time.monotonic() - start)
+    def _timer(self, operation: str) -> Any:
+        timer = self._timers.get(operation)
+        if timer is None:
+            timer = self._timers[operation] = self._histogram.labels(self.name, operation)
+        return timer
 
-        return call
+    async def open(self) -> None:
+        await self._store.open()
 
-    def _timed_chunks(self, method: Any) -> Any:
-        histogram = self._metrics.store_latency.labels(getattr(self._store, "name", "store"), "chunk")
+    async def close(self) -> None:
+        await self._store.close()
 
-        async def chunks(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
-            iterator = method(*args, **kwargs)
-            try:
-                while True:
-                    start = time.monotonic()
-                    try:
-                        data = await iterator.__anext__()
-                    except StopAsyncIteration:
-                        return
-                    histogram.observe(time.monotonic() - start)
-                    yield data
-            finally:
-                await close_iterator(iterator)
+    async def ready(self) -> bool:
+        return await self._timed("ready", self._store.ready())
 
-        return chunks
+    async def store_batch(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
+        return await self._timed("store_batch", self._store.store_batch(items))
+
+    async def instances(self, study: str, series: str | None = None,
+                        sop: str | None = None) -> list[InstanceRecord]:
+        return await self._timed("instances", self._store.instances(study, series, sop))
+
+    async def metadata(self, study: str, series: str | None = None,
+                       sop: str | None = None) -> list[bytes]:
+        return await self._timed("metadata", self._store.metadata(study, series, sop))
+
+    async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes:
+        return await self._timed("read", self._store.read(record, offset, length))
+
+    async def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        timer = self._timer("chunk")
+        iterator = self._store.chunks(record, chunk_size)
+        try:
+            while True:
+                start = time.monotonic()
+                try:
+                    data = await iterator.__anext__()
+                except StopAsyncIteration:
+                    return
+                timer.observe(time.monotonic() - start)
+                yield data
+        finally:
+            await close_iterator(iterator)
+
+    def local_path(self, record: InstanceRecord) -> str | None:
+        return self._store.local_path(record)
+
+    async def search(self, query: Query) -> list[dict[str, Any]]:
+        return await self._timed("search", self._store.search(query))
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        return await self._timed("delete", self._store.delete(study, series, sop))
+
+    async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
+        return await self._timed("reject", self._store.reject(study, series, sop, code, scheme))
+
+    async def purge_rejected(self, older_than: float) -> int:
+        return await self._store.purge_rejected(older_than)
+

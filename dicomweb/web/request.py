@@ -4,7 +4,7 @@ twisted.web buffers a request body before the resource sees it: small bodies
 in memory, large ones in a temporary file. This subclass (1) puts that file
 in the store's spool directory, so STOW copies parts into place within one
 file system, (2) when the store offers a directory for part files
-(``SpoolDir.parts_dir``) and the body is multipart/related, splits it into
+(``Spool.parts_dir``) and the body is multipart/related, splits it into
 one file per part as it arrives (:class:`~dicomweb.io.multipart.PartSplitter`),
 so the store renames each part into place instead of copying it, and (3)
 stops keeping bytes once the body passes the configured cap, so a client can
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from twisted.web.server import Request
 
 from ..io.multipart import PartSplitter
 from ..mediatype import parse_media_type
+from ..store.base import Spool
 
 SMALL_BODY = 100_000
 
@@ -35,7 +35,7 @@ class _Discard(io.BytesIO):
 
 class DICOMwebRequest(Request):
     max_body: int = 1 << 30
-    spool: Callable[[], IO[bytes]] | None = None
+    spool: Spool | None = None
 
     too_large = False
     _received = 0
@@ -60,7 +60,7 @@ class DICOMwebRequest(Request):
         elif (length is not None and length < SMALL_BODY) or self.spool is None:
             super().gotLength(length)
         else:
-            self.content = self.spool()  # type: ignore[assignment]
+            self.content = self.spool.temporary_file()  # type: ignore[assignment]
 
     def _part_splitter(self) -> PartSplitter | None:
         """A splitter for a multipart/related body with a usable boundary,
@@ -70,7 +70,7 @@ class DICOMwebRequest(Request):
         The method is not known yet (twisted.web sets it after the body), so
         any such body is split; routes other than STOW never read it, and the
         part files go when the request is done (``close``)."""
-        directory = getattr(self.spool, "parts_dir", None)
+        directory = self.spool.parts_dir if self.spool is not None else None
         content_type = self.getHeader(b"content-type")
         if directory is None or not content_type:
             return None
@@ -106,9 +106,9 @@ class DICOMwebRequest(Request):
         super().requestReceived(command, path, version)
 
 
-def request_factory(max_body: int, spool: Callable[[], IO[bytes]] | None) -> type[DICOMwebRequest]:
-    """A request class bound to this service's limits."""
-    return type("BoundDICOMwebRequest", (DICOMwebRequest,), {"max_body": max_body, "spool": staticmethod(spool) if spool else None})
+def request_factory(max_body: int, spool: Spool | None) -> type[DICOMwebRequest]:
+    """A request class bound to this service's limits and its store's spool."""
+    return type("BoundDICOMwebRequest", (DICOMwebRequest,), {"max_body": max_body, "spool": spool})
 
 
 __all__ = ["DICOMwebRequest", "request_factory"]

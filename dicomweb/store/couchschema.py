@@ -1,0 +1,153 @@
+"""The CouchDB store's database, indexes and schema version, and the upgrades
+from older schema versions.
+
+The version lives in ``_local/dicomweb-schema`` (local documents are not
+replicated: each database records what its own documents hold). Opening a
+database ensures every index of :data:`~dicomweb.store.couchdocs.INDEXES`
+(creating one that exists is a no-op, so a deleted index comes back), runs
+the upgrades from the recorded version, and records :data:`SCHEMA_VERSION`.
+
+Versions:
+
+1. instance, study, series and journal documents.
+2. order keys ``o`` on level documents, QIDO key documents (``couchsearch``),
+   the search indexes.
+3. study documents without the version 1 sort keys (``pid``, and the float
+   ``od``/``ot`` of StudyDate/StudyTime) and without the two indexes on them
+   (``studies-by-date``, ``studies-by-patient``): the search orders studies
+   by ``o`` since version 2, and nothing else read them.
+
+Only this module knows what older versions stored.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.logger import Logger
+
+from . import couchsearch
+from .common import ATTEMPTS
+from .couchaggregates import Aggregates, LevelHints
+from .couchdocs import CHUNK, INDEXES, STORE_DDOC, CouchDocs
+from .couchhttp import Conflict, CouchError
+
+log = Logger()
+
+SCHEMA_VERSION = 3
+SCHEMA_DOC = "_local/dicomweb-schema"
+#: Indexes of version 1 and 2, removed by the upgrade to 3 (in STORE_DDOC).
+OBSOLETE_INDEXES = ("studies-by-date", "studies-by-patient")
+#: Fields of version 1 and 2 study documents, removed by the upgrade to 3.
+OBSOLETE_STUDY_FIELDS = ("od", "ot", "pid")
+
+
+class Schema:
+    """Creates, checks and upgrades one database (see the module docstring)."""
+
+    def __init__(self, docs: CouchDocs, aggregates: Aggregates) -> None:
+        self.docs = docs
+        self.client = docs.client
+        self.aggregates = aggregates
+
+    async def open(self) -> None:
+        """Create the database if needed, ensure the indexes, upgrade.
+
+        Raises RuntimeError for what a retry cannot fix (credentials refused,
+        a database of a newer schema), StoreUnavailable while CouchDB does
+        not answer."""
+        try:
+            await self.client.request("GET", root=True)
+        except CouchError as exc:
+            if exc.status in (401, 403):
+                raise RuntimeError("CouchDB refused the credentials (check the user and password)") from None
+            raise
+        try:
+            await self.client.request("PUT")
+            log.info("created CouchDB database {url}", url=self.client.safe_url)
+        except CouchError as exc:
+            if exc.status != 412:  # file_exists: created by us earlier or by another frontend
+                if exc.status in (401, 403):
+                    raise RuntimeError("CouchDB refused to create the database (needs an admin)") from None
+                raise
+        schema = await self.docs.get(SCHEMA_DOC)
+        version = int(schema.get("version", 0)) if schema else 0
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"the CouchDB database has schema {version}, newer than this server ({SCHEMA_VERSION})")
+        for name, index in INDEXES.items():
+            await self.client.post("_index", {"index": {"fields": list(index.fields)}, "ddoc": index.ddoc,
+                                              "name": name, "type": "json"})
+        if 0 < version < 2:
+            await self._upgrade_1_to_2()
+        if 0 < version < 3:
+            await self._upgrade_2_to_3()
+        if version < SCHEMA_VERSION:
+            body: dict[str, Any] = {"version": SCHEMA_VERSION, "indexes": sorted(INDEXES), "upgraded_at": time.time()}
+            if schema:
+                body["_rev"] = schema["_rev"]
+            await self.docs.put(SCHEMA_DOC, body)
+            log.info("CouchDB schema upgraded from {old} to {new}", old=version, new=SCHEMA_VERSION)
+
+    async def _upgrade_1_to_2(self) -> None:
+        """Order keys and QIDO key documents for what a version 1 server stored."""
+        log.info("CouchDB schema 1 -> 2: writing QIDO keys of stored instances")
+        count = await self._upgrade_instances()
+        studies = [doc_id[2:] for doc_id in await self.docs.ids_with_prefix("s:")]
+        await self.aggregates.refresh(studies, LevelHints(ensure_keys=True))
+        log.info("CouchDB schema 1 -> 2: {n} instances and {m} studies indexed", n=count, m=len(studies))
+
+    async def _upgrade_2_to_3(self) -> None:
+        """Drop the version 1 study sort keys and their indexes."""
+        log.info("CouchDB schema 2 -> 3: removing the unused study sort keys and their indexes")
+        await self._drop_indexes(STORE_DDOC, OBSOLETE_INDEXES)
+        ids = await self.docs.ids_with_prefix("s:")
+        rewritten = 0
+        for start in range(0, len(ids), CHUNK):
+            docs = await self.docs.get_docs(ids[start:start + CHUNK])
+            rewrite = [{k: v for k, v in d.items() if k not in OBSOLETE_STUDY_FIELDS} for d in docs.values()
+                       if any(f in d for f in OBSOLETE_STUDY_FIELDS)]
+            # A conflict: the study was rewritten meanwhile, without those fields.
+            rows = await self.docs.bulk(rewrite)
+            rewritten += sum(1 for r in rows if not r.get("error"))
+        log.info("CouchDB schema 2 -> 3: {n} study documents rewritten", n=rewritten)
+
+    async def _drop_indexes(self, ddoc: str, names: tuple[str, ...]) -> None:
+        """Remove Mango indexes by rewriting their design document without
+        them (what CouchDB's ``DELETE /db/_index/...`` does; pouchdb-server
+        4.2 answers that request with an error). The other indexes of the
+        design document stay usable; CouchDB rebuilds them once."""
+        path = "_design/" + ddoc
+        for _ in range(ATTEMPTS):
+            design = await self.docs.get(path)
+            views = dict((design or {}).get("views") or {})
+            if design is None or not any(name in views for name in names):
+                return
+            design["views"] = {name: view for name, view in views.items() if name not in names}
+            try:
+                await self.docs.put(path, design)
+                return
+            except Conflict:
+                continue  # another frontend upgrading at the same moment
+
+    async def _upgrade_instances(self) -> int:
+        """Give every stored instance document its order key ``o`` and write its keys."""
+        done, skip = 0, 0
+        while True:
+            page = await self.docs.find("instances-by-study", {"doctype": "instance", "state": "stored",
+                                                               "study": {"$gt": None}, "sop": {"$gt": None}},
+                                        fields=["_id"], limit=CHUNK, skip=skip)
+            skip += len(page)
+            docs = await self.docs.get_docs(d["_id"] for d in page)
+            rewrite = []
+            for doc in docs.values():
+                order = couchsearch.instance_order(doc.get("instance_attrs") or {}, doc["sop"])
+                if doc.get("o") != order:
+                    doc["o"] = order
+                    rewrite.append(doc)
+            await self.docs.bulk(rewrite)  # conflicts: rewritten by a newer server
+            await couchsearch.sync_keys(self.docs, [([], couchsearch.instance_key_docs(d)) for d in docs.values()
+                                                    if d.get("state") == "stored"])
+            done += len(docs)
+            if len(page) < CHUNK:
+                return done
