@@ -18,7 +18,9 @@ import argparse
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .twistedtypes import IReactor
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -72,8 +74,9 @@ def _on_couch(args: argparse.Namespace, action: Callable[[Store], Awaitable[int]
 
     from .store.couch import CouchStore
 
-    async def run(reactor: Any) -> None:
-        store = CouchStore(args.couchdb, args.couchdb_db, reactor, None,
+    async def run(reactor: IReactor) -> None:
+        # the reactor's own pool: the maintenance actions never store, so it stays idle
+        store = CouchStore(args.couchdb, args.couchdb_db, reactor, reactor.getThreadPool(),
                            user=os.environ.get("DICOMWEB_COUCHDB_USER"),
                            password=os.environ.get("DICOMWEB_COUCHDB_PASSWORD"))
         await store.open()

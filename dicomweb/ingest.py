@@ -16,11 +16,13 @@ from typing import Any, BinaryIO
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from .dicom import analyze as az
 from .dicom.stowresponse import StowResult
 from .mediatype import parse_media_type
 from .store import Store, StoreItem
+from .twistedtypes import IReactor
 
 log = Logger()
 
@@ -79,7 +81,7 @@ def _analyze_one(item: IngestItem, target_study: str | None) -> az.InstanceInfo 
     return info
 
 
-async def ingest(store: Store, reactor: Any, pool: Any, items: list[IngestItem],
+async def ingest(store: Store, reactor: IReactor, pool: ThreadPool, items: list[IngestItem],
                        target_study: str | None) -> list[StowResult]:
     """Analyse ``items`` in the thread pool and store the valid ones; one
     result per item, in order. A failed item is answered with its DICOM

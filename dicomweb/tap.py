@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from .config import Settings, load_settings
 from .options import usage_flags, usage_handlers, usage_parameters
+from .twistedtypes import IReactor, global_reactor
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -107,7 +110,7 @@ class _StoreThenListen(service.MultiService):
         d.addCallback(lambda _: self.listener.setServiceParent(self))
         d.addErrback(self._failed, reactor)
 
-    def _failed(self, failure: Any, reactor: Any) -> None:
+    def _failed(self, failure: Failure, reactor: IReactorCore) -> None:
         log.failure("cannot open the store", failure)
         reactor.stop()
 
@@ -124,7 +127,7 @@ class _StoreThenListen(service.MultiService):
         return d.addBoth(_after)
 
 
-def _couch_store(settings: Settings, reactor: Any, pool: ThreadPool) -> CouchStore:
+def _couch_store(settings: Settings, reactor: IReactor, pool: ThreadPool) -> CouchStore:
     from .store.couch import CouchStore
 
     try:
@@ -145,11 +148,9 @@ def _tune_transports() -> None:
     tcp.Connection.bufferSize = 256 * 1024
 
 
-def makeService(options: Options | dict[str, Any], reactor: Any = None) -> service.MultiService:
+def makeService(options: Options | dict[str, Any], reactor: IReactor | None = None) -> service.MultiService:
     if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
+        reactor = global_reactor()
     from .store.embedded import EmbeddedStore
     from .web.accesslog import access_log_formatter
     from .web.app import DICOMwebApp, WebSettings
@@ -175,5 +176,5 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
     site.requestFactory = request_factory(settings.max_request_size, store.spool)
     site.displayTracebacks = False
-    listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
+    listener = strports.service(endpoint_description(settings.port), site)
     return _StoreThenListen(store, pool, listener)

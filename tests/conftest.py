@@ -64,7 +64,7 @@ def url(server: ServerProcess) -> str:
 
 
 @pytest.fixture
-def dicomweb(url: str):  # type: ignore[no-untyped-def]
+def dicomweb(url: str):
     from dicomweb_client.api import DICOMwebClient
 
     return DICOMwebClient(url)

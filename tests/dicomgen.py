@@ -10,14 +10,14 @@ from collections.abc import Iterator
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def data_store_dir() -> str:
     """pydicom-data's files (installed with the test extras); never downloaded."""
-    import data_store  # type: ignore[import-not-found]
+    import data_store
 
     return os.path.join(os.path.dirname(data_store.__file__), "data")
 
@@ -44,8 +44,8 @@ def ct_instance(study_uid: str, series_uid: str, number: int, *, size: int = 64,
                 sop_uid: str | None = None, seed: int | None = None) -> bytes:
     """One CT-like Part 10 instance (``size``x``size``, 16-bit) as bytes."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid) if sop_uid else generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta

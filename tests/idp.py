@@ -31,11 +31,14 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from dicomweb.twistedtypes import global_reactor
+
+reactor = global_reactor()
 
 AUDIENCE = "dicomweb"
 CLIENT_ID = "dicomweb-server"
@@ -55,8 +58,9 @@ class SigningKey:
         return {**public, "kid": self.kid, "alg": self.alg, "use": "sig"}
 
     def public_pem(self) -> bytes:
-        return self.private.public_key().public_bytes(
+        pem: bytes = self.private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return pem
 
 
 def rsa_key(alg: str = "RS256") -> SigningKey:
@@ -135,7 +139,7 @@ class IdentityProvider:
     def start(self, port: int = 0) -> None:
         site = Site(_IdpResource(self))
         site.noisy = False
-        self._port = reactor.listenTCP(port, site, interface="127.0.0.1")
+        self._port = reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[arg-type]  # Twisted: ServerFactory[P] is invariant in P; Site is ServerFactory[HTTPChannel]
         self.port_number = self._port.getHost().port
 
     async def stop(self) -> None:

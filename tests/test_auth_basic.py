@@ -12,7 +12,6 @@ from pathlib import Path
 import bcrypt
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from dicomweb.auth import (
     AuthError,
@@ -22,6 +21,9 @@ from dicomweb.auth import (
     build_authenticator,
 )
 from dicomweb.auth import basic as basic_module
+from dicomweb.twistedtypes import global_reactor
+
+reactor = global_reactor()
 
 CHALLENGE = 'Basic realm="dicomweb"'
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 
 from dicomweb.auth import (
     ANONYMOUS,
@@ -16,6 +15,9 @@ from dicomweb.auth import (
     build_authenticator,
     require_write,
 )
+from dicomweb.twistedtypes import global_reactor
+
+reactor = global_reactor()
 
 
 @pytest_twisted.ensureDeferred

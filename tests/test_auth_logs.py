@@ -10,16 +10,16 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bcrypt
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.web.client import Agent
 
 from dicomweb.auth import AuthError, AuthSettings, BasicAuthenticator, OidcAuthenticator
+from dicomweb.twistedtypes import global_reactor
 from tests.idp import (  # noqa: F401  # fixtures
     AUDIENCE,
     CLIENT_ID,
@@ -31,6 +31,8 @@ from tests.idp import (  # noqa: F401  # fixtures
     rsa_key,
 )
 
+reactor = global_reactor()
+
 PASSWORD = "correct-horse-battery-staple"
 WRONG_PASSWORD = "Tr0ub4dor&3-wrong"
 
@@ -38,9 +40,11 @@ WRONG_PASSWORD = "Tr0ub4dor&3-wrong"
 @pytest.fixture
 def events() -> Iterator[list[LogEvent]]:
     captured: list[LogEvent] = []
-    globalLogPublisher.addObserver(captured.append)
+    # Twisted calls any callable observer; a bound method cannot declare ILogObserver
+    observer = cast(ILogObserver, captured.append)
+    globalLogPublisher.addObserver(observer)
     yield captured
-    globalLogPublisher.removeObserver(captured.append)
+    globalLogPublisher.removeObserver(observer)
 
 
 def log_text(events: list[LogEvent]) -> str:

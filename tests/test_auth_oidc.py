@@ -11,7 +11,6 @@ from typing import Any
 import jwt
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock, deferLater
 from twisted.web.client import Agent
@@ -23,6 +22,7 @@ from dicomweb.auth import (
     Principal,
     build_authenticator,
 )
+from dicomweb.twistedtypes import global_reactor
 from tests.idp import (  # noqa: F401  # fixtures
     AUDIENCE,
     CLIENT_ID,
@@ -35,6 +35,8 @@ from tests.idp import (  # noqa: F401  # fixtures
     idp_fixture,
     rsa_key,
 )
+
+reactor = global_reactor()
 
 BARE = 'Bearer realm="dicomweb"'
 
@@ -109,7 +111,7 @@ async def test_refused(idp: IdentityProvider, agent: Agent, case: str,
     assert (result.status, result.challenge) == (status, challenge)
 
 
-ROLES = {"realm_access": {"roles": ["write", "offline_access"]}}
+ROLES: dict[str, Any] = {"realm_access": {"roles": ["write", "offline_access"]}}
 
 #: (case, token maker, expected principal)
 ACCEPTED: list[tuple[str, Callable[[IdentityProvider], str], Principal]] = [

@@ -21,7 +21,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomweb.dicom.query import build_filter
 from dicomweb.store.couchsearch import encode_asc, encode_desc, encode_number, mango_regex
@@ -45,8 +45,8 @@ def _instance(study: int, series: int, number: int | None, *, sop: str | None = 
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     sop_class = MR if series % 3 == 1 else CT
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = sop or _uid(3, study, series, number or 0, extra)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = UID(sop_class)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = UID(sop or _uid(3, study, series, number or 0, extra))
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = _uid(1, study), _uid(2, study, series)
     ds.PatientName = name or NAMES[study % len(NAMES)]

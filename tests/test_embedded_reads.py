@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
 from dicomweb.dicom.query import parse_query
 from dicomweb.store import NotFound, embedded
 from dicomweb.store.embedded import EmbeddedStore
+from dicomweb.twistedtypes import global_reactor
 from tests.test_sqlsearch import corpus
+
+reactor = global_reactor()
 
 INFOS = corpus()
 ONE = INFOS[0]
@@ -170,7 +172,7 @@ async def test_a_search_sees_what_was_stored_just_before(store: EmbeddedStore, t
 
 def _busy() -> sqlite3.OperationalError:
     error = sqlite3.OperationalError("database is locked")
-    error.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    error.sqlite_errorcode = sqlite3.SQLITE_BUSY
     return error
 
 

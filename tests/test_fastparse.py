@@ -56,7 +56,7 @@ def _sample_files() -> list[str]:
     files = {f for f in get_testdata_files() if os.path.isfile(f)}
     files.update(dicomgen.sample_files("*"))
     try:
-        import deid_data  # type: ignore[import-not-found]
+        import deid_data
 
         root = os.path.dirname(deid_data.__file__)
         for folder, _dirs, names in os.walk(root):

@@ -31,7 +31,7 @@ class _Unmappable(io.RawIOBase):
     def tell(self) -> int:
         return self._data.tell()
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, buffer) -> int:
         return self._data.readinto(buffer)
 
 
@@ -69,7 +69,7 @@ def test_malformed_bodies_raise_with_a_reason(body: bytes, reason: str, stream: 
         _parts(body, "b", stream)
 
 
-def test_a_body_in_a_real_file_is_searched_in_place(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_in_a_real_file_is_searched_in_place(tmp_path) -> None:
     payloads = [b"a" * 5000, b"\r\n--x\r\n", b"b" * 70000]
     body, boundary = multipart_body(payloads)
     path = tmp_path / "body"

@@ -107,7 +107,7 @@ def test_delete_purges_rejected_instances(server: ServerProcess) -> None:
     assert requests.delete(f"{url}/studies/{study.uid}", timeout=60).status_code == 204
 
 
-def _couch(server: ServerProcess, sop: str) -> dict | None:  # type: ignore[type-arg]
+def _couch(server: ServerProcess, sop: str) -> dict | None:
     from tests.ops_helpers import couch_doc
 
     return couch_doc(server, "i:" + sop)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import requests
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dicomweb.dicom.query import REQUIRED
 from tests.httpclient import referenced, stow
@@ -85,7 +86,7 @@ def _instance(corpus: Corpus, study: StudySpec, series: tuple[str, str, int, str
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
@@ -122,7 +123,7 @@ def corpus(server: Any) -> Corpus:
     return data
 
 
-def _get(url: str, path: str, params: list[tuple[str, str]] | str = (), **kwargs: Any) -> requests.Response:
+def _get(url: str, path: str, params: Sequence[tuple[str, str]] | str = (), **kwargs: Any) -> requests.Response:
     if isinstance(params, str):
         return requests.get(f"{url}{path}?{params}", timeout=30, **kwargs)
     return requests.get(url + path, params=list(params), timeout=30, **kwargs)

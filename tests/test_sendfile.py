@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.web import resource, server
 
+from dicomweb.twistedtypes import global_reactor
 from dicomweb.web import sendfile
 from dicomweb.web.sendfile import FileSlice, Piece
+
+reactor = global_reactor()
 
 BLOB = os.urandom(3 << 20) + b"tail"
 
@@ -80,7 +82,7 @@ def sendfile_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 def _serve(body: _Body) -> Any:
-    return reactor.listenTCP(0, server.Site(body), interface="127.0.0.1")  # type: ignore[attr-defined]
+    return reactor.listenTCP(0, server.Site(body), interface="127.0.0.1")  # type: ignore[arg-type]  # Twisted: ServerFactory[P] is invariant in P; Site is ServerFactory[HTTPChannel]
 
 
 def _fetch(port: int, rcvbuf: int | None = None, pause: float = 0.0, stop_after: int | None = None,

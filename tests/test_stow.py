@@ -36,7 +36,7 @@ def _read(path: str) -> bytes:
 
 
 @pytest.mark.parametrize("name", SAMPLES)
-def test_a_stored_file_is_retrieved_byte_identical(url: str, dicomweb, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_stored_file_is_retrieved_byte_identical(url: str, dicomweb, name: str) -> None:
     path = dicomgen.sample_file(name)
     study, series, sop = _uids(path)
     dataset = dicomweb.store_instances([pydicom.dcmread(path)])
@@ -71,7 +71,7 @@ def test_the_response_references_every_stored_instance_with_a_resolvable_url(url
         assert requests.get(instance_url).status_code == 200
 
 
-def test_the_study_list_shows_stored_studies_with_exact_counts(url: str, dicomweb) -> None:  # type: ignore[no-untyped-def]
+def test_the_study_list_shows_stored_studies_with_exact_counts(url: str, dicomweb) -> None:
     study = generate_uid()
     stow(url, list(dicomgen.ct_series(3, study_uid=study)) + list(dicomgen.ct_series(2, study_uid=study, modality="MR")))
     found = dicomweb.search_for_studies(search_filters={"StudyInstanceUID": study})
@@ -82,7 +82,7 @@ def test_the_study_list_shows_stored_studies_with_exact_counts(url: str, dicomwe
     assert found[0]["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
 
 
-def test_storing_the_same_instance_again_creates_no_duplicate(url: str, dicomweb) -> None:  # type: ignore[no-untyped-def]
+def test_storing_the_same_instance_again_creates_no_duplicate(url: str, dicomweb) -> None:
     parts = list(dicomgen.ct_series(3))
     study = pydicom.dcmread(__import__("io").BytesIO(parts[0])).StudyInstanceUID
     assert stow(url, parts).status_code == 200
@@ -136,7 +136,7 @@ def test_study_series_and_instance_metadata_have_resolvable_bulk_data_uris(url: 
         assert items[0]["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
 
 
-def test_a_utf8_patient_name_survives_storage_and_search(url: str, dicomweb) -> None:  # type: ignore[no-untyped-def]
+def test_a_utf8_patient_name_survives_storage_and_search(url: str, dicomweb) -> None:
     study = generate_uid()
     stow(url, list(dicomgen.ct_series(1, study_uid=study, patient_name="Müller^Jürgen=ミュラー^ユルゲン")))
     found = dicomweb.search_for_studies(search_filters={"StudyInstanceUID": study})

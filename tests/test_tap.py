@@ -30,7 +30,7 @@ def test_sizes_take_units() -> None:
 
 
 def test_a_config_file_and_the_environment_are_read_and_the_command_line_wins(
-        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "dicomweb.toml"
     config.write_text('data-dir = "/srv/a"\nbase-url = "https://pacs.example/dicomweb"\nthreads = 3\n')
     monkeypatch.setenv("DICOMWEB_THREADS", "6")
@@ -38,7 +38,7 @@ def test_a_config_file_and_the_environment_are_read_and_the_command_line_wins(
     assert (settings.data_dir, settings.base_url, settings.threads) == ("/srv/b", "https://pacs.example/dicomweb", 6)
 
 
-def test_unknown_settings_in_a_config_file_are_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_settings_in_a_config_file_are_an_error(tmp_path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('colour = "blue"\n')
     with pytest.raises(usage.UsageError, match="colour"):

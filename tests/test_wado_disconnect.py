@@ -47,7 +47,7 @@ def _read_a_little_then_close(port: int, path: str) -> None:
     sock.close()
 
 
-def _wait_for(predicate, timeout: float = 30) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(predicate, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -118,7 +118,7 @@ def test_frames_of_unknown_or_invalid_instances(url: str, stored: dict[str, Samp
     assert _frames(f"{url}/studies/{sample.study}/series/{sample.series}/instances/1..2", "1").status_code == 400
 
 
-def test_dicomweb_client_retrieves_frames(dicomweb, stored: dict[str, Sample]) -> None:  # type: ignore[no-untyped-def]
+def test_dicomweb_client_retrieves_frames(dicomweb, stored: dict[str, Sample]) -> None:
     sample = stored["SC_rgb_rle_2frame.dcm"]
     frames = dicomweb.retrieve_instance_frames(sample.study, sample.series, sample.sop, frame_numbers=[2, 1])
     ds = sample.dataset()
@@ -161,7 +161,7 @@ def test_big_endian_pixel_data_bulk_is_little_endian(url: str, stored: dict[str,
     np.testing.assert_array_equal(np.frombuffer(body, "<i2").reshape(expected.shape), expected)
 
 
-def test_encapsulated_pixel_data_bulk_answers_with_the_frames(url: str, dicomweb,  # type: ignore[no-untyped-def]
+def test_encapsulated_pixel_data_bulk_answers_with_the_frames(url: str, dicomweb,
                                                               stored: dict[str, Sample]) -> None:
     sample = stored["emri_small_jpeg_2k_lossless.dcm"]
     frames = dicomweb.retrieve_bulkdata(_pixel_uri(url, sample))

@@ -94,7 +94,7 @@ def test_the_first_acceptable_syntax_in_the_list_wins(url: str, stored: dict[str
     assert content_syntax(headers["content-type"]) == "1.2.840.10008.1.2.5"
 
 
-def test_study_and_series_retrieve_and_zip(url: str, dicomweb) -> None:  # type: ignore[no-untyped-def]
+def test_study_and_series_retrieve_and_zip(url: str, dicomweb) -> None:
     study = generate_uid()
     first = list(dicomgen.ct_series(3, study_uid=study))
     second = list(dicomgen.ct_series(2, study_uid=study))
@@ -125,7 +125,7 @@ def test_unknown_and_invalid_uids(url: str, stored: dict[str, Sample]) -> None:
         assert requests.get(f"{url}/studies/{sample.study}/series/{bad}/metadata", timeout=30).status_code == 400
 
 
-def test_metadata_json_and_xml(url: str, dicomweb, stored: dict[str, Sample]) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_json_and_xml(url: str, dicomweb, stored: dict[str, Sample]) -> None:
     sample = stored["emri_small_jpeg_2k_lossless.dcm"]
     metadata = dicomweb.retrieve_series_metadata(sample.study, sample.series)
     assert metadata[0]["00080018"]["Value"] == [sample.sop]

@@ -18,7 +18,7 @@ from twisted.web import proxy, server
 def main(listen: str, host: str, port: str) -> None:
     site = server.Site(proxy.ReverseProxyResource(host, int(port), b""))
     endpoints.serverFromString(reactor, listen).listen(site)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def load(name: str, rng: random.Random) -> Sample:
 
 
 @pytest.fixture(scope="session", name="stored")
-def stored_fixture(server) -> dict[str, Sample]:  # type: ignore[no-untyped-def]
+def stored_fixture(server) -> dict[str, Sample]:
     """Every sample stored, as received, on this server."""
     rng = random.Random()
     samples = {name: load(name, rng) for name in SAMPLES}
@@ -125,7 +125,7 @@ def decode_frame(original: Dataset, data: bytes, tsuid: str) -> np.ndarray:
         if elem.tag.group == 0x0028 and elem.tag != 0x00280008:
             ds.add(elem)
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = tsuid
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(tsuid)
     ds.set_original_encoding(False, True)
     if tsuid in NATIVE:
         ds.PixelData = data

@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.python.threadpool import ThreadPool
 
+from ..twistedtypes import IReactor
 from ._core import ANONYMOUS, Authenticator, AuthError, NoAuth, Principal, require_write
 from ._settings import ASYMMETRIC_ALGORITHMS, AuthSettings
 from .basic import BasicAuthenticator
@@ -33,7 +34,7 @@ from .oidc import OidcAuthenticator
 AUTH_KINDS = ("none", "basic", "oidc")
 
 
-def build_authenticator(kind: str, settings: AuthSettings, reactor: Any,
+def build_authenticator(kind: str, settings: AuthSettings, reactor: IReactor,
                         agent: Any = None, *,
                         threadpool: ThreadPool | None = None) -> Authenticator:
     """The authenticator for ``--auth kind``; ValueError on bad settings.

@@ -12,8 +12,10 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
 
 #: Twisted's Logger spells it .warn; ruff's G010 assumes stdlib logging.
 log = Logger()
@@ -33,7 +35,7 @@ class _TooLarge(Exception):
 class IdpClient:
     """GET and POST JSON to the IdP with a timeout and a body size cap."""
 
-    def __init__(self, client: HTTPClient, reactor: Any, timeout: float) -> None:
+    def __init__(self, client: HTTPClient, reactor: IReactorTime, timeout: float) -> None:
         self._client = client
         self._reactor = reactor
         self._timeout = timeout
@@ -48,9 +50,9 @@ class IdpClient:
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = await self._client.request(
-                method, url, headers=Headers({b"Accept": [b"application/json"]}),
-                timeout=self._timeout, reactor=self._reactor, **kwargs)
+            pending = self._client.request(method, url, headers=Headers({b"Accept": [b"application/json"]}), **kwargs)
+            # the timeout cancels the request until the response head arrives
+            response = await pending.addTimeout(self._timeout, self._reactor)
             body = await _read_limited(response)
         except Exception as e:  # any failure means "unavailable"
             log.warn("identity provider {method} {url} failed: {error}",
@@ -63,7 +65,7 @@ class IdpClient:
         return _parse_object(body, method, url)
 
 
-async def _read_limited(response: Any) -> bytes:
+async def _read_limited(response: IResponse) -> bytes:
     chunks: list[bytes] = []
     size = 0
 

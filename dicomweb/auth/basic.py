@@ -38,7 +38,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import bcrypt
 from twisted.cred.checkers import ICredentialsChecker
@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
+from ..twistedtypes import IReactor
 from ._core import KNOWN_ROLES, ROLE_READ, AuthError, Clock, Principal, quote
 
 #: Twisted's Logger spells it .warn; ruff's G010 assumes stdlib logging.
@@ -66,7 +67,7 @@ _DEFAULT_COST = 12
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
-class IPrincipal(Interface):  # type: ignore[misc]  # zope, no mypy plugin
+class IPrincipal(Interface):
     """The avatar interface our realm hands out: a :class:`Principal`."""
 
 
@@ -223,23 +224,24 @@ class BcryptChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, users: UsersFile, reactor: Any, threadpool: ThreadPool,
+    def __init__(self, users: UsersFile, reactor: IReactor, threadpool: ThreadPool,
                  cache_ttl: float) -> None:
         self._users = users
         self._reactor = reactor
         self._threadpool = threadpool
         self._cache = _SuccessCache(cache_ttl, reactor)
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[str]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[bytes | tuple[()]]:
         return Deferred.fromCoroutine(self._check(credentials.username, credentials.password))
 
-    async def _check(self, username: bytes, password: bytes) -> str:
+    async def _check(self, username: bytes, password: bytes) -> bytes | tuple[()]:
+        """The avatar id (the account name in UTF-8, as twisted.cred wants bytes)."""
         self._users.refresh()
         version = self._users.version
         name = username.decode("utf-8", "replace")
         key = self._cache.key(username, password)
         if self._cache.hit(key, version):
-            return name
+            return name.encode("utf-8")
         entry = self._users.users.get(name)
         # Unknown users still pay for a bcrypt check: equal timing.
         hashed = entry.hashed if entry is not None else self._users.dummy
@@ -247,7 +249,7 @@ class BcryptChecker:
         if not (ok and entry is not None):
             raise UnauthorizedLogin()
         self._cache.add(key, version)
-        return name
+        return name.encode("utf-8")
 
 
 @implementer(IRealm)
@@ -257,15 +259,18 @@ class UsersRealm:
     def __init__(self, users: UsersFile) -> None:
         self._users = users
 
-    def requestAvatar(self, avatarId: Any, mind: Any,
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: object,
                       *interfaces: Any) -> tuple[Any, Principal, Callable[[], None]]:
         if IPrincipal not in interfaces:
             raise NotImplementedError("only IPrincipal avatars")
-        entry = self._users.users.get(avatarId)
+        if not isinstance(avatarId, bytes):  # the anonymous avatar; never checked in
+            raise UnauthorizedLogin()
+        name = avatarId.decode("utf-8")
+        entry = self._users.users.get(name)
         if entry is None:
             # Removed from the file between check and lookup.
             raise UnauthorizedLogin()
-        return IPrincipal, Principal(avatarId, entry.roles), lambda: None
+        return IPrincipal, Principal(name, entry.roles), lambda: None
 
 
 def parse_basic_header(authorization: bytes) -> tuple[bytes, bytes]:
@@ -284,13 +289,12 @@ def parse_basic_header(authorization: bytes) -> tuple[bytes, bytes]:
 class BasicAuthenticator:
     """The :class:`~dicomweb.auth.Authenticator` for ``--auth basic``."""
 
-    def __init__(self, users_file: str, reactor: Any, threadpool: ThreadPool | None = None,
+    def __init__(self, users_file: str, reactor: IReactor, threadpool: ThreadPool | None = None,
                  realm: str = "dicomweb", cache_ttl: float = 60.0) -> None:
         pool = threadpool if threadpool is not None else _reactor_pool(reactor)
         self._users = UsersFile(users_file)
         self.checker = BcryptChecker(self._users, reactor, pool, cache_ttl)
-        # cast: zope interfaces are invisible to mypy without its plugin.
-        self._portal = Portal(cast(Any, UsersRealm(self._users)), [cast(Any, self.checker)])
+        self._portal = Portal(UsersRealm(self._users), [self.checker])
         self._challenge = f"Basic realm={quote(realm)}"
 
     def challenge(self) -> str:
@@ -305,7 +309,7 @@ class BasicAuthenticator:
             raise AuthError(401, "malformed basic credentials", self._challenge) from None
         try:
             _, avatar, _ = await self._portal.login(
-                cast(Any, UsernamePassword(username, password)), None, IPrincipal)
+                UsernamePassword(username, password), None, IPrincipal)
         except UnauthorizedLogin:
             log.info("basic authentication failed")
             raise AuthError(401, "invalid user name or password", self._challenge) from None
@@ -313,7 +317,7 @@ class BasicAuthenticator:
         return avatar
 
 
-def _reactor_pool(reactor: Any) -> ThreadPool:
+def _reactor_pool(reactor: IReactor) -> ThreadPool:
     if not IReactorThreads.providedBy(reactor):
         raise TypeError("reactor has no thread pool; pass threadpool=")
     pool: ThreadPool = reactor.getThreadPool()

@@ -45,6 +45,7 @@ from treq.client import HTTPClient
 from twisted.logger import Logger
 from twisted.web.client import Agent
 
+from ..twistedtypes import IReactor
 from ._core import ROLE_READ, ROLE_WRITE, AuthError, Clock, Principal, quote
 from ._http import IdpClient, IdpUnavailable
 from ._introspect import InactiveToken, Introspector
@@ -120,7 +121,7 @@ def dig(claims: dict[str, Any], path: str) -> Any:
 class OidcAuthenticator:
     """The :class:`~dicomweb.auth.Authenticator` for ``--auth oidc``."""
 
-    def __init__(self, settings: AuthSettings, reactor: Any, agent: Any = None,
+    def __init__(self, settings: AuthSettings, reactor: IReactor, agent: Any = None,
                  clock: Clock | None = None) -> None:
         validate_settings(settings)
         self._settings = settings
@@ -130,7 +131,7 @@ class OidcAuthenticator:
             "realm_access.roles" if settings.keycloak_realm else "roles")
         # agent is an IAgent; typed Any as mypy cannot see zope interfaces.
         if agent is None:
-            agent = Agent(reactor)  # type: ignore[no-untyped-call]
+            agent = Agent(reactor)
         self._http = IdpClient(HTTPClient(agent), reactor, settings.oidc_http_timeout)
         self._discovery: dict[str, Any] | None = None
         self.keys = KeyCache(self._fetch_jwks, settings.oidc_algorithms, clock or reactor,

@@ -124,7 +124,7 @@ def analyze(fp: BinaryIO, offset: int = 0, length: int | None = None) -> Instanc
 
 def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
     """The pydicom path: any encoding pydicom reads."""
-    window = io.BufferedReader(FileWindow(fp, offset, length), 64 * 1024)  # type: ignore[arg-type]
+    window = io.BufferedReader(FileWindow(fp, offset, length), 64 * 1024)
     try:
         ds = pydicom.dcmread(window, defer_size=DEFER_SIZE, stop_before_pixels=True)
         pixel_pos = window.tell()

@@ -259,7 +259,8 @@ def _encode_pydicom(arr: np.ndarray, ds: Dataset, tsuid: str) -> bytes:
 def _clip_signed(arr: np.ndarray, bits: int) -> np.ndarray:
     # Decoders sign-extend; encoders check that values fit in BitsStored.
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return np.clip(arr, low, high)
+    clipped: np.ndarray = np.clip(arr, low, high)
+    return clipped
 
 
 def _encode_jpeg_baseline(arr: np.ndarray, ds: Dataset, quality: int | None) -> bytes:

@@ -60,11 +60,13 @@ from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
 from ..dicom.dicomjson import first_text, int_value
 from ..dicom.order import retrieval_key
 from ..dicom.query import Query
+from ..twistedtypes import IReactor
 from . import couchsearch
 from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
 from .common import ATTEMPTS, gather
@@ -112,7 +114,7 @@ class CouchStore:
 
     name = "couch"
 
-    def __init__(self, url: str, database: str, reactor: Any, pool: Any, *, user: str | None = None,
+    def __init__(self, url: str, database: str, reactor: IReactor, pool: ThreadPool, *, user: str | None = None,
                  password: str | None = None, spool_dir: str | None = None, concurrency: int = 16,
                  timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None) -> None:
         self.client = CouchClient(url, database, reactor, user=user, password=password, concurrency=concurrency,

@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from ..dicom.dicomjson import first_text, int_value
+from ..twistedtypes import IReactor
 from . import couchsearch
 from .base import StoreUnavailable
 from .common import ATTEMPTS, gather
@@ -39,7 +40,7 @@ class LevelHints:
 class Aggregates:
     """Recomputes study and series documents (see the module docstring)."""
 
-    def __init__(self, docs: CouchDocs, reactor: Any) -> None:
+    def __init__(self, docs: CouchDocs, reactor: IReactor) -> None:
         self.docs = docs
         self.reactor = reactor
 

@@ -42,6 +42,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ..tlsclient import https_policy
+from ..twistedtypes import IReactor
 from .base import StoreUnavailable
 
 log = Logger()
@@ -114,7 +115,7 @@ _RETRYABLE: tuple[type[BaseException], ...] = (_Transient, *TRANSIENT_ERRORS)
 
 
 class CouchClient:
-    def __init__(self, url: str, database: str, reactor: Any, *, user: str | None = None,
+    def __init__(self, url: str, database: str, reactor: IReactor, *, user: str | None = None,
                  password: str | None = None, concurrency: int = 16, timeout: float = 30.0,
                  retry_for: float = 5.0, ca_file: str | None = None) -> None:
         base, url_user, url_password = split_credentials(url)
@@ -132,7 +133,7 @@ class CouchClient:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = concurrency
         self.pool.cachedConnectionTimeout = 60
-        self.pool._factory = _QuietFactory  # type: ignore[misc]
+        self.pool._factory = _QuietFactory
         # https:// URLs: system CAs, or only the CAs of --couchdb-ca.
         agent: Any = Agent(reactor, contextFactory=https_policy(ca_file), pool=self.pool)
         self.http = HTTPClient(agent)
@@ -195,7 +196,7 @@ class CouchClient:
                 kwargs["json"] = json
             elif body is not None:
                 kwargs["data"] = body()
-            d: Deferred[IResponse] = self.http.request(method, url, **kwargs)
+            d = self.http.request(method, url, **kwargs)
             d.addTimeout(timeout, self.reactor)
             response = await d
             if response.code in TRANSIENT_STATUS:
@@ -239,13 +240,13 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def _json_body(response: IResponse, reactor: Any, timeout: float) -> Any:
+async def _json_body(response: IResponse, reactor: IReactor, timeout: float) -> Any:
     d = treq.json_content(response)
     d.addTimeout(timeout, reactor)
     return await d
 
 
-async def _discard(response: IResponse, reactor: Any) -> None:
+async def _discard(response: IResponse, reactor: IReactor) -> None:
     d = treq.content(response)
     d.addTimeout(10, reactor)
     try:
@@ -267,7 +268,7 @@ class RangeProducer:
     stays flat whatever the instance size.
     """
 
-    def __init__(self, source: BinaryIO, offset: int, length: int, reactor: Any, chunk: int = 256 * 1024) -> None:
+    def __init__(self, source: BinaryIO, offset: int, length: int, reactor: IReactor, chunk: int = 256 * 1024) -> None:
         self.source, self.offset, self.length, self.reactor, self.chunk = source, offset, length, reactor, chunk
         self._sent = 0
         self._paused = False

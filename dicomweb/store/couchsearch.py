@@ -391,7 +391,7 @@ class _Search:
         series_uids: set[str] | None = None
         for level in ("study", "series", "instance"):
             lookups = []
-            for flt in self.filters[level]:  # type: ignore[index]
+            for flt in self.filters[level]:
                 if flt.tag == STUDY_UID:
                     cand.studies = _meet(cand.studies, (str(v) for v in flt.values))
                 elif flt.tag == SERIES_UID:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from ..dicom.query import Query
+from ..twistedtypes import IReactor
 from . import sqlindex, sqlsearch
 from .base import InstanceRecord, Spool, StoreItem, StoreOutcome
 from .sqlindex import EmbeddedIndex
@@ -56,7 +57,7 @@ class EmbeddedStore:
 
     name = "embedded"
 
-    def __init__(self, data_dir: str, reactor: Any, pool: ThreadPool) -> None:
+    def __init__(self, data_dir: str, reactor: IReactor, pool: ThreadPool) -> None:
         self.index = EmbeddedIndex(data_dir)
         self._reactor = reactor
         self._pool = pool

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.http import _escape  # type: ignore[attr-defined]
+from twisted.web.http import _escape
 
 
 def access_log_formatter(include_query: bool = False) -> Any:

@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from ..dicom import stowresponse
@@ -28,6 +30,7 @@ from ..dicom.rejection import parse_rejection
 from ..dicom.uids import is_valid_uid
 from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import NotFound, Store, StoreUnavailable
+from ..twistedtypes import IReactor
 from . import capabilities, negotiation, qido, wadouri
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
@@ -47,7 +50,7 @@ class WebSettings:
 class DICOMwebApp:
     app = Klein()
 
-    def __init__(self, store: Store, reactor: Any, pool: Any, settings: WebSettings | None = None,
+    def __init__(self, store: Store, reactor: IReactor, pool: ThreadPool, settings: WebSettings | None = None,
                  metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.store = store
@@ -101,7 +104,7 @@ class DICOMwebApp:
     # -- errors -------------------------------------------------------------
 
     @app.handle_errors(HTTPError)
-    def _http_error(self, request: Request, failure: Failure) -> bytes:
+    def _http_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, HTTPError)
         request.setResponseCode(error.status)
@@ -111,20 +114,20 @@ class DICOMwebApp:
         return (error.reason + "\n").encode("utf-8")
 
     @app.handle_errors(NotFound)
-    def _not_found(self, request: Request, failure: Failure) -> bytes:
+    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
         request.setResponseCode(404)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return (str(failure.value) + "\n").encode("utf-8")
 
     @app.handle_errors(StoreUnavailable)
-    def _unavailable(self, request: Request, failure: Failure) -> bytes:
+    def _unavailable(self, request: IRequest, failure: Failure) -> bytes:
         request.setResponseCode(503)
         request.setHeader(b"retry-after", b"5")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"the store is unavailable; retry later\n"
 
     @app.handle_errors(PixelError)
-    def _pixel_error(self, request: Request, failure: Failure) -> bytes:
+    def _pixel_error(self, request: IRequest, failure: Failure) -> bytes:
         # NotAcceptable: the representation asked for cannot be made. CannotDecode:
         # the stored pixel data cannot be decoded, so no image representation of
         # it can be made either; 406 with the reason, never a 500.
@@ -135,7 +138,7 @@ class DICOMwebApp:
         return (f"cannot produce the requested representation: {error.reason}"[:500] + "\n").encode("utf-8")
 
     @app.handle_errors(CancelledError)
-    def _cancelled(self, request: Request, failure: Failure) -> bytes:
+    def _cancelled(self, request: IRequest, failure: Failure) -> bytes:
         return b""  # the client went away; nothing to answer
 
     # -- health -------------------------------------------------------------

@@ -249,7 +249,8 @@ def as_wadl(found: list[Resource], base: str) -> bytes:
                 ET.SubElement(param, q("option"), value=value)
         for method, endpoint, op in resource.methods:
             _wadl_method(ET.SubElement(node, q("method"), name=method, id=f"{endpoint}-{method}"), op, q)
-    return ET.tostring(app, encoding="utf-8", xml_declaration=True)
+    document: bytes = ET.tostring(app, encoding="utf-8", xml_declaration=True)
+    return document
 
 
 def _wadl_method(node: ET.Element, op: Operation, q: Any) -> None:

@@ -52,15 +52,15 @@ class DICOMwebRequest(Request):
         self._received = 0
         if length is not None and length > self.max_body:
             self.too_large = True
-            self.content = _Discard()  # type: ignore[assignment]
+            self.content = _Discard()
         elif self._refused_whatever_the_body():
-            self.content = _Discard()  # type: ignore[assignment]
+            self.content = _Discard()
         elif (splitter := self._part_splitter()) is not None:
-            self.content = splitter  # type: ignore[assignment]
+            self.content = splitter
         elif (length is not None and length < SMALL_BODY) or self.spool is None:
             super().gotLength(length)
         else:
-            self.content = self.spool.temporary_file()  # type: ignore[assignment]
+            self.content = self.spool.temporary_file()
 
     def _part_splitter(self) -> PartSplitter | None:
         """A splitter for a multipart/related body with a usable boundary,
@@ -97,7 +97,7 @@ class DICOMwebRequest(Request):
         if not self.too_large and self._received > self.max_body:
             self.too_large = True
             self.content.close()  # type: ignore[union-attr]
-            self.content = _Discard()  # type: ignore[assignment]
+            self.content = _Discard()
         self.content.write(data)  # type: ignore[union-attr]
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:

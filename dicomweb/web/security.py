@@ -37,12 +37,14 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..auth import Authenticator, AuthError, NoAuth, Principal, build_authenticator, require_write
 from ..config import Settings
 from ..tlsclient import https_policy
+from ..twistedtypes import IReactor
 
 log = Logger()
 
@@ -234,7 +236,7 @@ def _gone(request: Request) -> bool:
     return bool(getattr(request, "_disconnected", False))
 
 
-def secure_root(inner: Any, settings: Settings, reactor: Any, pool: Any) -> SecureResource:
+def secure_root(inner: Any, settings: Settings, reactor: IReactor, pool: ThreadPool) -> SecureResource:
     """The site root for ``settings``: the authenticator is built once, here.
 
     ``pool`` is the service's thread pool (bcrypt runs there).
@@ -245,7 +247,7 @@ def secure_root(inner: Any, settings: Settings, reactor: Any, pool: Any) -> Secu
     return SecureResource(inner, authenticator, CorsPolicy(settings.cors_origins))
 
 
-def idp_agent(reactor: Any, ca_file: str | None) -> Any:
+def idp_agent(reactor: IReactor, ca_file: str | None) -> Any:
     """The HTTP agent for the identity provider; None means the default
     (system CAs).  With ``ca_file``, only those CAs are trusted: a private
     IdP's certificate is checked, never skipped."""

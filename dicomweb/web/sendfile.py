@@ -232,9 +232,10 @@ class _RawSender:
         """
         self._since_turn = 0
         transport, producer = self._transport, self._producer
-        if producer.paused is None and transport.producer is not None:
+        channel = transport.producer  # the HTTP channel (checked by raw_transport)
+        if producer.paused is None and isinstance(channel, http.HTTPChannel):
             transport.producerPaused = True
-            transport.producer.pauseProducing()
+            channel.pauseProducing()
         if producer.paused is None:  # the channel did not pass the pause on
             raise ClientGone()
         transport.startWriting()

@@ -11,15 +11,17 @@ part is copied once into the store.
 from __future__ import annotations
 
 import tempfile
-from typing import IO, Any
+from typing import IO
 
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from ..dicom.stowresponse import StowResult
 from ..ingest import IngestItem, ingest
 from ..io.multipart import MultipartError, Part, PartSplitter, iter_parts
 from ..mediatype import parse_media_type
 from ..store import Store
+from ..twistedtypes import IReactor
 from .errors import bad_request, unsupported_media_type
 
 
@@ -47,7 +49,7 @@ def body_boundary(content_type: bytes | None) -> str:
     return boundary
 
 
-async def store_body(store: Store, reactor: Any, pool: Any, body: IO[bytes] | PartSplitter, boundary: str,
+async def store_body(store: Store, reactor: IReactor, pool: ThreadPool, body: IO[bytes] | PartSplitter, boundary: str,
                      target_study: str | None) -> list[StowResult]:
     """Analyse and store every part of ``body``; one result per part."""
     if isinstance(body, PartSplitter):
@@ -70,7 +72,7 @@ async def store_body(store: Store, reactor: Any, pool: Any, body: IO[bytes] | Pa
     return await _store_spooled(store, reactor, pool, body, boundary, target_study)
 
 
-async def _store_spooled(store: Store, reactor: Any, pool: Any, body: IO[bytes], boundary: str,
+async def _store_spooled(store: Store, reactor: IReactor, pool: ThreadPool, body: IO[bytes], boundary: str,
                          target_study: str | None) -> list[StowResult]:
     body.seek(0)
     try:
@@ -81,7 +83,7 @@ async def _store_spooled(store: Store, reactor: Any, pool: Any, body: IO[bytes],
     return await _ingest(store, reactor, pool, items, target_study)
 
 
-async def _ingest(store: Store, reactor: Any, pool: Any, items: list[IngestItem],
+async def _ingest(store: Store, reactor: IReactor, pool: ThreadPool, items: list[IngestItem],
                   target_study: str | None) -> list[StowResult]:
     if not items:
         raise bad_request("the multipart body has no parts")

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 
 from ..dicom import pixels, render, transcode
@@ -28,6 +29,7 @@ from ..dicom.analyze import PIXEL_TAGS
 from ..dicom.stowresponse import instance_path
 from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import InstanceRecord, Store
+from ..twistedtypes import IReactor
 from . import negotiation
 from .errors import HTTPError, bad_request, not_found
 from .sendfile import FileSlice, Piece
@@ -291,7 +293,7 @@ class InstancePixels:
 # -- the service -----------------------------------------------------------------
 
 class Wado:
-    def __init__(self, store: Store, reactor: Any, pool: Any) -> None:
+    def __init__(self, store: Store, reactor: IReactor, pool: ThreadPool) -> None:
         self.store = store
         self.reactor = reactor
         self.pool = pool

@@ -20,7 +20,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import pydicom
 import pytest
@@ -143,7 +143,7 @@ def e2e_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
 # -- OHIF and the browser -----------------------------------------------------
 
 
-def _missing(reason: str) -> None:
+def _missing(reason: str) -> NoReturn:
     """Skip on a developer machine without the tool; fail in CI, where
     scripts/test installs it (a silent skip there would hide a broken set-up)."""
     if os.environ.get("CI"):

@@ -114,7 +114,7 @@ def open_viewer(tab: Tab, case: StudyCase) -> dict[str, Any]:
     page = tab.page
     page.goto(f"{tab.site.url}/viewer?StudyInstanceUIDs={case.study_uid}")
     wait_for(tab, "performance.getEntriesByName('dicomweb-first-image').length > 0", timeout_ms=90_000)
-    stats = page.evaluate(CANVAS_STATS)
+    stats: dict[str, Any] | None = page.evaluate(CANVAS_STATS)
     assert stats is not None, "no viewport canvas"
     return stats
 
