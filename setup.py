@@ -22,7 +22,8 @@ setup(
         "dicomweb.web",
         "twisted.plugins",
     ],
-    package_data={"twisted.plugins": ["dicomweb_plugin.py"]},
+    # py.typed: the package's annotations are meant for type checkers of its users (PEP 561)
+    package_data={"dicomweb": ["py.typed"], "twisted.plugins": ["dicomweb_plugin.py"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
@@ -52,7 +53,10 @@ setup(
             "pydicom-data>=1.0",
             "hypothesis>=6",
             "psutil>=5.9",
-            "mypy>=1.10",
+            # mypy-zope lets mypy see zope interfaces (the reactor's, IResource...);
+            # each release supports a bounded range of mypy, so both are pinned together
+            "mypy>=2.4,<2.5",
+            "mypy-zope>=1.0.17",
             "ruff>=0.5",
             # drives Debian's /usr/bin/chromium in tests/e2e (its driver ships in the wheel)
             "playwright>=1.45",
