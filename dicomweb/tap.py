@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from twisted.web.http import Request
 from twisted.web.server import Site
 
 from .config import Settings, load_settings
@@ -22,6 +23,7 @@ from .twistedtypes import IReactor, global_reactor
 if TYPE_CHECKING:
     from .store.base import Store
     from .store.couch import CouchStore
+    from .web.metrics import Metrics
 
 log = Logger()
 
@@ -85,11 +87,11 @@ def check_exposure(settings: Settings, authenticated: bool = False) -> None:
 class MeteredSite(Site):
     """A Site that reports every finished request to the metrics."""
 
-    def __init__(self, metrics: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, metrics: Metrics, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._metrics = metrics
 
-    def log(self, request: Any) -> None:
+    def log(self, request: Request) -> None:
         self._metrics.observe_request(request)
         super().log(request)
 

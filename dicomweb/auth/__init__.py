@@ -21,9 +21,8 @@ into ``status`` + ``WWW-Authenticate: challenge`` (if not None) + ``reason``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.python.threadpool import ThreadPool
+from twisted.web.iweb import IAgent
 
 from ..twistedtypes import IReactor
 from ._core import ANONYMOUS, Authenticator, AuthError, NoAuth, Principal, require_write
@@ -35,13 +34,12 @@ AUTH_KINDS = ("none", "basic", "oidc")
 
 
 def build_authenticator(kind: str, settings: AuthSettings, reactor: IReactor,
-                        agent: Any = None, *,
+                        agent: IAgent | None = None, *,
                         threadpool: ThreadPool | None = None) -> Authenticator:
     """The authenticator for ``--auth kind``; ValueError on bad settings.
 
     ``reactor`` gives time, threads and (for oidc) network; ``agent`` is the
-    HTTP agent (an ``IAgent``; typed Any because mypy cannot see zope
-    interfaces) used to reach the identity provider (default: a new
+    HTTP agent used to reach the identity provider (default: a new
     :class:`twisted.web.client.Agent`, which verifies TLS certificates);
     ``threadpool`` runs bcrypt (default: the reactor's thread pool).
     """

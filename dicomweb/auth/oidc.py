@@ -44,6 +44,7 @@ import jwt
 from treq.client import HTTPClient
 from twisted.logger import Logger
 from twisted.web.client import Agent
+from twisted.web.iweb import IAgent
 
 from ..twistedtypes import IReactor
 from ._core import ROLE_READ, ROLE_WRITE, AuthError, Clock, Principal, quote
@@ -121,7 +122,7 @@ def dig(claims: dict[str, Any], path: str) -> Any:
 class OidcAuthenticator:
     """The :class:`~dicomweb.auth.Authenticator` for ``--auth oidc``."""
 
-    def __init__(self, settings: AuthSettings, reactor: IReactor, agent: Any = None,
+    def __init__(self, settings: AuthSettings, reactor: IReactor, agent: IAgent | None = None,
                  clock: Clock | None = None) -> None:
         validate_settings(settings)
         self._settings = settings
@@ -129,7 +130,6 @@ class OidcAuthenticator:
         self._issuers = frozenset({self._issuer, self._issuer.rstrip("/")})
         self._roles_claim = settings.oidc_roles_claim or (
             "realm_access.roles" if settings.keycloak_realm else "roles")
-        # agent is an IAgent; typed Any as mypy cannot see zope interfaces.
         if agent is None:
             agent = Agent(reactor)
         self._http = IdpClient(HTTPClient(agent), reactor, settings.oidc_http_timeout)

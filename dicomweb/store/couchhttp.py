@@ -31,6 +31,7 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, DeferredSemaphore, TimeoutError
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -135,7 +136,7 @@ class CouchClient:
         self.pool.cachedConnectionTimeout = 60
         self.pool._factory = _QuietFactory
         # https:// URLs: system CAs, or only the CAs of --couchdb-ca.
-        agent: Any = Agent(reactor, contextFactory=https_policy(ca_file), pool=self.pool)
+        agent = Agent(reactor, contextFactory=https_policy(ca_file), pool=self.pool)
         self.http = HTTPClient(agent)
         self.semaphore = DeferredSemaphore(concurrency)
 
@@ -273,7 +274,7 @@ class RangeProducer:
         self._sent = 0
         self._paused = False
         self._stopped = False
-        self._consumer: Any = None
+        self._consumer: IConsumer | None = None
         self._done: Deferred[None] | None = None
         try:
             self._fd: int | None = source.fileno()
@@ -289,7 +290,7 @@ class RangeProducer:
         self.source.seek(offset)
         return self.source.read(size)
 
-    def startProducing(self, consumer: Any) -> Deferred[None]:
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self._consumer = consumer
         done: Deferred[None] = Deferred()
         self._done = done
@@ -360,8 +361,9 @@ class BodyStream(Protocol):
         self._ended = reason
         self._wake()
 
-    def _producer(self) -> Any:
-        return self.transport  # twisted.web's TransportProxyProducer: an IPushProducer
+    def _producer(self) -> IPushProducer:
+        # twisted.web's TransportProxyProducer (the adaptation checks it provides IPushProducer)
+        return IPushProducer(self.transport)
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None

@@ -10,13 +10,13 @@ authenticated); credentials themselves never appear.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
-from twisted.web.http import _escape
+from twisted.web.http import Request, _escape
 
 
-def access_log_formatter(include_query: bool = False) -> Any:
-    def formatter(timestamp: str, request: Any) -> str:
+def access_log_formatter(include_query: bool = False) -> Callable[[str, Request], str]:
+    def formatter(timestamp: str, request: Request) -> str:
         uri = request.uri if include_query else request.uri.split(b"?", 1)[0]
         principal = getattr(request, "dicomweb_principal", None)
         host = getattr(request.getClientAddress(), "host", None)  # a UNIX socket has none

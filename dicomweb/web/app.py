@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ..dicom import stowresponse
@@ -59,7 +60,7 @@ class DICOMwebApp:
         self.settings = settings or WebSettings()
         self.wado = Wado(store, reactor, pool)
 
-    def resource(self) -> Any:
+    def resource(self) -> IResource:
         return self.app.resource()
 
     # -- helpers ------------------------------------------------------------

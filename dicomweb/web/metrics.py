@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from twisted.web.http import Request
 
 from ..dicom.query import Query
 from ..store.base import InstanceRecord, Spool, Store, StoreItem, StoreOutcome
@@ -78,7 +79,7 @@ class Metrics:
         # Route labels have fixed cardinality (see route_label), so this stays small.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
-    def observe_request(self, request: Any) -> None:
+    def observe_request(self, request: Request) -> None:
         route = route_label(request.path)
         method = request.method.decode("latin-1", "replace") if isinstance(request.method, bytes) else str(request.method)
         # The label children of one (route, method, status), found once: a

@@ -38,7 +38,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.resource import Resource
+from twisted.web.iweb import IAgent
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..auth import Authenticator, AuthError, NoAuth, Principal, build_authenticator, require_write
@@ -151,8 +152,7 @@ class SecureResource(Resource):
     # A leaf: the whole path goes to ``inner`` (Klein routes on it itself).
     isLeaf = True
 
-    # ``inner`` is an IResource (typed Any: mypy cannot see zope interfaces).
-    def __init__(self, inner: Any, authenticator: Authenticator,
+    def __init__(self, inner: IResource, authenticator: Authenticator,
                  cors: CorsPolicy | None = None) -> None:
         super().__init__()
         self.inner = inner
@@ -236,7 +236,7 @@ def _gone(request: Request) -> bool:
     return bool(getattr(request, "_disconnected", False))
 
 
-def secure_root(inner: Any, settings: Settings, reactor: IReactor, pool: ThreadPool) -> SecureResource:
+def secure_root(inner: IResource, settings: Settings, reactor: IReactor, pool: ThreadPool) -> SecureResource:
     """The site root for ``settings``: the authenticator is built once, here.
 
     ``pool`` is the service's thread pool (bcrypt runs there).
@@ -247,7 +247,7 @@ def secure_root(inner: Any, settings: Settings, reactor: IReactor, pool: ThreadP
     return SecureResource(inner, authenticator, CorsPolicy(settings.cors_origins))
 
 
-def idp_agent(reactor: IReactor, ca_file: str | None) -> Any:
+def idp_agent(reactor: IReactor, ca_file: str | None) -> IAgent | None:
     """The HTTP agent for the identity provider; None means the default
     (system CAs).  With ``ca_file``, only those CAs are trusted: a private
     IdP's certificate is checked, never skipped."""

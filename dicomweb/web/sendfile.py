@@ -33,6 +33,7 @@ from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.web import http
+from twisted.web.server import Request
 
 from .stream import ClientGone, StreamProducer, abort, close_iterator, stream, unregister
 
@@ -75,7 +76,7 @@ def body_length(pieces: Sequence[Piece]) -> int:
     return sum(len(p) if isinstance(p, bytes) else p.length for p in pieces)
 
 
-async def send(request: Any, pieces: Sequence[Piece], read: Callable[[FileSlice], AsyncIterator[bytes]],
+async def send(request: Request, pieces: Sequence[Piece], read: Callable[[FileSlice], AsyncIterator[bytes]],
                *, announce_length: bool = False) -> None:
     """Send ``pieces`` as the whole response body.
 
@@ -148,7 +149,7 @@ def _cork(transport: tcp.Connection, on: bool) -> bool:
     return True
 
 
-def raw_transport(request: Any) -> tcp.Connection | None:
+def raw_transport(request: Request) -> tcp.Connection | None:
     """The plain TCP transport under an HTTP/1.x request, if zero-copy can be used."""
     if not enabled or not hasattr(os, "sendfile"):
         return None
@@ -166,7 +167,7 @@ def raw_transport(request: Any) -> tcp.Connection | None:
 class _RawSender:
     """Writes to a transport's socket once the transport has nothing buffered."""
 
-    def __init__(self, request: Any, transport: tcp.Connection, producer: StreamProducer) -> None:
+    def __init__(self, request: Request, transport: tcp.Connection, producer: StreamProducer) -> None:
         self._request = request
         self._transport = transport
         self._producer = producer

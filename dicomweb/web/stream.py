@@ -8,11 +8,11 @@ client goes away; memory stays at a few chunks whatever the response size.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from ..dicom.pixels import PixelError
@@ -26,7 +26,7 @@ class ClientGone(Exception):
 
 @implementer(IPushProducer)
 class StreamProducer:
-    def __init__(self, request: Any) -> None:
+    def __init__(self, request: Request) -> None:
         self._request = request
         self._paused: Deferred[None] | None = None
         self.stopped = False
@@ -60,7 +60,7 @@ class StreamProducer:
             raise ClientGone()
 
 
-async def stream(request: Any, chunks: AsyncIterator[bytes]) -> None:
+async def stream(request: Request, chunks: AsyncIterator[bytes]) -> None:
     """Write every chunk of ``chunks`` to ``request`` with backpressure.
 
     When the client goes away (or Klein cancels the route), the iterator is
@@ -90,7 +90,7 @@ async def stream(request: Any, chunks: AsyncIterator[bytes]) -> None:
         await close_iterator(chunks)
 
 
-def unregister(request: Any) -> None:
+def unregister(request: Request) -> None:
     # After the connection is lost the channel has no transport left to
     # unregister from; there is nothing to undo then.
     channel = getattr(request, "channel", None)
@@ -98,7 +98,7 @@ def unregister(request: Any) -> None:
         request.unregisterProducer()
 
 
-def abort(request: Any) -> None:
+def abort(request: Request) -> None:
     transport = getattr(getattr(request, "channel", None), "transport", None)
     abort = getattr(transport, "abortConnection", None)
     if abort is not None:
