@@ -6,6 +6,7 @@ import glob
 import io
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -93,8 +94,8 @@ def ct_instance(study_uid: str, series_uid: str, number: int, *, size: int = 64,
 
 
 def ct_series(count: int, *, study_uid: str | None = None, series_uid: str | None = None,
-              **kwargs: object) -> Iterator[bytes]:
+              **kwargs: Any) -> Iterator[bytes]:
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
     for number in range(1, count + 1):
-        yield ct_instance(study_uid, series_uid, number, **kwargs)  # type: ignore[arg-type]
+        yield ct_instance(study_uid, series_uid, number, **kwargs)

@@ -210,6 +210,12 @@ class SecureServer:
     def url(self) -> str:
         return self.proc.url
 
+    @property
+    def provider(self) -> _Provider:
+        """The token issuer of an oidc server (a basic server has none)."""
+        assert self.idp is not None, f"a {self.kind} server has no identity provider"
+        return self.idp.provider
+
     def write_headers(self) -> dict[str, str]:
         """Credentials of a principal with the write role."""
         if self.kind == "basic":

@@ -85,7 +85,8 @@ class ServerProcess(ChildProcess):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}\n{self.log()[-3000:]}")  # type: ignore[union-attr]
+                stderr = self.proc.stderr.read() if self.proc.stderr is not None else b""
+                raise RuntimeError(f"server exited: {stderr.decode()[-2000:]}\n{self.log()[-3000:]}")
             match = _PORT_RE.search(self.log())
             if match:
                 self.port = int(match.group(1))

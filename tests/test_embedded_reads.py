@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -137,7 +137,7 @@ async def test_a_locked_database_sends_the_read_to_the_pool(
         def execute(self, *args: Any) -> Any:
             raise _busy()
 
-    store._reactor_conn = Busy()  # type: ignore[assignment]
+    store._reactor_conn = cast(sqlite3.Connection, Busy())
     assert await store.search(studies_query()) == expected
     assert in_pool
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dicomweb.dicom import levels
@@ -10,6 +12,7 @@ from dicomweb.dicom.query import (
     MATCHABLE,
     REQUIRED,
     Filter,
+    Level,
     Query,
     QueryError,
     build_filter,
@@ -20,8 +23,8 @@ STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"
 
 
-def only_filter(level: str, name: str, value: str, **kw: object) -> Filter:
-    query = parse_query(level, [(name, value)], **kw)  # type: ignore[arg-type]
+def only_filter(level: Level, name: str, value: str, **kw: Any) -> Filter:
+    query = parse_query(level, [(name, value)], **kw)
     assert len(query.filters) == 1
     return query.filters[0]
 
@@ -66,9 +69,9 @@ def test_repeated_key_is_an_error() -> None:
     ("study", [("IssuerOfAccessionNumberSequence.UniversalEntityID", "x")],
      ("IssuerOfAccessionNumberSequence.UniversalEntityID",)),
 ])
-def test_unsupported_keys_are_reported_not_refused(level: str, params: list[tuple[str, str]],
+def test_unsupported_keys_are_reported_not_refused(level: Level, params: list[tuple[str, str]],
                                                    unsupported: tuple[str, ...]) -> None:
-    query = parse_query(level, params)  # type: ignore[arg-type]
+    query = parse_query(level, params)
     assert query.unsupported == unsupported
     assert query.filters == ()
     assert unsupported[0] in query.warnings()[0]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from dicomweb.dicom.personname import fuzzy_match, fuzzy_words, pn_key, query_words
 from dicomweb.dicom.query import (
     MATCHABLE,
+    Level,
     Query,
     QueryError,
     build_filter,
@@ -44,9 +45,9 @@ VALUE_TEXT = st.one_of(ANY_TEXT, st.text(alphabet="0123456789-.,:\\*?^= +", max_
 @settings(max_examples=600)
 @given(st.sampled_from(["study", "series", "instance"]),
        st.lists(st.tuples(st.one_of(NAMES, ANY_TEXT), VALUE_TEXT), max_size=6))
-def test_parser_raises_only_query_error(level: str, params: list[tuple[str, str]]) -> None:
+def test_parser_raises_only_query_error(level: Level, params: list[tuple[str, str]]) -> None:
     try:
-        query = parse_query(level, params)  # type: ignore[arg-type]
+        query = parse_query(level, params)
     except QueryError as exc:
         assert exc.reason and len(exc.reason) < 200
         return
@@ -193,5 +194,5 @@ def test_fuzzy_prefixes_of_words_match(words: list[str], data: st.DataObject) ->
 def test_query_type_is_frozen() -> None:
     query = parse_query("study", [])
     with pytest.raises(AttributeError):
-        query.limit = 5  # type: ignore[misc]
+        query.limit = 5  # type: ignore[misc]  # the point: the frozen query refuses it
     assert isinstance(query, Query)

@@ -64,7 +64,7 @@ def test_basic_auth_logs_no_password_and_no_patient(basic_server: SecureServer) 
 
 
 def test_oidc_logs_no_token_no_client_secret_and_no_patient(oidc_server: SecureServer) -> None:
-    idp = oidc_server.idp.provider  # type: ignore[union-attr]
+    idp = oidc_server.provider
     tokens = [idp.token(roles=["read"]), idp.token(aud="someone-else"), idp.unsigned_token(),
               idp.opaque_token(roles=["read"]), "f" * 64]
     for token in tokens:

@@ -82,7 +82,7 @@ Headers = Callable[[SecureServer], dict[str, str]]
 
 
 def _token(**claims: Any) -> Headers:
-    return lambda s: bearer(s.idp.provider.token(roles=["read", "write"], **claims))  # type: ignore[union-attr]
+    return lambda s: bearer(s.provider.token(roles=["read", "write"], **claims))
 
 
 @cache
@@ -97,7 +97,7 @@ _SESSION = requests.Session()
 
 def _signed_by_stranger(kid_of_published: bool) -> Headers:
     def headers(s: SecureServer) -> dict[str, str]:
-        idp = s.idp.provider  # type: ignore[union-attr]
+        idp = s.provider
         stranger = _stranger()
         kid = idp.rsa.kid if kid_of_published else None
         return bearer(idp.token(key=stranger, kid=kid, roles=["read", "write"]))
@@ -123,15 +123,15 @@ OIDC_CASES: dict[str, tuple[str, Headers]] = {
     "not yet valid": (REFUSED, lambda s: _token(nbf=int(time.time()) + 600)(s)),
     "wrong issuer": (REFUSED, _token(iss="https://evil.example/realms/test")),
     "wrong audience": (REFUSED, _token(aud="another-service")),
-    "alg none": (REFUSED, lambda s: bearer(s.idp.provider.unsigned_token(roles=["write"]))),  # type: ignore[union-attr]
+    "alg none": (REFUSED, lambda s: bearer(s.provider.unsigned_token(roles=["write"]))),
     "HS256 with the public key": (
-        REFUSED, lambda s: bearer(s.idp.provider.hs256_public_key_token(roles=["write"]))),  # type: ignore[union-attr]
+        REFUSED, lambda s: bearer(s.provider.hs256_public_key_token(roles=["write"]))),
     "unknown kid": (REFUSED, _signed_by_stranger(kid_of_published=False)),
     "unknown opaque token": (REFUSED, lambda s: bearer("0123456789abcdef" * 4)),
-    "read-only token": (READ_ONLY, lambda s: bearer(s.idp.provider.token(roles=["read"]))),  # type: ignore[union-attr]
+    "read-only token": (READ_ONLY, lambda s: bearer(s.provider.token(roles=["read"]))),
     "valid": (ACCEPTED, _token()),
     "valid opaque token": (
-        ACCEPTED, lambda s: bearer(s.idp.provider.opaque_token(roles=["read", "write"]))),  # type: ignore[union-attr]
+        ACCEPTED, lambda s: bearer(s.provider.opaque_token(roles=["read", "write"]))),
 }
 
 

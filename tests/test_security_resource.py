@@ -52,9 +52,9 @@ class _App(Resource):
 
 def _request(method: bytes = b"GET", path: bytes = b"/studies") -> Any:
     """A DummyRequest (typed Any: it stands in for a server Request)."""
-    request = DummyRequest(path.lstrip(b"/").split(b"/"))
+    request: Any = DummyRequest(path.lstrip(b"/").split(b"/"))
     request.method = method
-    request.path = path  # type: ignore[attr-defined]
+    request.path = path
     request.requestHeaders.setRawHeaders(b"authorization", [b"Basic c2VjcmV0LXRva2Vu"])
     return request
 

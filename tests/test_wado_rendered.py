@@ -122,8 +122,9 @@ def test_wado_uri_images(url: str, stored: dict[str, Sample]) -> None:
 ])
 def test_wado_uri_errors(url: str, stored: dict[str, Sample], params: dict[str, str | None], status: int) -> None:
     sample = stored["emri_small_jpeg_2k_lossless.dcm"]
-    query = {"requestType": "WADO", "studyUID": sample.study, "seriesUID": sample.series, "objectUID": sample.sop}
-    query.update(params)  # type: ignore[arg-type]
+    query: dict[str, str | None] = {"requestType": "WADO", "studyUID": sample.study, "seriesUID": sample.series,
+                                    "objectUID": sample.sop}
+    query.update(params)
     response = requests.get(url + "/wado", params={k: v for k, v in query.items() if v is not None}, timeout=30)
     assert response.status_code == status, response.text
     assert response.text.strip()

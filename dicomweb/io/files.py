@@ -8,7 +8,10 @@ import ctypes.util
 import io
 import os
 import sys
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 
 def read_at(fp: BinaryIO, offset: int, length: int) -> bytes:
@@ -64,7 +67,7 @@ class FileWindow(io.RawIOBase):
         self._pos = new
         return new
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Buffer) -> int:
         remaining = self._length - self._pos
         if remaining <= 0:
             return 0

@@ -94,11 +94,13 @@ class DICOMwebRequest(Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
+        content = self.content
+        assert content is not None  # gotLength set it before the first chunk
         if not self.too_large and self._received > self.max_body:
             self.too_large = True
-            self.content.close()  # type: ignore[union-attr]
-            self.content = _Discard()
-        self.content.write(data)  # type: ignore[union-attr]
+            content.close()
+            content = self.content = _Discard()
+        content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if isinstance(self.content, PartSplitter):

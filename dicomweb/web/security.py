@@ -175,7 +175,7 @@ class SecureResource(Resource):
         if is_preflight(request):
             return self.cors.answer_preflight(request)
         if request.path in EXEMPT_PATHS:
-            return self.inner.render(request)  # type: ignore[no-any-return]
+            return self._render_inner(request)
         d = ensureDeferred(self._authorize(request))
         if d.called and not d.paused:
             # Decided at once (no auth, a cached password or token): render
@@ -183,13 +183,17 @@ class SecureResource(Resource):
             outcome: list[Any] = []
             d.addBoth(outcome.append)
             if not isinstance(outcome[0], Failure):
-                request.dicomweb_principal = outcome[0]  # type: ignore[attr-defined]
-                return self.inner.render(request)  # type: ignore[no-any-return]
+                request.dicomweb_principal = outcome[0]  # type: ignore[attr-defined]  # read by routes and the access log
+                return self._render_inner(request)
             self._refused(outcome[0], request)
             return NOT_DONE_YET
         d.addCallbacks(self._granted, self._refused, callbackArgs=(request,),
                        errbackArgs=(request,))
         return NOT_DONE_YET
+
+    def _render_inner(self, request: Request) -> bytes | int:
+        body: bytes | int = self.inner.render(request)  # IResource.render: bytes or NOT_DONE_YET
+        return body
 
     async def _authorize(self, request: Request) -> Principal:
         principal = await self.authenticator.authenticate(request.getHeader(b"authorization"))
@@ -198,7 +202,7 @@ class SecureResource(Resource):
         return principal
 
     def _granted(self, principal: Principal, request: Request) -> None:
-        request.dicomweb_principal = principal  # type: ignore[attr-defined]
+        request.dicomweb_principal = principal  # type: ignore[attr-defined]  # read by routes and the access log
         if _gone(request):
             return
         # request.render gives the app the same treatment as a root resource

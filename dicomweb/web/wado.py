@@ -151,6 +151,11 @@ def render_options(args: dict[bytes, list[bytes]]) -> RenderOptions:
     return RenderOptions(window, viewport, quality)
 
 
+def _producible(metadata: dict[str, Any] | None) -> Callable[[str, str], bool]:
+    """Whether a stored syntax can be transcoded to a target, for this instance's pixel description."""
+    return lambda stored, target: transcode.can_transcode(stored, target, metadata)
+
+
 def _render_fragments(metadata: dict[str, Any], fragments: Sequence[bytes], tsuid: str, index: int,
                       media: str, options: RenderOptions, thumb: bool,
                       bulk: pixels.BulkResolver | None) -> bytes:
@@ -226,7 +231,9 @@ class InstancePixels:
 
     async def fragments(self, index: int) -> list[bytes]:
         """The stored fragments of frame ``index`` (0-based), in one read: they are contiguous."""
-        ranges = self.record.frames[index]  # type: ignore[index]
+        frames = self.record.frames
+        assert frames is not None  # asked only of a record with frame ranges (see frame)
+        ranges = frames[index]
         if not ranges:
             return []
         start = ranges[0][0]
@@ -285,6 +292,7 @@ class InstancePixels:
                 return b""
             def read() -> Deferred[bytes]:
                 return Deferred.fromCoroutine(self.wado.store.read(self.record, *where))
+            # ignore: mypy does not infer _R through the Callable[..., Deferred[_R]] arm of Twisted's union
             data: bytes = blockingCallFromThread(self.wado.reactor, read)  # type: ignore[arg-type]
             return data
         return resolve
@@ -371,9 +379,7 @@ class Wado:
             # Encoder limits (bit depth...) need the pixel description; the
             # store returns metadata in the same order as the records.
             metadata = [json.loads(t) for t in await self.store.metadata(study, series, sop)]
-        return [pixels.negotiate_instance_syntax(
-                    record.transfer_syntax_uid, syntaxes,
-                    lambda s, t, m=meta: transcode.can_transcode(s, t, m))  # type: ignore[misc]
+        return [pixels.negotiate_instance_syntax(record.transfer_syntax_uid, syntaxes, _producible(meta))
                 for record, meta in zip(records, metadata, strict=True)]
 
     async def _instance_parts(self, records: list[InstanceRecord], targets: list[str], boundary: str,
