@@ -15,6 +15,7 @@ from twisted.web.server import Site
 
 from . import config as _config
 from .config import Settings, env_overrides, load_config_file, parse_size
+from .web.limits import limited_channel
 
 log = Logger()
 
@@ -221,5 +222,6 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
     site.requestFactory = request_factory(settings.max_request_size, store.spool_file)
     site.displayTracebacks = False
+    site.protocol = limited_channel  # type: ignore[method-assign]  # 414/431 for over-long request heads
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
     return _StoreThenListen(store, pool, listener)
