@@ -150,7 +150,12 @@ def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
         window.seek(pos)
         return window.read(size)
 
-    tsuid, study_uid, series_uid, sop_uid, sop_class = _identify(ds.get, ds.file_meta.get)
+    try:
+        tsuid, study_uid, series_uid, sop_uid, sop_class = _identify(ds.get, ds.file_meta.get)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # an identifying value pydicom cannot decode
+        raise InvalidInstance(f"cannot decode the identifying attributes ({type(exc).__name__})") from None
     try:
         prefix = _prefix(study_uid, series_uid, sop_uid)
         bulk: dict[str, Range] = {}
@@ -166,6 +171,9 @@ def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
     except InvalidInstance as exc:
         exc.sop_class_uid, exc.sop_uid = sop_class, sop_uid
         raise
+    except Exception as exc:  # pydicom raises many types on values it cannot decode
+        raise InvalidInstance(f"cannot decode the data set ({type(exc).__name__})", CANNOT_UNDERSTAND,
+                              sop_class, sop_uid) from None
 
 
 def _uids_of_broken(window: BinaryIO) -> tuple[str, str]:

@@ -40,6 +40,8 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 DEFLATED_EXPLICIT = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_KNOWN_VRS = frozenset(v.encode() for v in (
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV").split())
 #: VRs that may have an undefined length (PS3.5 7.1.3): SQ, UN, and the
 #: encapsulated (OB/OW) Pixel Data.
 _UNDEFINED_OK = frozenset({b"SQ", b"UN", b"OB", b"OW"})
@@ -98,8 +100,13 @@ class Walker:
                 raise Malformed(f"a misplaced item tag {_tag_text(tag)} in a data set")
             vr: bytes | None = None
             start = pos + 8
-            if not implicit:
+            element_implicit = implicit or not (b"AA" <= head[4:6] <= b"ZZ")
+            if not element_implicit:
+                # Readers take VR bytes outside "AA".."ZZ" (compared as byte
+                # strings) for an implicit VR element and read on.
                 vr = head[4:6]
+                if vr not in _KNOWN_VRS:
+                    raise Malformed(f"element {_tag_text(tag)} has an unknown VR")
                 if vr in _LONG_VRS:
                     if len(head) < 12:
                         raise Malformed("the data ends inside an element header")
@@ -119,7 +126,7 @@ class Walker:
             value_end = start + length
             if value_end > limit:
                 raise Malformed(f"element {_tag_text(tag)} is longer than the data that holds it")
-            if length and (vr == b"SQ" or (implicit and _implicit_sq(tag))):
+            if length and (vr == b"SQ" or (element_implicit and _implicit_sq(tag))):
                 self.sequence(start, value_end, implicit, depth + 1, False)
             pos = value_end
 
@@ -185,7 +192,10 @@ def _implicit_sq(tag: int) -> bool:
 
 def check_dataset(read: Reader, pos: int, size: int, implicit: bool, little: bool) -> None:
     """Check the top-level data set from ``pos`` to ``size``; raise Malformed."""
-    Walker(read, little).dataset(pos, size, implicit, 0, False)
+    try:
+        Walker(read, little).dataset(pos, size, implicit, 0, False)
+    except struct.error:
+        raise Malformed("the data ends inside an element header") from None
 
 
 def check_tail(read: Reader, pos: int, size: int, implicit: bool, little: bool) -> None:
@@ -226,7 +236,10 @@ def read_file_meta(read: Reader, size: int) -> tuple[str, int]:
 def check_part10(read: Reader, size: int) -> str:
     """Check a whole Part 10 object's structure; returns its Transfer Syntax
     UID. A deflated data set is left to the reader that inflates it."""
-    tsuid, pos = read_file_meta(read, size)
+    try:
+        tsuid, pos = read_file_meta(read, size)
+    except struct.error:
+        raise Malformed("the file meta information ends inside an element header") from None
     if tsuid in DEFLATED_EXPLICIT or pos >= size:
         return tsuid
     little = tsuid != EXPLICIT_BE
