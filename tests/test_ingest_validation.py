@@ -185,3 +185,30 @@ def test_over_http_bad_parts_fail_and_good_parts_are_stored(url: str) -> None:
                         f"{rt.SOPInstanceUID}", headers={"Accept": 'multipart/related; type="application/dicom"'})
     assert back.status_code == 200
     assert rtstruct in back.content
+
+
+def test_every_accepted_sample_is_accepted_again_with_defined_length_sequences() -> None:
+    """pydicom's and pydicom-data's files, re-written with every sequence and
+    item of defined length (as many writers do), are still accepted."""
+    import os
+    import warnings
+
+    from tests.test_fastparse import _sample_files
+
+    rewritten = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in _sample_files():
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                _analyze(data)
+                again = badfiles.defined_length_sequences(data)
+            except Exception:
+                continue  # refused as received, or not writable by pydicom
+            try:
+                _analyze(again)
+            except az.InvalidInstance as exc:
+                raise AssertionError(f"{os.path.basename(path)}: {exc.reason}") from None
+            rewritten += 1
+    assert rewritten >= 150
