@@ -212,3 +212,17 @@ def test_every_accepted_sample_is_accepted_again_with_defined_length_sequences()
                 raise AssertionError(f"{os.path.basename(path)}: {exc.reason}") from None
             rewritten += 1
     assert rewritten >= 150
+
+
+def test_big_endian_ow_values_are_little_endian_in_inline_binary() -> None:
+    """PS3.18 F.2.7: InlineBinary of OW/OL/OF/OD/OV is little endian."""
+    import base64
+
+    import pydicom
+
+    ds = pydicom.dcmread(dicomgen.sample_file("MR_small_bigendian.dcm"))
+    ds.add_new(0x00281201, "OW", struct.pack(">3H", 1, 2, 0x0304))  # written as given: big endian
+    out = io.BytesIO()
+    ds.save_as(out)
+    info = _analyze(out.getvalue())
+    assert base64.b64decode(info.metadata["00281201"]["InlineBinary"]) == struct.pack("<3H", 1, 2, 0x0304)

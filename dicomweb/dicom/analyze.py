@@ -13,6 +13,7 @@ through pydicom. Both give the same result (``tests/test_fastparse.py``).
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import mmap
@@ -160,10 +161,10 @@ def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
         prefix = _prefix(study_uid, series_uid, sop_uid)
         bulk: dict[str, Range] = {}
         warnings: list[str] = []
-        metadata = dataset_to_json(ds, window, prefix, bulk, [], warnings)
         implicit, little = ds.original_encoding
         if implicit is None or little is None:
             implicit, little = tsuid == "1.2.840.10008.1.2", tsuid != "1.2.840.10008.1.2.2"
+        metadata = dataset_to_json(ds, window, prefix, bulk, [], warnings, little=bool(little))
         eot = ds.get_item(0x7FE00001, keep_deferred=True)
         return _build(metadata, bulk, warnings, ds.get, read, lambda: _read_offsets(window, eot, "<Q"),
                       pixel_pos, length, tsuid, study_uid, series_uid, sop_uid, sop_class, prefix,
@@ -354,8 +355,25 @@ def _vr_of(tag: BaseTag, raw: Any) -> str:
     return str(vr)
 
 
+#: Word size of the binary VRs whose InlineBinary is little endian (PS3.18 F.2.7).
+_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _little_endian_inline(element: dict[str, Any], vr: str) -> None:
+    """Swap a big endian InlineBinary value to little endian, in place."""
+    size = _WORD_SIZES.get(vr)
+    value = element.get("InlineBinary")
+    if size is None or not value:
+        return
+    raw = bytearray(base64.b64decode(value))
+    whole = len(raw) // size * size
+    for start in range(0, whole, size):
+        raw[start:start + size] = raw[start:start + size][::-1]
+    element["InlineBinary"] = base64.b64encode(bytes(raw)).decode("ascii")
+
+
 def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Range],
-                    path: list[str], warnings: list[str], base: int = 0) -> dict[str, Any]:
+                    path: list[str], warnings: list[str], base: int = 0, little: bool = True) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) of ``ds``; large binary values become BulkDataURIs.
 
     ``base``: where the bytes ``ds`` was read from start in the object. pydicom
@@ -377,7 +395,7 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
                 raw = raw._replace(value=fp.read(raw.length))
                 ds._dict[tag] = raw
             inner = base + int(raw.value_tell) if isinstance(raw, RawDataElement) else base
-            items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings, inner)
+            items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings, inner, little)
                      for i, item in enumerate(ds[tag].value or [])]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
@@ -393,6 +411,8 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
                     raw._replace(value=fp.read(raw.length)), encoding=ds._character_set, ds=ds)
         try:
             out[key] = ds[tag].to_json_dict(None, 1 << 62)
+            if not little:
+                _little_endian_inline(out[key], vr)
         except Exception as exc:  # a malformed value must not lose the instance
             warnings.append(f"{key}: value not representable in JSON ({type(exc).__name__})")
             out[key] = {"vr": vr}
