@@ -15,6 +15,7 @@ from twisted.web.server import Site
 
 from .config import Settings, load_settings
 from .options import usage_flags, usage_handlers, usage_parameters
+from .web.limits import limited_channel
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -175,5 +176,6 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
     site.requestFactory = request_factory(settings.max_request_size, store.spool)
     site.displayTracebacks = False
+    site.protocol = limited_channel  # type: ignore[method-assign]  # 414/431 for over-long request heads
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
     return _StoreThenListen(store, pool, listener)

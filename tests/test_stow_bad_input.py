@@ -49,8 +49,9 @@ def test_a_truncated_body_is_a_bad_request_and_stores_nothing(url: str) -> None:
     ('multipart/related; type="application/dicom"; boundary=not-the-boundary', 400),
     ('multipart/related; type="application/dicom"', 400),
     ("application/json", 415),
-    ("application/dicom", 415),
-    ('multipart/related; type="application/dicom+json"; boundary=x', 415),
+    ("application/dicom", 409),  # one instance as the body: this one is not DICOM
+    ('multipart/related; type="application/dicom+json"; boundary=x', 400),
+    ('multipart/related; type="application/dicom+xml"; boundary=x', 415),
     ("", 415),
     ("multipart/related; boundary", 400),
 ])
