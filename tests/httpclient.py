@@ -25,13 +25,24 @@ def multipart_body(parts: list[bytes], boundary: str | None = None,
     return out.getvalue(), boundary
 
 
-def stow(url: str, parts: list[bytes], study: str | None = None, **kwargs: Any) -> requests.Response:
+def session(target: Any) -> tuple[Any, str]:
+    """``requests`` and the base URL for a URL; the client and its URL for an
+    in-process client (:class:`tests.inprocess.Client`), which answers alike."""
+    if isinstance(target, str):
+        return requests, target
+    return target, target.server.url
+
+
+def stow(url: Any, parts: list[bytes], study: str | None = None, **kwargs: Any) -> requests.Response:
+    """STOW ``parts``; ``url`` is a server URL or an in-process client."""
+    http, url = session(url)
     body, boundary = multipart_body(parts)
     target = f"{url}/studies" + (f"/{study}" if study else "")
     headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                "Accept": "application/dicom+json"}
     headers.update(kwargs.pop("headers", {}))
-    return requests.post(target, data=body, headers=headers, timeout=120, **kwargs)
+    response: requests.Response = http.post(target, data=body, headers=headers, timeout=120, **kwargs)
+    return response
 
 
 def split_multipart(response: requests.Response) -> list[tuple[dict[str, str], bytes]]:
