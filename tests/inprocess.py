@@ -25,12 +25,12 @@ connections: iosim's abort is a clean close), CouchDB.
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from requests.structures import CaseInsensitiveDict
 from treq.client import HTTPClient
@@ -335,12 +335,18 @@ class Client:
         return self.request("OPTIONS", url, **kwargs)
 
 
+#: How request bodies are received: split into part files as they arrive
+#: (what the embedded store asks for), or spooled whole into one temporary
+#: file (what the CouchDB store asks for); STOW reads them by different paths.
+BODY_SHAPES = ("parts", "whole")
+
+
 class InProcessServer:
     """The service as ``twistd dicomweb ARGS`` builds it, with the embedded
     store in ``data_dir``, listening on 127.0.0.1:``port`` of the in-memory
-    network."""
+    network; ``bodies`` is one of :data:`BODY_SHAPES`."""
 
-    def __init__(self, data_dir: str, *args: str, port: int = 5985) -> None:
+    def __init__(self, data_dir: str, *args: str, port: int = 5985, bodies: str = "parts") -> None:
         options = Options()
         options.parseOptions(["--data-dir", data_dir, *args])
         self.settings = options.settings
@@ -355,13 +361,19 @@ class InProcessServer:
         self.root = secure_root(self.app.resource(), self.settings, self.reactor, self.pool)
         self.site = MeteredSite(self.metrics, self.root, reactor=self.reactor,
                                 logFormatter=access_log_formatter(self.settings.log_query_strings))
-        self.site.requestFactory = request_factory(self.settings.max_request_size, self.store.spool_file)
+        self.site.requestFactory = request_factory(self.settings.max_request_size, self._spool(bodies))
         self.site.displayTracebacks = False
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.network.listen("127.0.0.1", port, self.site)
         self.network.run(ensureDeferred(self.store.open()))
         self.client = Client(self)
+
+    def _spool(self, bodies: str) -> Callable[[], IO[bytes]]:
+        if bodies == "parts":
+            return self.store.spool_file
+        assert bodies == "whole", bodies
+        return lambda: tempfile.TemporaryFile(dir=self.store.spool_dir)
 
     def close(self) -> None:
         self.network.run(ensureDeferred(self.store.close()))
@@ -373,10 +385,4 @@ class InProcessServer:
         self.close()
 
 
-def serve(tmp_dir: str, *args: str) -> Iterator[InProcessServer]:
-    """A fixture body: a server in ``tmp_dir``, closed afterwards."""
-    with InProcessServer(os.path.join(tmp_dir, "data"), *args) as server:
-        yield server
-
-
-__all__ = ["Client", "InProcessNetwork", "InProcessReactor", "InProcessServer", "Response", "SyncPool", "serve"]
+__all__ = ["BODY_SHAPES", "Client", "InProcessNetwork", "InProcessReactor", "InProcessServer", "Response", "SyncPool"]
