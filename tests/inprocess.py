@@ -28,7 +28,7 @@ import json
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import IO, Any, TypeVar
 
@@ -220,17 +220,22 @@ class InProcessNetwork:
 
 
 @implementer(IBodyProducer)
-class BytesProducer:
-    """A request body given whole (treq's default producer needs a cooperator)."""
+class BodyProducer:
+    """A request body given whole (bytes, text or a file), or as an iterator
+    of byte strings, sent with chunked transfer coding as ``requests`` does
+    (treq's default producer needs a cooperator)."""
 
     def __init__(self, body: Any) -> None:
         if isinstance(body, str):
             body = body.encode("utf-8")
-        self.body: bytes = body if isinstance(body, bytes) else body.read()
-        self.length = len(self.body) if self.body is not None else UNKNOWN_LENGTH
+        elif hasattr(body, "read"):
+            body = body.read()
+        self.pieces: Iterable[bytes] = [body] if isinstance(body, bytes) else body
+        self.length = len(body) if isinstance(body, bytes) else UNKNOWN_LENGTH
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.body)
+        for piece in self.pieces:
+            consumer.write(piece)
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -287,7 +292,7 @@ class Client:
     def __init__(self, server: InProcessServer) -> None:
         self.server = server
         agent = Agent.usingEndpointFactory(server.reactor, _Endpoints(server.reactor))
-        self._treq = HTTPClient(agent, data_to_body_producer=BytesProducer)
+        self._treq = HTTPClient(agent, data_to_body_producer=BodyProducer)
 
     def request(self, method: str, url: str, params: Any = None, headers: Mapping[str, str] | None = None,
                 data: Any = None, auth: tuple[str, str] | None = None, **_ignored: Any) -> Response:
