@@ -104,22 +104,28 @@ def test_an_oversize_body_is_answered_413_and_the_server_keeps_serving(http: Cli
     body, boundary = multipart_body([big])
     response = _post(http, body, f'multipart/related; type="application/dicom"; boundary={boundary}')
     assert response.status_code == 413
+    assert response.text == f"request body larger than the {64 * 1024 * 1024} byte limit\n"
     assert http.get("/health").status_code == 200
 
 
 def test_bad_uids_in_the_url_are_a_bad_request(http: Client) -> None:
-    assert http.get("/studies/1.2.abc").status_code == 400
+    response = http.get("/studies/1.2.abc")
+    assert (response.status_code, response.text) == (400, "study is not a valid UID\n")
     assert http.get("/studies/1.2.3/series/..").status_code in (400, 404)
     body, boundary = multipart_body([dicomgen.ct_instance(generate_uid(), generate_uid(), 1)])
-    assert _post(http, body, f'multipart/related; type="application/dicom"; boundary={boundary}',
-                 path="/studies/1.2.x").status_code == 400
+    response = _post(http, body, f'multipart/related; type="application/dicom"; boundary={boundary}',
+                     path="/studies/1.2.x")
+    assert (response.status_code, response.text) == (400, "study is not a valid UID\n")
 
 
 def test_unknown_uids_are_not_found(http: Client) -> None:
     study = generate_uid()
-    for path in (f"studies/{study}", f"studies/{study}/series/1.2.3", f"studies/{study}/series/1.2/instances/1.3",
-                 f"studies/{study}/metadata"):
-        assert http.get(f"/{path}").status_code == 404, path
+    for path, level in ((f"studies/{study}", "study"), (f"studies/{study}/series/1.2.3", "series"),
+                        (f"studies/{study}/series/1.2/instances/1.3", "instance"),
+                        (f"studies/{study}/metadata", "study")):
+        response = http.get(f"/{path}")
+        assert (response.status_code, response.text) == (404, f"no such {level}\n"), path
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
 
 
 def test_an_unacceptable_accept_header_is_406_and_stores_nothing(http: Client) -> None:
