@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import requests
 
@@ -45,7 +46,17 @@ def stow(url: Any, parts: list[bytes], study: str | None = None, **kwargs: Any) 
     return response
 
 
-def split_multipart(response: requests.Response) -> list[tuple[dict[str, str], bytes]]:
+class HTTPResponse(Protocol):
+    """What the helpers read of an answer (``requests`` or the in-process client's)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+
+def split_multipart(response: HTTPResponse) -> list[tuple[dict[str, str], bytes]]:
     """The parts of a multipart response: (headers, body)."""
     media = parse_media_type(response.headers["Content-Type"])
     boundary = media.param("boundary")
@@ -54,7 +65,7 @@ def split_multipart(response: requests.Response) -> list[tuple[dict[str, str], b
     return [(p.headers, response.content[p.offset:p.offset + p.length]) for p in iter_parts(fp, boundary)]
 
 
-def json_of(response: requests.Response) -> Any:
+def json_of(response: HTTPResponse) -> Any:
     return json.loads(response.content)
 
 
