@@ -181,10 +181,15 @@ class InProcessNetwork:
         self.reactor.advance(0)
         return moved or bool(due)
 
-    def run(self, d: Deferred[T]) -> T:
-        """Run until ``d`` has fired; its result (or its exception, raised)."""
+    def run(self, d: Deferred[T], let_time_pass: bool = False) -> T:
+        """Run until ``d`` has fired; its result (or its exception, raised).
+
+        The clock stands still: a request that waits for a timer (a timeout,
+        a retry delay) is reported stuck, unless ``let_time_pass``, which
+        moves the clock to the next timer whenever nothing else can happen.
+        """
         with self._cooperating():
-            return self._run(d)
+            return self._run(d, let_time_pass)
 
     @contextmanager
     def _cooperating(self) -> Iterator[None]:
@@ -197,14 +202,18 @@ class InProcessNetwork:
         finally:
             task.cooperate = saved  # type: ignore[assignment]
 
-    def _run(self, d: Deferred[T]) -> T:
+    def _run(self, d: Deferred[T], let_time_pass: bool) -> T:
         outcome: list[Any] = []
         d.addBoth(outcome.append)
         for _ in range(MAX_ROUNDS):
             if outcome:
                 break
-            if not self._round() and not outcome:
+            if self._round() or outcome:
+                continue
+            timers = self.reactor.getDelayedCalls()
+            if not let_time_pass or not timers:
                 raise AssertionError("in-process request stuck: nothing left to do and no answer")
+            self.reactor.advance(min(c.getTime() for c in timers) - self.reactor.seconds())  # type: ignore[misc]
         else:
             raise AssertionError(f"in-process request did not finish in {MAX_ROUNDS} rounds")
         self.settle()
@@ -296,9 +305,11 @@ class Client:
         self._treq = HTTPClient(agent, data_to_body_producer=BodyProducer)  # type: ignore[arg-type]
 
     def request(self, method: str, url: str, params: Any = None, headers: Mapping[str, str] | None = None,
-                data: Any = None, auth: tuple[str, str] | None = None, **_ignored: Any) -> Response:
+                data: Any = None, auth: tuple[str, str] | None = None, let_time_pass: bool = False,
+                **_ignored: Any) -> Response:
         """``url`` is a path (``/studies``) or a full URL on this server.
-        Headers given as None are not sent (as with ``requests``)."""
+        Headers given as None are not sent (as with ``requests``).
+        ``let_time_pass``: see :meth:`InProcessNetwork.run`."""
         if url.startswith("/"):
             url = self.server.url + url
         if params:
@@ -309,7 +320,7 @@ class Client:
             import base64
 
             sent["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        return self.server.network.run(ensureDeferred(self._request(method, url, sent, data)))
+        return self.server.network.run(ensureDeferred(self._request(method, url, sent, data)), let_time_pass)
 
     async def _request(self, method: str, url: str, headers: dict[str, str], data: Any) -> Response:
         sent: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in headers.items()}
