@@ -1,4 +1,5 @@
-"""Real servers with authentication on, for the ``test_security_*`` modules.
+"""Servers with authentication on, for the ``test_security_*`` modules: real
+processes, and their twins in this process (``*_inprocess``, at the end).
 
 The identity provider of :mod:`tests.idp` (its keys, tokens and discovery
 document) is served here by a stdlib HTTP server in a *thread*: the server
@@ -33,12 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.web.server import Site
 
 import tests.conftest
 from tests import httpclient
 from tests.dicomgen import ct_instance
 from tests.idp import AUDIENCE, CLIENT_ID, CLIENT_SECRET, IdentityProvider, _IdpResource
-from tests.inprocess import InProcessServer
+from tests.inprocess import Client, InProcessServer
 from tests.server import ServerProcess
 
 STORES = tests.conftest.STORES
@@ -306,7 +308,7 @@ class InProcessSecure:
         return self.server.url
 
     @property
-    def client(self) -> Any:
+    def client(self) -> Client:
         return self.server.client
 
     def write_headers(self) -> dict[str, str]:
@@ -316,8 +318,6 @@ class InProcessSecure:
 def start_inprocess(base: Path, kind: str, *args: str, idp: InProcessIdp | None = None) -> InProcessSecure:
     server = InProcessServer(str(base / "data"), *args)
     if idp is not None:
-        from twisted.web.server import Site
-
         server.network.listen("127.0.0.1", INPROCESS_IDP_PORT, Site(_IdpResource(idp.provider), reactor=server.reactor))
     secure = InProcessSecure(server, kind, Study(), idp)
     response = httpclient.stow(server.client, [secure.study.instance()], headers=secure.write_headers())
