@@ -17,7 +17,9 @@ on both sides (twisted.web's server, and treq over twisted.web's client).
 with ``status_code``, ``headers``, ``content``, ``text``, ``json()``), so a
 test reads the same whether it talks to this layer or to a server process.
 
-What this layer cannot show stays with the subprocess tests: twistd wiring,
+The wiring repeats the few lines of :func:`dicomweb.tap.makeService` that
+build the site; keep the two in step.  What this layer cannot show stays
+with the subprocess tests: twistd wiring,
 crash safety, real clients and sockets (zero-copy ``sendfile``, aborted
 connections: iosim's abort is a clean close), CouchDB.
 """
@@ -35,13 +37,13 @@ from typing import IO, Any, TypeVar
 from requests.structures import CaseInsensitiveDict
 from treq.client import HTTPClient
 from twisted.internet import task
-from twisted.internet._resolver import HostResolution
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import (
     IHostnameResolver,
+    IHostResolution,
     IReactorPluggableNameResolver,
 )
 from twisted.internet.testing import MemoryReactorClock
@@ -98,6 +100,15 @@ class SyncPool:
             onResult(True, result)
 
 
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
 @implementer(IHostnameResolver)
 class _LiteralResolver:
     """Names are the in-memory network's addresses as they are (127.0.0.1)."""
@@ -106,7 +117,7 @@ class _LiteralResolver:
     # plugin mypy takes its methods for unbound functions).
     def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0,
                         addressTypes: object = None, transportSemantics: str = "TCP") -> Any:
-        receiver.resolutionBegan(HostResolution(hostName))
+        receiver.resolutionBegan(_Resolution(hostName))
         receiver.addressResolved(IPv4Address("TCP", hostName, portNumber))
         receiver.resolutionComplete()
         return receiver
