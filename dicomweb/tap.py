@@ -11,11 +11,9 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from .config import Settings, load_settings
 from .options import usage_flags, usage_handlers, usage_parameters
-from .web.limits import limited_channel
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -80,18 +78,6 @@ def check_exposure(settings: Settings, authenticated: bool = False) -> None:
             "configure --auth or pass --allow-remote")
 
 
-class MeteredSite(Site):
-    """A Site that reports every finished request to the metrics."""
-
-    def __init__(self, metrics: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._metrics = metrics
-
-    def log(self, request: Any) -> None:
-        self._metrics.observe_request(request)
-        super().log(request)
-
-
 class _StoreThenListen(service.MultiService):
     """Start the thread pool, open the store, then start listening."""
 
@@ -152,11 +138,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
 
         reactor = default_reactor
     from .store.embedded import EmbeddedStore
-    from .web.accesslog import access_log_formatter
-    from .web.app import DICOMwebApp, WebSettings
-    from .web.metrics import InstrumentedStore, Metrics
-    from .web.request import request_factory
-    from .web.security import secure_root
+    from .web.site import build_site
 
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     _tune_transports()
@@ -169,13 +151,6 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         store = _couch_store(settings, reactor, pool)
     else:
         store = EmbeddedStore(settings.data_dir, reactor, pool)
-    metrics = Metrics()
-    app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
-                      WebSettings(settings.base_url, settings.trust_forwarded), metrics)
-    root = secure_root(app.resource(), settings, reactor, pool)
-    site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
-    site.requestFactory = request_factory(settings.max_request_size, store.spool)
-    site.displayTracebacks = False
-    site.protocol = limited_channel  # type: ignore[method-assign]  # 414/431 for over-long request heads
+    site = build_site(settings, store, reactor, pool)
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
     return _StoreThenListen(store, pool, listener)

@@ -2,8 +2,8 @@
 
 :class:`InProcessServer` wires what ``twistd dicomweb`` wires (the options
 parsed by :class:`dicomweb.tap.Options`, an :class:`EmbeddedStore` in a
-temporary directory, the metered store, :class:`DICOMwebApp`, the CORS and
-auth wrapper of :func:`secure_root`, the metered site with the body-capping
+temporary directory, and the site of :func:`dicomweb.web.site.build_site`:
+the metered store, the app, the CORS and auth wrapper, the body-capping
 request class) but runs it on a :class:`InProcessReactor`: a memory reactor
 whose TCP connections are joined in memory (``twisted.test.iosim``), whose
 clock only moves when a test moves it, and whose ``callFromThread`` runs at
@@ -17,9 +17,8 @@ on both sides (twisted.web's server, and treq over twisted.web's client).
 with ``status_code``, ``headers``, ``content``, ``text``, ``json()``), so a
 test reads the same whether it talks to this layer or to a server process.
 
-The wiring repeats the few lines of :func:`dicomweb.tap.makeService` that
-build the site; keep the two in step.  What this layer cannot show stays
-with the subprocess tests: twistd wiring,
+The site is built by the same function as in :func:`dicomweb.tap.makeService`.
+What this layer cannot show stays with the subprocess tests: twistd wiring,
 crash safety, real clients and sockets (zero-copy ``sendfile``, aborted
 connections: iosim's abort is a clean close), CouchDB.
 """
@@ -27,12 +26,11 @@ connections: iosim's abort is a clean close), CouchDB.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from requests.structures import CaseInsensitiveDict
 from treq.client import HTTPClient
@@ -53,13 +51,11 @@ from twisted.web.client import Agent
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from dicomweb.store import Spool
 from dicomweb.store.embedded import EmbeddedStore
-from dicomweb.tap import MeteredSite, Options
-from dicomweb.web.accesslog import access_log_formatter
-from dicomweb.web.app import DICOMwebApp, WebSettings
-from dicomweb.web.metrics import InstrumentedStore, Metrics
-from dicomweb.web.request import request_factory
-from dicomweb.web.security import secure_root
+from dicomweb.tap import Options
+from dicomweb.web.metrics import Metrics
+from dicomweb.web.site import build_site
 
 T = TypeVar("T")
 
@@ -383,25 +379,19 @@ class InProcessServer:
         self.pool = SyncPool()
         self.store = EmbeddedStore(self.settings.data_dir, self.reactor, self.pool)  # type: ignore[arg-type]
         self.metrics = Metrics()
-        self.app = DICOMwebApp(InstrumentedStore(self.store, self.metrics), self.reactor,  # type: ignore[arg-type]
-                               self.pool, WebSettings(self.settings.base_url, self.settings.trust_forwarded),
-                               self.metrics)
-        self.root = secure_root(self.app.resource(), self.settings, self.reactor, self.pool)
-        self.site = MeteredSite(self.metrics, self.root, reactor=self.reactor,
-                                logFormatter=access_log_formatter(self.settings.log_query_strings))
-        self.site.requestFactory = request_factory(self.settings.max_request_size, self._spool(bodies))
-        self.site.displayTracebacks = False
+        self.site = build_site(self.settings, self.store, self.reactor, self.pool, metrics=self.metrics,
+                               spool=self._spool(bodies))
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.network.listen("127.0.0.1", port, self.site)
         self.network.run(ensureDeferred(self.store.open()))
         self.client = Client(self)
 
-    def _spool(self, bodies: str) -> Callable[[], IO[bytes]]:
+    def _spool(self, bodies: str) -> Spool:
         if bodies == "parts":
-            return self.store.spool_file
+            return self.store.spool
         assert bodies == "whole", bodies
-        return lambda: tempfile.TemporaryFile(dir=self.store.spool_dir)
+        return Spool(self.store.spool.directory)
 
     def close(self) -> None:
         self.network.run(ensureDeferred(self.store.close()))
