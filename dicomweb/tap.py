@@ -14,6 +14,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from .config import Settings, load_settings
+from .dimse import server as dimse
 from .options import usage_flags, usage_handlers, usage_parameters
 
 log = Logger()
@@ -30,6 +31,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self.settings = self.to_settings()
         check_exposure(self.settings, authenticated=self.settings.auth != "none")
+        dimse.check_exposure(self.settings)
 
     def to_settings(self) -> Settings:
         """The settings from this command line, the environment and the
@@ -172,4 +174,4 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
     site.requestFactory = request_factory(settings.max_request_size, store.spool_file)
     site.displayTracebacks = False
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
-    return _StoreThenListen(store, pool, listener)
+    return _StoreThenListen(store, pool, dimse.with_dimse(listener, settings, store, reactor, pool))
