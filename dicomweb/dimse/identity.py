@@ -53,6 +53,12 @@ def addresses_of(host: str) -> set[str]:
         return set()
 
 
+def calling_ae(assoc: Any) -> str:
+    """The calling AE title of the A-ASSOCIATE-RQ (pynetdicom copies it to
+    ``requestor.ae_title`` only after ``EVT_REQUESTED``)."""
+    return str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
+
+
 def _plain_ip(address: str) -> str:
     return address[7:] if address.startswith("::ffff:") else address
 
@@ -83,8 +89,7 @@ class Gate:
 
     def on_requested(self, event: Any) -> None:
         assoc = event.assoc
-        calling = str(assoc.requestor.ae_title).strip()
-        address = str(assoc.requestor.address)
+        calling, address = calling_ae(assoc), str(assoc.requestor.address)
         peer = self.known_peer(calling, address)
         if peer is None and self.refuse_unknown:
             self._reject(assoc, REJECT_CALLING_AE, "the calling AE is not a known peer", calling, address)
@@ -100,8 +105,7 @@ class Gate:
         assoc = event.assoc
         if assoc in self._principals:  # a known peer, or --auth none: nothing to check
             return True, None
-        calling = str(assoc.requestor.ae_title).strip()
-        address = str(assoc.requestor.address)
+        calling, address = calling_ae(assoc), str(assoc.requestor.address)
         header = _authorization(event.user_id_type, event.primary_field, event.secondary_field)
         if header is None or self.authenticator is None:
             log.info("DIMSE association refused: unsupported user identity type {kind} "
@@ -124,6 +128,7 @@ class Gate:
         log.info("DIMSE association refused: {reason} (calling AE {calling}, from {address})",
                  reason=reason, calling=calling, address=address)
         assoc.acse.send_reject(*rsd)
+        assoc.kill()  # returns once the DUL has sent the A-ASSOCIATE-RJ and stopped
 
 
 def _authorization(kind: int, primary: bytes, secondary: bytes | None) -> bytes | None:
@@ -136,4 +141,4 @@ def _authorization(kind: int, primary: bytes, secondary: bytes | None) -> bytes 
     return None
 
 
-__all__ = ["PEER_ROLES", "Gate", "addresses_of"]
+__all__ = ["PEER_ROLES", "Gate", "addresses_of", "calling_ae"]
