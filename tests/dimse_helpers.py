@@ -135,6 +135,47 @@ def c_store(port: int, data: bytes, **kwargs: Any) -> Dataset:
         assoc.release()
 
 
+def send_partial_c_store(port: int, data: bytes, pdus: int = 8) -> None:
+    """Open an association, send the C-STORE command and the first ``pdus``
+    P-DATA PDUs of the data set, then cut the TCP connection."""
+    import io
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    ds = dcmread(io.BytesIO(data))
+    assoc = associate(port, [(str(ds.SOPClassUID), [EXPLICIT_LE])])
+    assert assoc.is_established
+    req = C_STORE()
+    req.MessageID, req.Priority = 1, 2
+    req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    req.DataSet = io.BytesIO(_dataset_bytes(data))
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    context_id = assoc.accepted_contexts[0].context_id
+    for number, primitive in enumerate(message.encode_msg(context_id, 16384)):
+        if number >= pdus:
+            break
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        assoc.dul.socket.socket.sendall(pdu.encode())
+    assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+    assoc.kill()
+
+
+def _dataset_bytes(data: bytes) -> bytes:
+    """The data set of a Part 10 object, without preamble and file meta."""
+    import io
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    return data[fp.tell():]
+
+
 class Received:
     """Part 10 bytes received by a C-STORE SCP (ours in C-GET, a peer's in C-MOVE)."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +30,9 @@ from tests.dimse_helpers import (
     c_get,
     c_move,
     c_store,
-    dcmtk,
     identifier,
     run_dcmtk,
+    send_partial_c_store,
 )
 from tests.httpclient import stow
 
@@ -153,13 +152,7 @@ def test_a_transfer_cut_off_stores_nothing_and_the_server_goes_on(dimse_server: 
                                                                    tmp_path: Path) -> None:
     study = generate_uid()
     big = ct_instance(study, generate_uid(), 1, size=3072)  # 18 MB
-    path = _write(tmp_path, big, "big.dcm")
-    proc = subprocess.Popen([dcmtk("storescu"), "-aec", "DICOMWEB", "--max-send-pdu", "4096",
-                             "127.0.0.1", str(dimse_server.dimse_port), path],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.4)
-    proc.kill()
-    proc.wait()
+    send_partial_c_store(dimse_server.dimse_port, big)
     deadline = time.monotonic() + 10
     while "cut off mid-transfer" not in dimse_server.log() and time.monotonic() < deadline:
         time.sleep(0.1)
