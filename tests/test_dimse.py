@@ -117,6 +117,15 @@ def test_storescu_in_the_stored_transfer_syntax(dimse_server: DimseServer, name:
     assert len(found) == 1
 
 
+def test_storing_again_follows_the_stow_policy(dimse_server: DimseServer) -> None:
+    study = generate_uid()
+    data = ct_instance(study, generate_uid(), 1)
+    assert c_store(dimse_server.dimse_port, data).Status == 0
+    assert c_store(dimse_server.dimse_port, data).Status == 0  # identical bytes: a no-op
+    found = _qido(dimse_server, f"studies?StudyInstanceUID={study}")
+    assert found[0]["00201208"]["Value"] == [1]
+
+
 def test_cstore_without_sop_instance_uid_is_refused(dimse_server: DimseServer, tmp_path: Path) -> None:
     from pynetdicom import _config
 
