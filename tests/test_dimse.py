@@ -320,3 +320,50 @@ def test_movescu_and_getscu(dimse_server: DimseServer, peer: PeerSCP, tmp_path: 
 def test_cmove_to_an_unknown_destination(dimse_server: DimseServer) -> None:
     statuses = c_move(dimse_server.dimse_port, identifier("STUDY", StudyInstanceUID=generate_uid()), "NOWHERE")
     assert statuses[-1].Status == 0xA801
+
+
+def test_a_large_instance_is_received_to_disk(dimse_server: DimseServer, tmp_path: Path) -> None:
+    """Server memory stays flat while a 128 MB instance arrives over C-STORE
+    (pynetdicom writes the data set to the spool file as it comes)."""
+    import threading
+
+    if "--couchdb" in dimse_server.extra:
+        pytest.skip("pouchdb-server refuses a 128 MB attachment (500 RangeError; the store answers 0110)")
+
+    import numpy as np
+    import psutil
+    from pynetdicom import _config
+
+    from tests.dimse_helpers import associate
+
+    study = generate_uid()
+    ds = dcmread(io.BytesIO(ct_instance(study, generate_uid(), 1, size=16)))
+    ds.Rows = ds.Columns = 4096
+    ds.NumberOfFrames = 4
+    ds.PixelData = np.zeros((4, 4096, 4096), np.uint16).tobytes()
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    del ds
+    process = psutil.Process(dimse_server.proc.pid)  # type: ignore[union-attr]
+    start = process.memory_info().rss
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the test client sends from the file too
+    try:
+        assoc = associate(dimse_server.dimse_port, [(CT_STORAGE, [EXPLICIT_LE])])
+        status = assoc.send_c_store(str(path))
+        assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        done.set()
+        sampler.join()
+    assert status.Status == 0
+    assert _qido(dimse_server, f"studies?StudyInstanceUID={study}")
+    assert peak[0] - start < 64 << 20, f"RSS grew by {(peak[0] - start) >> 20} MB"
