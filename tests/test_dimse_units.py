@@ -94,3 +94,16 @@ def test_an_answer_has_exactly_the_requested_keys() -> None:
 ])
 def test_what_is_sent(stored: str, accepted: list[str], chosen: str | None) -> None:
     assert choose_syntax(stored, accepted) == chosen
+
+
+def test_the_dimse_service_sits_beside_the_http_listener_only_when_configured() -> None:
+    from twisted.application import service
+
+    from dicomweb.config import Settings
+    from dicomweb.dimse.server import DimseService, with_dimse
+
+    listener = service.Service()
+    assert with_dimse(listener, Settings(), object(), None, None) is listener  # type: ignore[arg-type]
+    both = with_dimse(listener, Settings(dimse_port="0"), object(), None, None)  # type: ignore[arg-type]
+    assert isinstance(both, service.MultiService)
+    assert [type(s) for s in both] == [service.Service, DimseService]
