@@ -367,3 +367,25 @@ def test_a_large_instance_is_received_to_disk(dimse_server: DimseServer, tmp_pat
     assert status.Status == 0
     assert _qido(dimse_server, f"studies?StudyInstanceUID={study}")
     assert peak[0] - start < 64 << 20, f"RSS grew by {(peak[0] - start) >> 20} MB"
+
+
+def test_cfind_honours_c_cancel(dimse_server: DimseServer) -> None:
+    from tests.dimse_helpers import STUDY_FIND, associate
+
+    if "--couchdb" in dimse_server.extra:
+        pytest.skip("the cancel path does not depend on the store")
+    study = generate_uid()
+    assert stow(dimse_server.url, list(ct_series(300, study_uid=study, size=8))).status_code == 200
+    assoc = associate(dimse_server.dimse_port, [(STUDY_FIND, [])])
+    query = identifier("IMAGE", StudyInstanceUID=study, SOPInstanceUID="")
+    answers, final = 0, None
+    for status, _ in assoc.send_c_find(query, STUDY_FIND, msg_id=7):
+        if status.Status == 0xFF00:
+            answers += 1
+            if answers == 1:
+                assoc.send_c_cancel(7, query_model=STUDY_FIND)
+        else:
+            final = status.Status
+    assoc.release()
+    assert final == 0xFE00
+    assert 1 <= answers < 300

@@ -11,6 +11,7 @@ Set ``ISO_IR 192``); C-CANCEL is checked before each pending response.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,10 +162,27 @@ class FindSCP:
             yield status(UNABLE_TO_PROCESS, "the query failed"), None
             return
         for item in results:
+            wait_sent(event.assoc)
             if event.is_cancelled:
                 yield CANCEL, None
                 return
             yield PENDING, answer(item, identifier, level_text, self.ae_title)
+
+
+def wait_sent(assoc: Any, poll: float = 0.0002) -> None:
+    """Wait until the responses already queued have left.
+
+    pynetdicom's DUL thread reads an incoming PDU (a C-CANCEL) only in a
+    loop pass with nothing queued to send, and answers are produced far
+    faster than they are sent: without this pause every answer would be
+    queued before a C-CANCEL could be read.  It costs no throughput (the DUL
+    sends at its own pace either way)."""
+    dul = getattr(assoc, "dul", None)
+    queue = getattr(dul, "to_provider_queue", None)
+    if queue is None:
+        return
+    while not queue.empty() and assoc.is_established:
+        time.sleep(poll)
 
 
 __all__ = ["FindError", "FindSCP", "answer", "build_query", "identifier_pairs", "query_level"]
