@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from .config import Settings, load_settings
+from .dimse import server as dimse
 from .options import usage_flags, usage_handlers, usage_parameters
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self.settings = self.to_settings()
         check_exposure(self.settings, authenticated=self.settings.auth != "none")
+        dimse.check_exposure(self.settings)
 
     def to_settings(self) -> Settings:
         """The settings from this command line, the environment and the
@@ -153,4 +155,4 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> servi
         store = EmbeddedStore(settings.data_dir, reactor, pool)
     site = build_site(settings, store, reactor, pool)
     listener = strports.service(endpoint_description(settings.port), site)  # type: ignore[arg-type]
-    return _StoreThenListen(store, pool, listener)
+    return _StoreThenListen(store, pool, dimse.with_dimse(listener, settings, store, reactor, pool))
