@@ -17,6 +17,7 @@ setup(
         "dicomweb",
         "dicomweb.auth",
         "dicomweb.dicom",
+        "dicomweb.dimse",
         "dicomweb.io",
         "dicomweb.store",
         "dicomweb.web",
@@ -41,6 +42,7 @@ setup(
         "pylibjpeg-rle>=2.0",
         "bcrypt>=4.1",
         "pyjwt[crypto]>=2.8",
+        "pynetdicom>=2.1",
     ],
     entry_points={
         "console_scripts": ["dicomweb-import = dicomweb.importer:main", "dicomweb-admin = dicomweb.admin:main"],

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .auth import AuthSettings
+from .dimse.peers import Peer
 from .options import AUTH, ENV_NOT_OPTIONS, ENV_PREFIX, OPTIONS, Option, by_name, parse_size, words
 
 __all__ = ["Settings", "env_values", "load_config_file", "load_settings", "parse_size", "resolve",
@@ -53,6 +54,18 @@ class Settings:
     couchdb_ca: str | None = None
     couchdb_user: str | None = None
     couchdb_password: str | None = None
+    # DIMSE (``dicomweb.dimse``): off unless ``dimse_port`` is set.
+    dimse_port: str | None = None
+    ae_title: str = "DICOMWEB"
+    dimse_peers: tuple[Peer, ...] = ()
+    dimse_refuse_unknown: bool = False
+    dimse_max_associations: int = 10
+    dimse_acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    dimse_network_timeout: float = 120.0
+    dimse_tls_cert: str | None = None
+    dimse_tls_key: str | None = None
+    dimse_tls_ca: str | None = None
 
     def __repr__(self) -> str:
         # The values of secret options (a password, a URL that may hold one)

@@ -7,8 +7,8 @@ and retries of transient failures, showing progress (files, MB, rate, ETA).
 Ends with a summary: stored / already present / failed (with reasons).
 
 Offline (``--offline --data-dir DIR``): indexes the files into an embedded
-store in place, without copying them and without a server (the seed's
-"linkFolder", as a command-line tool rather than an HTTP route).
+store in place, without copying them and without a server (for archives
+already on the server's disk).
 
 This is a client program: plain threads and ``requests``, no reactor.
 """

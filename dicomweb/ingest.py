@@ -63,9 +63,9 @@ def _analyze_one(item: IngestItem, target_study: str | None) -> az.InstanceInfo 
         try:
             media = parse_media_type(ctype)
         except ValueError:
-            return StowResult("", "", failure=az.CANNOT_UNDERSTAND)
+            return StowResult("", "", failure=az.CANNOT_UNDERSTAND, reason="malformed part Content-Type")
         if media.type != "application/dicom":
-            return StowResult("", "", failure=az.CANNOT_UNDERSTAND)
+            return StowResult("", "", failure=az.CANNOT_UNDERSTAND, reason="the part is not application/dicom")
     if item.source is None and item.path is not None:
         item.source = open(item.path, "rb")  # kept open for the store; IngestItem.close
     assert item.source is not None
@@ -73,11 +73,19 @@ def _analyze_one(item: IngestItem, target_study: str | None) -> az.InstanceInfo 
         info = az.analyze(item.source, item.offset, item.length)
     except az.InvalidInstance as exc:
         log.info("instance refused: {reason}", reason=exc.reason)
-        return StowResult(exc.sop_class_uid, exc.sop_uid, failure=exc.failure)
+        return StowResult(exc.sop_class_uid, exc.sop_uid, failure=exc.failure, reason=exc.reason)
+    except Exception as exc:  # one damaged part must not fail the request
+        # The type and place only: a message may quote values (patient data).
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+        log.error("instance refused: analysis raised {kind} at {where}", kind=type(exc).__name__, where=where)
+        return StowResult("", "", failure=az.PROCESSING_FAILURE, reason=f"analysis failed ({type(exc).__name__})")
     if target_study is not None and info.study_uid != target_study:
         log.info("instance refused: StudyInstanceUID differs from the target study")
         return StowResult(info.sop_class_uid, info.sop_uid, info.study_uid, info.series_uid,
-                          failure=az.DATASET_DOES_NOT_MATCH)
+                          failure=az.DATASET_DOES_NOT_MATCH, reason="StudyInstanceUID differs from the target study")
     return info
 
 
@@ -144,7 +152,9 @@ async def _store(store: Store, items: list[IngestItem], pending: list[tuple[int,
             items[i].close()
     for (i, info), outcome in zip(pending, outcomes, strict=False):
         failure = outcome.failure if outcome.outcome == "failed" else 0
-        results[i] = StowResult(info.sop_class_uid, info.sop_uid, info.study_uid, info.series_uid, failure=failure)
+        reason = (outcome.reason or "the store refused the instance") if failure else ""
+        results[i] = StowResult(info.sop_class_uid, info.sop_uid, info.study_uid, info.series_uid, failure=failure,
+                                reason=reason)
 
 
 __all__ = ["ANALYZE_BATCH", "MAX_STORING", "IngestItem", "ingest"]

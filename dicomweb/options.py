@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .auth import AUTH_KINDS
+from .dimse.peers import ae_title, listen_address, peer
 
 #: A value as given (str from the command line or environment, any TOML
 #: value) -> the typed value; ValueError with a short reason when it is bad.
@@ -114,6 +115,14 @@ def choice(*allowed: str) -> Parser:
         return word
 
     return parse
+
+
+def seconds(value: Any) -> float:
+    """A positive duration in seconds (``30``, ``2.5``)."""
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number of seconds")
+    return number
 
 
 def boolean(value: Any) -> bool:
@@ -253,6 +262,21 @@ OPTIONS: tuple[Option, ...] = (
            field="keycloak_auth_server_url"),
     Option("cors-origin", "Browser origin allowed to call the server", repeatable=True, default="*",
            field="cors_origins"),
+    # DIMSE (README "DIMSE"): off unless dimse-port is given.
+    Option("dimse-port", "DIMSE listener: a port number (binds 127.0.0.1) or HOST:PORT [default: off]",
+           parse=listen_address),
+    Option("ae-title", "Our DIMSE AE title", parse=ae_title, default="DICOMWEB"),
+    Option("dimse-peer", "Known DIMSE peer AE=host:port (C-MOVE destination; allowlist)", parse=peer,
+           repeatable=True, field="dimse_peers"),
+    Option("dimse-refuse-unknown", "Refuse associations unless the calling AE is a --dimse-peer "
+           "connecting from that peer's host", flag=True),
+    Option("dimse-max-associations", "Concurrent DIMSE associations at most", parse=at_least(1), default="10"),
+    Option("dimse-acse-timeout", "Seconds to wait for association messages", parse=seconds, default="30"),
+    Option("dimse-timeout", "Seconds to wait for a DIMSE message", parse=seconds, default="60"),
+    Option("dimse-network-timeout", "Seconds an idle association stays open", parse=seconds, default="120"),
+    Option("dimse-tls-cert", "PEM certificate: DIMSE over TLS (PS3.15 B.1)"),
+    Option("dimse-tls-key", "PEM private key of --dimse-tls-cert"),
+    Option("dimse-tls-ca", "PEM CA bundle: DIMSE peers must present a certificate it signed"),
 )
 
 

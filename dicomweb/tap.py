@@ -13,17 +13,15 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web.http import Request
-from twisted.web.server import Site
 
 from .config import Settings, load_settings
+from .dimse import server as dimse
 from .options import usage_flags, usage_handlers, usage_parameters
 from .twistedtypes import IReactor, global_reactor
 
 if TYPE_CHECKING:
     from .store.base import Store
     from .store.couch import CouchStore
-    from .web.metrics import Metrics
 
 log = Logger()
 
@@ -39,6 +37,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self.settings = self.to_settings()
         check_exposure(self.settings, authenticated=self.settings.auth != "none")
+        dimse.check_exposure(self.settings)
 
     def to_settings(self) -> Settings:
         """The settings from this command line, the environment and the
@@ -82,18 +81,6 @@ def check_exposure(settings: Settings, authenticated: bool = False) -> None:
         raise usage.UsageError(
             "refusing to listen on a non-loopback address without authentication; "
             "configure --auth or pass --allow-remote")
-
-
-class MeteredSite(Site):
-    """A Site that reports every finished request to the metrics."""
-
-    def __init__(self, metrics: Metrics, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._metrics = metrics
-
-    def log(self, request: Request) -> None:
-        self._metrics.observe_request(request)
-        super().log(request)
 
 
 class _StoreThenListen(service.MultiService):
@@ -154,11 +141,7 @@ def makeService(options: Options | dict[str, Any], reactor: IReactor | None = No
     if reactor is None:
         reactor = global_reactor()
     from .store.embedded import EmbeddedStore
-    from .web.accesslog import access_log_formatter
-    from .web.app import DICOMwebApp, WebSettings
-    from .web.metrics import InstrumentedStore, Metrics
-    from .web.request import request_factory
-    from .web.security import secure_root
+    from .web.site import build_site
 
     settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     _tune_transports()
@@ -171,12 +154,6 @@ def makeService(options: Options | dict[str, Any], reactor: IReactor | None = No
         store = _couch_store(settings, reactor, pool)
     else:
         store = EmbeddedStore(settings.data_dir, reactor, pool)
-    metrics = Metrics()
-    app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
-                      WebSettings(settings.base_url, settings.trust_forwarded), metrics)
-    root = secure_root(app.resource(), settings, reactor, pool)
-    site = MeteredSite(metrics, root, logFormatter=access_log_formatter(settings.log_query_strings))
-    site.requestFactory = request_factory(settings.max_request_size, store.spool)
-    site.displayTracebacks = False
+    site = build_site(settings, store, reactor, pool)
     listener = strports.service(endpoint_description(settings.port), site)
-    return _StoreThenListen(store, pool, listener)
+    return _StoreThenListen(store, pool, dimse.with_dimse(listener, settings, store, reactor, pool))

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import settings
 
 from tests import couchdb
+from tests.inprocess import BODY_SHAPES, Client, InProcessServer
 from tests.server import ServerProcess
 
 # Property tests: no per-example deadline (the 2-core CI machine runs servers
@@ -78,3 +79,19 @@ def fresh_server(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> 
                          *store_args(request, request.param))
     yield proc
     proc.stop()
+
+
+@pytest.fixture(params=BODY_SHAPES)
+def inproc(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator[InProcessServer]:
+    """The service in this process on an embedded store of its own (see
+    tests/inprocess.py), for behaviour tests that need no real process;
+    once for each way a request body is received (as ``server`` is once per store)."""
+    with InProcessServer(os.path.join(tmp_path, "data"), "--max-request-size", "64M",
+                         bodies=request.param) as server:
+        yield server
+
+
+@pytest.fixture
+def http(inproc: InProcessServer) -> Client:
+    """A ``requests``-like client of ``inproc`` (paths or full URLs)."""
+    return inproc.client

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import requests
 
@@ -25,16 +26,37 @@ def multipart_body(parts: list[bytes], boundary: str | None = None,
     return out.getvalue(), boundary
 
 
-def stow(url: str, parts: list[bytes], study: str | None = None, **kwargs: Any) -> requests.Response:
+def session(target: Any) -> tuple[Any, str]:
+    """``requests`` and the base URL for a URL; the client and its URL for an
+    in-process client (:class:`tests.inprocess.Client`), which answers alike."""
+    if isinstance(target, str):
+        return requests, target
+    return target, target.server.url
+
+
+def stow(url: Any, parts: list[bytes], study: str | None = None, **kwargs: Any) -> requests.Response:
+    """STOW ``parts``; ``url`` is a server URL or an in-process client."""
+    http, url = session(url)
     body, boundary = multipart_body(parts)
     target = f"{url}/studies" + (f"/{study}" if study else "")
     headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                "Accept": "application/dicom+json"}
     headers.update(kwargs.pop("headers", {}))
-    return requests.post(target, data=body, headers=headers, timeout=120, **kwargs)
+    response: requests.Response = http.post(target, data=body, headers=headers, timeout=120, **kwargs)
+    return response
 
 
-def split_multipart(response: requests.Response) -> list[tuple[dict[str, str], bytes]]:
+class HTTPResponse(Protocol):
+    """What the helpers read of an answer (``requests`` or the in-process client's)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+
+def split_multipart(response: HTTPResponse) -> list[tuple[dict[str, str], bytes]]:
     """The parts of a multipart response: (headers, body)."""
     media = parse_media_type(response.headers["Content-Type"])
     boundary = media.param("boundary")
@@ -43,7 +65,7 @@ def split_multipart(response: requests.Response) -> list[tuple[dict[str, str], b
     return [(p.headers, response.content[p.offset:p.offset + p.length]) for p in iter_parts(fp, boundary)]
 
 
-def json_of(response: requests.Response) -> Any:
+def json_of(response: HTTPResponse) -> Any:
     return json.loads(response.content)
 
 

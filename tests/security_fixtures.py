@@ -1,4 +1,5 @@
-"""Real servers with authentication on, for the ``test_security_*`` modules.
+"""Servers with authentication on, for the ``test_security_*`` modules: real
+processes, and their twins in this process (``*_inprocess``, at the end).
 
 The identity provider of :mod:`tests.idp` (its keys, tokens and discovery
 document) is served here by a stdlib HTTP server in a *thread*: the server
@@ -33,11 +34,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.web.server import Site
 
 import tests.conftest
 from tests import httpclient
 from tests.dicomgen import ct_instance
-from tests.idp import AUDIENCE, CLIENT_ID, CLIENT_SECRET, IdentityProvider
+from tests.idp import AUDIENCE, CLIENT_ID, CLIENT_SECRET, IdentityProvider, _IdpResource
+from tests.inprocess import Client, InProcessServer
 from tests.server import ServerProcess
 
 STORES = tests.conftest.STORES
@@ -279,3 +282,85 @@ def oidc_server_fixture(request: pytest.FixtureRequest, tmp_path_factory: pytest
                           "--oidc-client-secret-file", str(secret), idp=idp_thread)
     yield server
     stop_server(server)
+
+
+# -- the same servers in this process (tests/inprocess.py) --------------------
+
+#: Where the in-process identity provider listens on the in-memory network.
+INPROCESS_IDP_PORT = 9080
+
+
+@dataclass
+class InProcessIdp:
+    """The identity provider of in-process servers (``.provider``, as
+    :class:`ThreadedIdp` has)."""
+
+    provider: _Provider
+
+
+@dataclass
+class InProcessSecure:
+    """A :class:`SecureServer` twin in this process: the same options and
+    seeded study, the embedded store, and (for oidc) the identity provider
+    of :mod:`tests.idp` served on the same in-memory network."""
+
+    server: InProcessServer
+    kind: str
+    study: Study
+    idp: InProcessIdp | None = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def client(self) -> Client:
+        return self.server.client
+
+    def write_headers(self) -> dict[str, str]:
+        return SecureServer.write_headers(self)  # type: ignore[arg-type]
+
+
+def start_inprocess(base: Path, kind: str, *args: str, idp: InProcessIdp | None = None) -> InProcessSecure:
+    server = InProcessServer(str(base / "data"), *args)
+    if idp is not None:
+        server.network.listen("127.0.0.1", INPROCESS_IDP_PORT, Site(_IdpResource(idp.provider), reactor=server.reactor))
+    secure = InProcessSecure(server, kind, Study(), idp)
+    response = httpclient.stow(server.client, [secure.study.instance()], headers=secure.write_headers())
+    assert response.status_code == 200, response.text
+    return secure
+
+
+@pytest.fixture(name="idp_inprocess", scope="session")
+def idp_inprocess_fixture() -> InProcessIdp:
+    """An identity provider for in-process servers (keys made once: RSA is slow)."""
+    provider = _Provider()
+    provider.port_number = INPROCESS_IDP_PORT
+    return InProcessIdp(provider)
+
+
+@pytest.fixture(name="basic_inprocess", scope="module")
+def basic_inprocess_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessSecure]:
+    """``basic_server``'s options, in this process."""
+    base = tmp_path_factory.mktemp("basic-inprocess")
+    users = write_users_file(base / "users")
+    secure = start_inprocess(base, "basic", "--auth", "basic", "--users-file", str(users),
+                             "--realm", "PACS test", "--cors-origin", "http://viewer.example",
+                             "--cors-origin", "http://other.example")
+    with secure.server:
+        yield secure
+
+
+@pytest.fixture(name="oidc_inprocess", scope="module")
+def oidc_inprocess_fixture(tmp_path_factory: pytest.TempPathFactory,
+                           idp_inprocess: InProcessIdp) -> Iterator[InProcessSecure]:
+    """``oidc_server``'s options, in this process."""
+    base = tmp_path_factory.mktemp("oidc-inprocess")
+    secret = base / "client-secret"
+    secret.write_text(CLIENT_SECRET + "\n")
+    secure = start_inprocess(base, "oidc", "--auth", "oidc",
+                             "--oidc-issuer", idp_inprocess.provider.issuer, "--oidc-audience", AUDIENCE,
+                             "--oidc-introspection", "opaque", "--oidc-client-id", CLIENT_ID,
+                             "--oidc-client-secret-file", str(secret), idp=idp_inprocess)
+    with secure.server:
+        yield secure

@@ -133,7 +133,7 @@ async def test_scheme_is_case_insensitive(authn: BasicAuthenticator) -> None:
 @pytest_twisted.ensureDeferred
 async def test_cached_success_never_admits_a_wrong_password(
         authn: BasicAuthenticator, checks: list[str]) -> None:
-    """The seed's bug: after one good login, any password got in."""
+    """A cache keyed by name alone would admit any password after one good login."""
     good = header("alice", PASSWORDS["alice"])
     await authn.authenticate(good)
     await authn.authenticate(good)

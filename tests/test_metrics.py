@@ -1,17 +1,19 @@
-"""/health, /ready and /metrics with the real server."""
+"""/health, /ready and /metrics, in this process (tests/inprocess.py: the
+real app, wrapper and metered site). The real server processes answer the
+probes and /metrics in tests/test_security_matrix.py."""
 
 from __future__ import annotations
 
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomweb.web.metrics import route_label
 from tests import dicomgen
 from tests.httpclient import stow
+from tests.inprocess import Client
 
 
-def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"{url}/metrics").text
+def _samples(http: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = http.get("/metrics").text
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -19,21 +21,21 @@ def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def test_health_and_ready_answer(url: str) -> None:
-    assert requests.get(f"{url}/health").text == "ok\n"
-    assert requests.get(f"{url}/ready").status_code == 200
+def test_health_and_ready_answer(http: Client) -> None:
+    assert http.get("/health").text == "ok\n"
+    assert http.get("/ready").status_code == 200
 
 
-def test_metrics_count_requests_by_route_and_status_without_patient_data(url: str) -> None:
+def test_metrics_count_requests_by_route_and_status_without_patient_data(http: Client) -> None:
     parts = list(dicomgen.ct_series(2, patient_name="Secret^Patient"))
-    assert stow(url, parts).status_code == 200
-    requests.get(f"{url}/studies", params={"PatientName": "Secret*"})
-    requests.get(f"{url}/studies/1.2.3.4/metadata")
-    response = requests.get(f"{url}/metrics")
+    assert stow(http, parts).status_code == 200
+    http.get("/studies", params={"PatientName": "Secret*"})
+    http.get("/studies/1.2.3.4/metadata")
+    response = http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     assert "Secret" not in response.text and "1.2.3.4" not in response.text
-    samples = _samples(url)
+    samples = _samples(http)
     assert samples[("dicomweb_http_requests_total",
                     (("method", "POST"), ("route", "/studies"), ("status", "200")))] >= 1
     assert samples[("dicomweb_http_requests_total",

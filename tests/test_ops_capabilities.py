@@ -1,5 +1,10 @@
 """Capabilities (PS3.18 8.9): OPTIONS with Allow, and a WADL document that
-lists exactly the routes that answer, checked against the real server."""
+lists exactly the routes that answer.
+
+The document and the Allow headers come from the routing table alone: they
+are checked in this process (tests/inprocess.py). That every listed method
+answers on real data is checked against the real server, on each store.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import requests
 
 from dicomweb.web import capabilities
 from dicomweb.web.app import DICOMwebApp
-from tests.httpclient import stow
+from tests.httpclient import session, stow
+from tests.inprocess import Client
 from tests.ops_helpers import COUCH_QIDO, Study, is_couch, store_study
 from tests.server import ServerProcess
 
@@ -18,9 +24,11 @@ NS = {"w": capabilities.WADL_NS}
 READS = {"GET", "HEAD", "OPTIONS"}
 
 
-def _document(url: str, accept: str | None = None) -> ET.Element:
+def _document(target: str | Client, accept: str | None = None) -> ET.Element:
+    """The capabilities document of a server URL or an in-process client."""
+    http, url = session(target)
     headers = {"Accept": accept} if accept else {}
-    response = requests.options(url + "/", headers=headers, timeout=30)
+    response = http.options(url + "/", headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == capabilities.WADL
     return ET.fromstring(response.content)
@@ -36,8 +44,8 @@ def test_every_route_has_a_description() -> None:
     assert [r.endpoint for r in rules if r.endpoint not in capabilities.KINDS] == []
 
 
-def test_document_lists_every_klein_rule(server: ServerProcess) -> None:
-    listed = _methods(_document(server.url))
+def test_document_lists_every_klein_rule(http: Client) -> None:
+    listed = _methods(_document(http))
     for rule in DICOMwebApp.app.url_map.iter_rules():
         if capabilities.is_options_endpoint(rule.endpoint):
             continue
@@ -46,8 +54,8 @@ def test_document_lists_every_klein_rule(server: ServerProcess) -> None:
         assert set(rule.methods or ()) | {"OPTIONS"} <= listed[path], rule.rule
 
 
-def test_document_names_media_types_syntaxes_and_query_keys(server: ServerProcess) -> None:
-    root = _document(server.url, "application/vnd.sun.wadl+xml")
+def test_document_names_media_types_syntaxes_and_query_keys(http: Client) -> None:
+    root = _document(http, "application/vnd.sun.wadl+xml")
     studies = root.find("w:resources/w:resource[@path='studies']", NS)
     assert studies is not None
     get = studies.find("w:method[@name='GET']", NS)
@@ -66,17 +74,16 @@ def test_document_names_media_types_syntaxes_and_query_keys(server: ServerProces
     assert {o.get("value") for o in reject.findall("w:param[@name='code']/w:option", NS)} >= {"113001^DCM"}
 
 
-def test_json_form(server: ServerProcess) -> None:
-    response = requests.options(server.url + "/", headers={"Accept": "application/json"}, timeout=30)
+def test_json_form(http: Client) -> None:
+    response = http.options("/", headers={"Accept": "application/json"}, timeout=30)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
     paths = {r["path"] for r in response.json()["resources"]}
     assert "studies/{study}/series/{series}/instances/{sop}/frames/{frames}" in paths
-    assert requests.options(server.url + "/", headers={"Accept": "image/png"}, timeout=30).status_code == 406
+    assert http.options("/", headers={"Accept": "image/png"}, timeout=30).status_code == 406
 
 
-def test_allow_headers(server: ServerProcess) -> None:
-    url = server.url
+def test_allow_headers(http: Client) -> None:
     cases = {
         "/": "GET, HEAD, OPTIONS",
         "/studies": "GET, HEAD, OPTIONS, POST",
@@ -87,7 +94,7 @@ def test_allow_headers(server: ServerProcess) -> None:
         "/health": "GET, HEAD, OPTIONS",
     }
     for path, allow in cases.items():
-        response = requests.options(url + path, timeout=30)
+        response = http.options(path, timeout=30)
         assert response.status_code == 200, path
         assert response.headers["Allow"] == allow, path
         if path == "/":
@@ -95,8 +102,8 @@ def test_allow_headers(server: ServerProcess) -> None:
         # A scoped document describes exactly the resource(s) of that path.
         methods = set().union(*_methods(ET.fromstring(response.content)).values())
         assert methods == set(allow.split(", ")), path
-    assert requests.options(url + "/nothing/here", timeout=30).status_code == 404
-    assert requests.put(url + "/studies", timeout=30).status_code == 405
+    assert http.options("/nothing/here", timeout=30).status_code == 404
+    assert http.put("/studies", timeout=30).status_code == 405
 
 
 def _fill(path: str, study: Study) -> str:

@@ -6,6 +6,8 @@ session through STOW. Every PatientID carries a marker unique to the run and
 every query is scoped by it (``PatientID=Q<run>*``), so data other tests
 store cannot interfere; unscoped queries are checked as supersets.
 Expected answers are UID sets written from the corpus table below.
+Refusals decided before the store is asked (406, 400 with a reason) are
+checked in this process (tests/inprocess.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from dicomweb.dicom.query import REQUIRED
-from tests.httpclient import referenced, stow
+from tests.httpclient import referenced, session, stow
+from tests.inprocess import Client
 
 RUN = uuid.uuid4().hex[:8].upper()
 SCOPE = ("PatientID", f"Q{RUN}*")
@@ -123,10 +126,15 @@ def corpus(server: Any) -> Corpus:
     return data
 
 
-def _get(url: str, path: str, params: Sequence[tuple[str, str]] | str = (), **kwargs: Any) -> requests.Response:
+def _get(target: str | Client, path: str, params: Sequence[tuple[str, str]] | str = (),
+         **kwargs: Any) -> requests.Response:
+    """GET from a server URL or an in-process client."""
+    http, url = session(target)
     if isinstance(params, str):
-        return requests.get(f"{url}{path}?{params}", timeout=30, **kwargs)
-    return requests.get(url + path, params=list(params), timeout=30, **kwargs)
+        response: requests.Response = http.get(f"{url}{path}?{params}", timeout=30, **kwargs)
+    else:
+        response = http.get(url + path, params=list(params), timeout=30, **kwargs)
+    return response
 
 
 def _found(response: requests.Response, tag: str) -> set[str]:
@@ -427,8 +435,10 @@ def test_xml_when_asked(url: str, corpus: Corpus) -> None:
     assert corpus.uid["s5mr"].encode() in response.content
 
 
-def test_not_acceptable(url: str, corpus: Corpus) -> None:
-    assert _get(url, "/studies", [SCOPE], headers={"Accept": "image/png"}).status_code == 406
+def test_not_acceptable(http: Client) -> None:
+    response = _get(http, "/studies", [SCOPE], headers={"Accept": "image/png"})
+    assert response.status_code == 406
+    assert "application/dicom+json" in response.text  # says what can be answered
 
 
 def test_empty_results_are_200_with_an_empty_list(url: str, corpus: Corpus) -> None:
@@ -455,8 +465,8 @@ def test_empty_results_are_200_with_an_empty_list(url: str, corpus: Corpus) -> N
     ("/studies/1.2.x/series", "", "study"),
     ("/studies/1.2.3/series/1.2.x/instances", "", "series"),
 ])
-def test_bad_queries_are_400_with_a_reason(url: str, corpus: Corpus, path: str, query: str, reason: str) -> None:
-    response = _get(url, path, query)
+def test_bad_queries_are_400_with_a_reason(http: Client, path: str, query: str, reason: str) -> None:
+    response = _get(http, path, query)
     assert response.status_code == 400, response.text
     assert reason.lower() in response.text.lower()
     assert "X" * 65 not in response.text  # the client's value is not echoed

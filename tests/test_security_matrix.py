@@ -1,9 +1,12 @@
-"""Every route x every kind of credential, against the real server process.
+"""Every route x every kind of credential.
 
-Refusals are decided by the wrapper before routing, so they are exact (401
-with a challenge, 403 for a read-only principal writing).  Accepted requests
-are checked as "not 401/403": some routes (frames, rendered, delete, ...)
-are built on other branches and may still answer 404/405 here.
+The whole matrix runs in this process (tests/inprocess.py: the same app,
+wrapper and options, on the embedded store): refusals are decided by the
+wrapper before routing, so they are exact (401 with a challenge, 403 for a
+read-only principal writing).  Accepted requests are checked as "not
+401/403" and "not 5xx".  The real server processes (both stores) answer the
+accepted column of the matrix, which is where the store is reached, and the
+probes: that is the twistd wiring of the same wrapper.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from tests.security_fixtures import (  # noqa: F401  # fixtures
     READER_PASSWORD,
     WRITER,
     WRITER_PASSWORD,
+    InProcessSecure,
     SecureServer,
     Study,
     basic,
+    basic_inprocess_fixture,
     basic_server_fixture,
     bearer,
+    idp_inprocess_fixture,
     idp_thread_fixture,
+    oidc_inprocess_fixture,
     oidc_server_fixture,
 )
 
@@ -78,11 +85,12 @@ ROUTES = [
 ]
 
 REFUSED, READ_ONLY, ACCEPTED = "refused", "read-only", "accepted"
-Headers = Callable[[SecureServer], dict[str, str]]
+Server = SecureServer | InProcessSecure
+Headers = Callable[[Server], dict[str, str]]
 
 
 def _token(**claims: Any) -> Headers:
-    return lambda s: bearer(s.provider.token(roles=["read", "write"], **claims))
+    return lambda s: bearer(s.idp.provider.token(roles=["read", "write"], **claims))  # type: ignore[union-attr]
 
 
 @cache
@@ -96,8 +104,8 @@ _SESSION = requests.Session()
 
 
 def _signed_by_stranger(kid_of_published: bool) -> Headers:
-    def headers(s: SecureServer) -> dict[str, str]:
-        idp = s.provider
+    def headers(s: Server) -> dict[str, str]:
+        idp = s.idp.provider  # type: ignore[union-attr]
         stranger = _stranger()
         kid = idp.rsa.kid if kid_of_published else None
         return bearer(idp.token(key=stranger, kid=kid, roles=["read", "write"]))
@@ -123,23 +131,24 @@ OIDC_CASES: dict[str, tuple[str, Headers]] = {
     "not yet valid": (REFUSED, lambda s: _token(nbf=int(time.time()) + 600)(s)),
     "wrong issuer": (REFUSED, _token(iss="https://evil.example/realms/test")),
     "wrong audience": (REFUSED, _token(aud="another-service")),
-    "alg none": (REFUSED, lambda s: bearer(s.provider.unsigned_token(roles=["write"]))),
+    "alg none": (REFUSED, lambda s: bearer(s.idp.provider.unsigned_token(roles=["write"]))),  # type: ignore[union-attr]
     "HS256 with the public key": (
-        REFUSED, lambda s: bearer(s.provider.hs256_public_key_token(roles=["write"]))),
+        REFUSED, lambda s: bearer(s.idp.provider.hs256_public_key_token(roles=["write"]))),  # type: ignore[union-attr]
     "unknown kid": (REFUSED, _signed_by_stranger(kid_of_published=False)),
     "unknown opaque token": (REFUSED, lambda s: bearer("0123456789abcdef" * 4)),
-    "read-only token": (READ_ONLY, lambda s: bearer(s.provider.token(roles=["read"]))),
+    "read-only token": (READ_ONLY, lambda s: bearer(s.idp.provider.token(roles=["read"]))),  # type: ignore[union-attr]
     "valid": (ACCEPTED, _token()),
     "valid opaque token": (
-        ACCEPTED, lambda s: bearer(s.provider.opaque_token(roles=["read", "write"]))),
+        ACCEPTED, lambda s: bearer(s.idp.provider.opaque_token(roles=["read", "write"]))),  # type: ignore[union-attr]
 }
 
 
-def _check(server: SecureServer, route: Route, case: tuple[str, Headers]) -> None:
+def _check(server: Server, route: Route, case: tuple[str, Headers]) -> None:
     expectation, make_headers = case
     headers = {"Origin": "http://viewer.example", **make_headers(server)}
-    response = _SESSION.request(route.method, server.url + route.path(server.study),
-                                headers=headers, timeout=30, data=b"" if route.write else None)
+    http = server.client if isinstance(server, InProcessSecure) else _SESSION
+    response = http.request(route.method, server.url + route.path(server.study),
+                            headers=headers, timeout=30, data=b"" if route.write else None)
     status = response.status_code
     if expectation == REFUSED:
         assert status == 401, (status, response.text)
@@ -159,14 +168,24 @@ def _check(server: SecureServer, route: Route, case: tuple[str, Headers]) -> Non
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
 @pytest.mark.parametrize("case", list(BASIC_CASES))
-def test_basic_auth_matrix(basic_server: SecureServer, route: Route, case: str) -> None:
-    _check(basic_server, route, BASIC_CASES[case])
+def test_basic_auth_matrix(basic_inprocess: InProcessSecure, route: Route, case: str) -> None:
+    _check(basic_inprocess, route, BASIC_CASES[case])
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=str)
 @pytest.mark.parametrize("case", list(OIDC_CASES))
-def test_oidc_matrix(oidc_server: SecureServer, route: Route, case: str) -> None:
-    _check(oidc_server, route, OIDC_CASES[case])
+def test_oidc_matrix(oidc_inprocess: InProcessSecure, route: Route, case: str) -> None:
+    _check(oidc_inprocess, route, OIDC_CASES[case])
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_basic_auth_lets_every_route_through_to_each_store(basic_server: SecureServer, route: Route) -> None:
+    _check(basic_server, route, BASIC_CASES["valid"])
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=str)
+def test_oidc_lets_every_route_through_to_each_store(oidc_server: SecureServer, route: Route) -> None:
+    _check(oidc_server, route, OIDC_CASES["valid"])
 
 
 def test_an_accepted_read_returns_the_stored_data(basic_server: SecureServer) -> None:
@@ -187,8 +206,8 @@ def test_probes_need_no_credentials_but_metrics_do(basic_server: SecureServer,
     assert metrics.status_code == 200
 
 
-def test_oidc_challenges_say_why_a_token_failed(oidc_server: SecureServer) -> None:
-    headers = _token(exp=int(time.time()) - 600)(oidc_server)
-    response = requests.get(oidc_server.url + "/studies", headers=headers, timeout=10)
+def test_oidc_challenges_say_why_a_token_failed(oidc_inprocess: InProcessSecure) -> None:
+    headers = _token(exp=int(time.time()) - 600)(oidc_inprocess)
+    response = oidc_inprocess.client.get("/studies", headers=headers, timeout=10)
     challenge = response.headers["WWW-Authenticate"]
     assert 'error="invalid_token"' in challenge and "expired" in challenge

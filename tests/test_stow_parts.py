@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from tests import dicomgen
 from tests.httpclient import failed, json_of, multipart_body, referenced, split_multipart, stow
+from tests.inprocess import InProcessServer
 from tests.server import ServerProcess
 from tests.stowload import wait_for
 
@@ -103,17 +104,20 @@ def test_a_malformed_part_header_still_gets_the_readers_reason(server: ServerPro
     _spool_empties(server)
 
 
-def test_part_files_are_removed_after_a_body_refused_as_too_large(small_cap: ServerProcess) -> None:
+def test_part_files_are_removed_after_a_body_refused_as_too_large(tmp_path: Path) -> None:
+    # In this process (tests/inprocess.py): the same request class and cap.
     instances = list(dicomgen.ct_series(8, size=256))  # about 1 MB
     body, boundary = multipart_body(instances + instances)
-    # Without a Content-Length the cap is only found out while receiving,
-    # after some parts have been written.
-    response = requests.post(small_cap.url + "/studies", data=(body[i:i + 65536] for i in range(0, len(body), 65536)),
-                             headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                                      **ACCEPT_JSON})
-    assert response.status_code == 413
-    _spool_empties(small_cap)
-    assert requests.get(small_cap.url + "/health").status_code == 200
+    with InProcessServer(str(tmp_path / "data"), "--max-request-size", "1M") as server:
+        # Without a Content-Length the cap is only found out while receiving,
+        # after some parts have been written.
+        response = server.client.post("/studies", data=(body[i:i + 65536] for i in range(0, len(body), 65536)),
+                                      headers={"Content-Type": f'multipart/related; type="application/dicom"; '
+                                                               f"boundary={boundary}", **ACCEPT_JSON})
+        assert response.status_code == 413
+        assert "byte limit" in response.text
+        assert os.listdir(tmp_path / "data" / "spool") == []
+        assert server.client.get("/health").status_code == 200
 
 
 def test_part_files_are_removed_when_the_client_goes_away_mid_body(small_cap: ServerProcess) -> None:

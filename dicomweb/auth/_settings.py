@@ -54,7 +54,7 @@ class AuthSettings:
         Issuer URL; ``{issuer}/.well-known/openid-configuration`` gives the
         ``jwks_uri``.  Tokens must carry exactly this ``iss``.
     ``keycloak_realm``, ``keycloak_auth_server_url``
-        Keycloak convenience (the old seed's ``realm``/``authServerUrl``):
+        Keycloak convenience (its adapter's ``realm``/``authServerUrl``):
         both together mean issuer ``{auth_server_url}/realms/{realm}``, and
         the roles claim defaults to ``realm_access.roles``.
     ``oidc_audience``

@@ -175,7 +175,8 @@ class _SuccessCache:
     """Recent successful checks, keyed by HMAC(name, password) under a random key.
 
     The key covers the password, so a wrong password is a different key and
-    can never hit a cached success (the seed's bug).  HMAC with a per-process
+    can never hit a cached success (a cache keyed by name alone would let
+    any password in after one good login).  HMAC with a per-process
     secret means the cache holds nothing that helps guess passwords.
     """
 

@@ -21,8 +21,8 @@ tokens are sent to the RFC 7662 introspection endpoint (from discovery or
 ``oidc_introspection_endpoint``) with ``oidc_client_id``/``oidc_client_secret``
 and the answer is cached until the token expires.
 
-Keycloak: ``keycloak_auth_server_url`` + ``keycloak_realm`` (the seed's
-``authServerUrl`` and ``realm``) mean issuer
+Keycloak: ``keycloak_auth_server_url`` + ``keycloak_realm`` (Keycloak's
+own ``authServerUrl`` and ``realm`` adapter settings) mean issuer
 ``{auth_server_url}/realms/{realm}``; ``clientId``/``clientSecret`` map onto
 ``oidc_client_id``/``oidc_client_secret``.
 

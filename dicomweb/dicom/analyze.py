@@ -13,6 +13,7 @@ through pydicom. Both give the same result (``tests/test_fastparse.py``).
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import mmap
@@ -22,14 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import pydicom
+from pydicom._uid_dict import UID_dictionary  # PS3.6 Table A-1, as pydicom ships it
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
+from pydicom.uid import PrivateTransferSyntaxes
 
-from ..io.files import FileWindow
-from . import fastparse, levels
+from ..io.files import FileWindow, read_at
+from . import fastparse, levels, structure
 from .dicomjson import dumps
 from .uids import clean_uid, is_valid_uid
 
@@ -123,8 +126,19 @@ def analyze(fp: BinaryIO, offset: int = 0, length: int | None = None) -> Instanc
 
 
 def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
-    """The pydicom path: any encoding pydicom reads."""
+    """The pydicom path: any encoding pydicom reads, once its structure is
+    checked (pydicom reads a broken one as far as it goes)."""
+
+    def read_raw(pos: int, size: int) -> bytes:
+        size = min(size, length - pos)
+        return read_at(fp, offset + pos, size) if size > 0 and pos >= 0 else b""
+
     window = io.BufferedReader(FileWindow(fp, offset, length), 64 * 1024)
+    try:
+        tsuid = structure.check_part10(read_raw, length)
+    except structure.Malformed as exc:
+        raise InvalidInstance(exc.reason, CANNOT_UNDERSTAND, *_uids_of_broken(window)) from None
+    _check_transfer_syntax(tsuid)
     try:
         ds = pydicom.dcmread(window, defer_size=DEFER_SIZE, stop_before_pixels=True)
         pixel_pos = window.tell()
@@ -137,15 +151,20 @@ def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
         window.seek(pos)
         return window.read(size)
 
-    tsuid, study_uid, series_uid, sop_uid, sop_class = _identify(ds.get, ds.file_meta.get)
+    try:
+        tsuid, study_uid, series_uid, sop_uid, sop_class = _identify(ds.get, ds.file_meta.get)
+    except InvalidInstance:
+        raise
+    except Exception as exc:  # an identifying value pydicom cannot decode
+        raise InvalidInstance(f"cannot decode the identifying attributes ({type(exc).__name__})") from None
     try:
         prefix = _prefix(study_uid, series_uid, sop_uid)
         bulk: dict[str, Range] = {}
         warnings: list[str] = []
-        metadata = dataset_to_json(ds, window, prefix, bulk, [], warnings)
         implicit, little = ds.original_encoding
         if implicit is None or little is None:
             implicit, little = tsuid == "1.2.840.10008.1.2", tsuid != "1.2.840.10008.1.2.2"
+        metadata = dataset_to_json(ds, window, prefix, bulk, [], warnings, little=bool(little))
         eot = ds.get_item(0x7FE00001, keep_deferred=True)
         return _build(metadata, bulk, warnings, ds.get, read, lambda: _read_offsets(window, eot, "<Q"),
                       pixel_pos, length, tsuid, study_uid, series_uid, sop_uid, sop_class, prefix,
@@ -153,6 +172,23 @@ def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
     except InvalidInstance as exc:
         exc.sop_class_uid, exc.sop_uid = sop_class, sop_uid
         raise
+    except Exception as exc:  # pydicom raises many types on values it cannot decode
+        raise InvalidInstance(f"cannot decode the data set ({type(exc).__name__})", CANNOT_UNDERSTAND,
+                              sop_class, sop_uid) from None
+
+
+def _uids_of_broken(window: BinaryIO) -> tuple[str, str]:
+    """(SOP Class, SOP Instance UID) of a refused object, for its failure
+    item, when its header can be read; else empty strings."""
+    try:
+        window.seek(0)
+        ds = pydicom.dcmread(window, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        sop_class, sop_uid = clean_uid(str(ds.get("SOPClassUID", ""))), clean_uid(str(ds.get("SOPInstanceUID", "")))
+    except Exception:  # the object is already refused; its UIDs are a courtesy
+        return "", ""
+    if not is_valid_uid(sop_class) or not is_valid_uid(sop_uid):
+        return "", ""
+    return sop_class, sop_uid
 
 
 #: Top-level values analyze() reads, and the VR they must have for the fast
@@ -238,8 +274,7 @@ def _identify(get: Getter, meta_get: Getter) -> tuple[str, str, str, str, str]:
     """(transfer syntax, study, series, SOP instance, SOP class UIDs), or the
     InvalidInstance that says which one is wrong."""
     tsuid = clean_uid(str(meta_get("TransferSyntaxUID", "")))
-    if not tsuid or not is_valid_uid(tsuid):
-        raise InvalidInstance("file meta has no valid TransferSyntaxUID", TRANSFER_SYNTAX_NOT_SUPPORTED)
+    _check_transfer_syntax(tsuid)
     sop_class = _uid(get, "SOPClassUID", required=False) or clean_uid(str(meta_get("MediaStorageSOPClassUID", "")))
     sop_uid = _uid(get, "SOPInstanceUID", required=False)
     try:
@@ -253,6 +288,16 @@ def _identify(get: Getter, meta_get: Getter) -> tuple[str, str, str, str, str]:
         exc.sop_class_uid, exc.sop_uid = sop_class if is_valid_uid(sop_class) else "", sop_uid
         raise
     return tsuid, study_uid, series_uid, sop_uid, sop_class
+
+
+def _check_transfer_syntax(tsuid: str) -> None:
+    """Refuse a transfer syntax the server cannot parse: one neither in
+    PS3.6's registry (as pydicom knows it) nor registered with pydicom."""
+    if not tsuid or not is_valid_uid(tsuid):
+        raise InvalidInstance("file meta has no valid TransferSyntaxUID", TRANSFER_SYNTAX_NOT_SUPPORTED)
+    entry = UID_dictionary.get(tsuid)
+    if (entry is None or entry[1] != "Transfer Syntax") and tsuid not in PrivateTransferSyntaxes:
+        raise InvalidInstance("the TransferSyntaxUID names no known transfer syntax", TRANSFER_SYNTAX_NOT_SUPPORTED)
 
 
 def _prefix(study_uid: str, series_uid: str, sop_uid: str) -> str:
@@ -269,6 +314,7 @@ def _build(metadata: dict[str, Any], bulk: dict[str, Range], warnings: list[str]
         pixel = _read_pixel_element(read, pixel_pos, get, implicit, little)
         if pixel is not None:
             tag, vr, value_range, fragments = pixel
+            _check_tail(read, sum(value_range), size, implicit, little)
             key = f"{tag:08X}"
             encapsulated = fragments is not None
             if encapsulated:
@@ -309,8 +355,25 @@ def _vr_of(tag: BaseTag, raw: Any) -> str:
     return str(vr)
 
 
+#: Word size of the binary VRs whose InlineBinary is little endian (PS3.18 F.2.7).
+_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _little_endian_inline(element: dict[str, Any], vr: str) -> None:
+    """Swap a big endian InlineBinary value to little endian, in place."""
+    size = _WORD_SIZES.get(vr)
+    value = element.get("InlineBinary")
+    if size is None or not value:
+        return
+    raw = bytearray(base64.b64decode(value))
+    whole = len(raw) // size * size
+    for start in range(0, whole, size):
+        raw[start:start + size] = raw[start:start + size][::-1]
+    element["InlineBinary"] = base64.b64encode(bytes(raw)).decode("ascii")
+
+
 def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Range],
-                    path: list[str], warnings: list[str], base: int = 0) -> dict[str, Any]:
+                    path: list[str], warnings: list[str], base: int = 0, little: bool = True) -> dict[str, Any]:
     """DICOM JSON (PS3.18 F.2) of ``ds``; large binary values become BulkDataURIs.
 
     ``base``: where the bytes ``ds`` was read from start in the object. pydicom
@@ -325,8 +388,14 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
         raw = ds.get_item(tag, keep_deferred=True)  # never let pydicom re-open the file
         vr = _vr_of(tag, raw)
         if vr == "SQ":
+            if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+                # A defined-length sequence over DEFER_SIZE was deferred; the
+                # window has no file name to read it back from, so read it here.
+                fp.seek(base + raw.value_tell)
+                raw = raw._replace(value=fp.read(raw.length))
+                ds._dict[tag] = raw
             inner = base + int(raw.value_tell) if isinstance(raw, RawDataElement) else base
-            items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings, inner)
+            items = [dataset_to_json(item, fp, prefix, bulk, [*path, key, str(i)], warnings, inner, little)
                      for i, item in enumerate(ds[tag].value or [])]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
@@ -342,6 +411,8 @@ def dataset_to_json(ds: Dataset, fp: BinaryIO, prefix: str, bulk: dict[str, Rang
                     raw._replace(value=fp.read(raw.length)), encoding=ds._character_set, ds=ds)
         try:
             out[key] = ds[tag].to_json_dict(None, 1 << 62)
+            if not little:
+                _little_endian_inline(out[key], vr)
         except Exception as exc:  # a malformed value must not lose the instance
             warnings.append(f"{key}: value not representable in JSON ({type(exc).__name__})")
             out[key] = {"vr": vr}
@@ -364,6 +435,8 @@ def _read_pixel_element(read: Reader, pos: int, get: Getter, implicit: bool, lit
     tag = (group << 16) | elem
     if tag not in PIXEL_TAGS:
         return None
+    if not implicit and not structure.looks_explicit(head[4:6]):
+        implicit = True  # an implicit VR element in an explicit VR data set, read as readers do
     if implicit:
         (length,) = struct.unpack(end + "L", head[4:8])
         vr = PIXEL_TAGS[tag] if tag != 0x7FE00010 else ("OW" if int(get("BitsAllocated", 16) or 16) > 8 else "OB")
@@ -378,6 +451,8 @@ def _read_pixel_element(read: Reader, pos: int, get: Getter, implicit: bool, lit
             (length,) = struct.unpack(end + "H", head[6:8])
             value_start = pos + 8
     if length != 0xFFFFFFFF:
+        if len(read(value_start + length - 1, 1)) != 1 and length:
+            raise InvalidInstance(f"element ({group:04X},{elem:04X}) is longer than the data that holds it")
         return tag, vr, (value_start, length), None
     fragments, value_end = _read_fragments(read, value_start, end)
     return tag, vr, (value_start, value_end - value_start), fragments
@@ -389,7 +464,7 @@ def _read_fragments(read: Reader, pos: int, end: str) -> tuple[list[Range], int]
     while True:
         head = read(pos, 8)
         if len(head) < 8:
-            raise InvalidInstance("encapsulated pixel data is truncated")
+            raise InvalidInstance("encapsulated pixel data is not closed by a sequence delimiter")
         group, elem, length = struct.unpack(end + "HHL", head)
         tag = (group << 16) | elem
         if tag == _SEQ_DELIM:
@@ -398,6 +473,14 @@ def _read_fragments(read: Reader, pos: int, end: str) -> tuple[list[Range], int]
             raise InvalidInstance("encapsulated pixel data has a malformed item")
         items.append((pos + 8, length))
         pos += 8 + length
+
+
+def _check_tail(read: Reader, pos: int, size: int, implicit: bool, little: bool) -> None:
+    """The elements after the Pixel Data (digital signatures, padding) must fit too."""
+    try:
+        structure.check_tail(read, pos, size, implicit, little)
+    except structure.Malformed as exc:
+        raise InvalidInstance(exc.reason) from None
 
 
 def _frames(get: Getter, read: Reader, eot: Callable[[], list[int]], value: Range,
@@ -412,8 +495,11 @@ def _frames(get: Getter, read: Reader, eot: Callable[[], list[int]], value: Rang
         raise InvalidInstance("encapsulated pixel data has no Basic Offset Table item")
     bot, fragments = items[0], items[1:]
     if not fragments:
-        warnings.append("encapsulated pixel data has no fragments")
-        return []
+        raise InvalidInstance("encapsulated pixel data has no fragments")
+    if len(fragments) < nframes:
+        # PS3.5 A.4: a fragment never holds more than one frame.
+        raise InvalidInstance(f"encapsulated pixel data has {len(fragments)} fragments for {nframes} frames")
+    _check_offset_tables(read, eot, bot, fragments)
     if nframes == 1:
         return [fragments]
     starts = _frame_starts(read, eot, bot, fragments, nframes)
@@ -424,6 +510,20 @@ def _frames(get: Getter, read: Reader, eot: Callable[[], list[int]], value: Rang
     return [fragments[bounds[i]:bounds[i + 1]] for i in range(nframes)]
 
 
+def _check_offset_tables(read: Reader, eot: Callable[[], list[int]], bot: Range, fragments: list[Range]) -> None:
+    """The Basic and Extended Offset Tables (PS3.5 A.4, C.7.6.3.1.8) point
+    at item tags inside the fragments: an offset beyond them is refused."""
+    span = sum(length for _off, length in fragments) + 8 * len(fragments)
+    offsets = eot()
+    if not offsets and bot[1]:
+        if bot[1] % 4:
+            raise InvalidInstance("the Basic Offset Table length is not a multiple of 4")
+        raw = read(bot[0], bot[1])
+        offsets = list(struct.unpack(f"<{len(raw) // 4}L", raw[: len(raw) // 4 * 4]))
+    if any(o >= span for o in offsets):
+        raise InvalidInstance("an offset table points outside the pixel data")
+
+
 def _native_frames(get: Getter, value: Range, nframes: int, warnings: list[str]) -> list[list[Range]] | None:
     try:
         samples = int(get("SamplesPerPixel", 1) or 1)
@@ -431,15 +531,16 @@ def _native_frames(get: Getter, value: Range, nframes: int, warnings: list[str])
             samples = 2  # two chroma samples are shared by each pair of pixels
         bits = int(get("Rows", None)) * int(get("Columns", None)) * samples * int(get("BitsAllocated", None))
     except (AttributeError, TypeError, ValueError):
-        warnings.append("pixel data without Rows/Columns/BitsAllocated")
-        return None
+        raise InvalidInstance("Pixel Data without valid Rows, Columns or BitsAllocated") from None
+    offset, length = value
+    needed = (bits * nframes + 7) // 8
+    if bits <= 0 or needed > length:
+        # PS3.5 8.1.1: Rows x Columns x Samples x Bits Allocated x Frames, plus
+        # a pad byte to even length (allowed, never required here).
+        raise InvalidInstance(f"Pixel Data holds {length} bytes; its frames need {needed}")
     if bits % 8:
         return None  # frames are not byte aligned (1-bit data): decode on request
     frame_len = bits // 8
-    offset, length = value
-    if frame_len == 0 or frame_len * nframes > length:
-        warnings.append("pixel data is shorter than its frames")
-        nframes = length // frame_len if frame_len else 0
     return [[(offset + i * frame_len, frame_len)] for i in range(nframes)]
 
 

@@ -28,6 +28,8 @@ from pydicom import config as pconfig
 from pydicom import hooks as phooks
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 
+from .structure import MAX_DEPTH
+
 Range = tuple[int, int]
 
 #: The pydicom path's thresholds (kept equal by analyze.py importing these).
@@ -311,6 +313,8 @@ class _Reader:
                 self._set_charset(out[key])
 
     def sequence(self, pos: int, stop: int | None, path: list[str]) -> tuple[list[dict[str, Any]], int]:
+        if (len(path) + 1) // 2 > MAX_DEPTH:
+            raise Decline  # the pydicom path refuses it, saying why
         buf = self.buf
         items: list[dict[str, Any]] = []
         while True:

@@ -14,6 +14,16 @@ class StowResult:
     series_uid: str = ""
     failure: int = 0  # 0 = stored
     warning: int = 0
+    #: Why it failed, in a few words (never patient data): sent to the client.
+    reason: str = ""
+
+
+#: The failure item's reason text: a private attribute (PS3.5 7.8) of the
+#: block "DICOMWEB", since the Failed SOP Sequence (PS3.18 Table 10.5.3-3)
+#: has only the numeric Failure Reason.
+REASON_CREATOR = "DICOMWEB"
+REASON_CREATOR_TAG = "00090010"
+REASON_TAG = "00091001"
 
 
 def _ui(value: str) -> dict[str, Any]:
@@ -22,6 +32,14 @@ def _ui(value: str) -> dict[str, Any]:
 
 def _ref(result: StowResult) -> dict[str, Any]:
     return {"00081150": _ui(result.sop_class_uid), "00081155": _ui(result.sop_uid)}
+
+
+def _failed_item(result: StowResult) -> dict[str, Any]:
+    item = {**_ref(result), "00081197": {"vr": "US", "Value": [result.failure]}}
+    if result.reason:
+        item[REASON_CREATOR_TAG] = {"vr": "LO", "Value": [REASON_CREATOR]}
+        item[REASON_TAG] = {"vr": "LT", "Value": [result.reason]}
+    return item
 
 
 def instance_path(study: str, series: str, sop: str) -> str:
@@ -40,8 +58,7 @@ def response(results: list[StowResult], base: str, target_study: str | None) -> 
     if target_study or len(studies) == 1:
         body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{target_study or studies.pop()}"]}
     if failed:
-        body["00081198"] = {"vr": "SQ", "Value": [
-            {**_ref(r), "00081197": {"vr": "US", "Value": [r.failure]}} for r in failed]}
+        body["00081198"] = {"vr": "SQ", "Value": [_failed_item(r) for r in failed]}
     if stored:
         items = []
         for r in stored:

@@ -35,7 +35,7 @@ from ..twistedtypes import IReactor
 from . import capabilities, negotiation, qido, wadouri
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
-from .stow import body_boundary, store_body
+from .stow import body_shape, store_body
 from .wado import Wado
 
 log = Logger()
@@ -182,9 +182,9 @@ class DICOMwebApp:
             if getattr(request, "too_large", False):
                 limit = getattr(request, "max_body", 0)
                 raise HTTPError(413, f"request body larger than the {limit} byte limit")
-            boundary = body_boundary(request.getHeader(b"content-type"))
+            shape = body_shape(request.getHeader(b"content-type"))
             negotiation.choose_dataset_type(request.getHeader(b"accept"))  # 406 before storing anything
-            results = await store_body(self.store, self.reactor, self.pool, body, boundary, study)
+            results = await store_body(self.store, self.reactor, self.pool, body, shape, study)
         finally:
             body.close()
         failures = sum(1 for r in results if r.failure)

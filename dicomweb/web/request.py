@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.web.server import Request
 
-from ..io.multipart import PartSplitter
+from ..io.multipart import MAX_BOUNDARY, PartSplitter
 from ..mediatype import parse_media_type
 from ..store.base import Spool
 
@@ -79,7 +79,7 @@ class DICOMwebRequest(Request):
         except (ValueError, UnicodeDecodeError):
             return None
         boundary = media.param("boundary")
-        if media.type != "multipart/related" or not boundary or len(boundary) > 70:
+        if media.type != "multipart/related" or not boundary or len(boundary) > MAX_BOUNDARY:
             return None
         return PartSplitter(boundary, directory)
 

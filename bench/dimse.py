@@ -1,0 +1,229 @@
+"""DIMSE benchmark: our server against Orthanc, side by side (issue 14).
+
+One command, from the repository root::
+
+    python bench/dimse.py             # the full corpus (1,200 instances; ≈ 5 min on 2 cores)
+    python bench/dimse.py --quick     # 120 instances (< 1 min)
+    python bench/dimse.py --stores embedded,couch
+
+What is measured (dcmtk's tools as clients, ``storescp --ignore`` as the
+C-MOVE destination, everything on 127.0.0.1):
+
+- C-STORE: ``storescu`` sending the main corpus over one association, then
+  (other UIDs) over 4 parallel associations: instances/s;
+- C-FIND: ``findscu`` at STUDY level with a name wildcard and a date range
+  (the QIDO benchmark's search): median latency, association included;
+- C-MOVE: a 60-instance study (40 with --quick) into the sink: instances/s.
+
+Orthanc 1.10 (Debian) runs with its defaults and a private configuration
+naming the benchmark's AEs; our server with ``--dimse-port`` and the sink as
+``--dimse-peer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import servers
+from corpus import FULL, QIDO_DATES, QIDO_NAME, QUICK, Corpus, ensure_corpus
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+DCMTK = "/usr/bin"  # pynetdicom installs Python tools with the same names
+SCU_AE, SINK_AE = "BENCHSCU", "SINK"
+_DIMSE_RE = re.compile(r"DIMSE listener \(AE [^)]*\) starting on (\d+)")
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def tool(name: str) -> str:
+    path = f"{DCMTK}/{name}"
+    if not Path(path).exists():
+        raise SystemExit("dcmtk is missing: apt-get install dcmtk (scripts/install-system-deps)")
+    return path
+
+
+class Target:
+    def __init__(self, name: str, ae: str, port: int, server: servers.Server) -> None:
+        self.name, self.ae, self.port, self.server = name, ae, port, server
+
+
+def start_orthanc(tmp: Path, sink_port: int) -> Target:
+    import json
+
+    import requests
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = servers.free_port(), servers.free_port()
+    config = servers.orthanc_config(tmp, http_port, dicom_port)
+    config["Plugins"] = []
+    config["DicomModalities"] = {"scu": [SCU_AE, "127.0.0.1", 1], "sink": [SINK_AE, "127.0.0.1", sink_port]}
+    path = tmp / "orthanc.json"
+    path.write_text(json.dumps(config))
+    log = tmp / "orthanc.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["Orthanc", str(path)], cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http_port}"
+    servers.wait_http(base + "/system", proc, log)
+    version = requests.get(base + "/system", timeout=5).json().get("Version", "?")
+    return Target(f"Orthanc {version}", str(config["DicomAet"]), dicom_port,
+                  servers.Server("Orthanc", base, proc, log))
+
+
+def start_ours(tmp: Path, store: str, sink_port: int, pouch: servers.Server | None) -> Target:
+    extra = ["--dimse-port", "0", "--dimse-peer", f"{SINK_AE}=127.0.0.1:{sink_port}"]
+    if store == "couch":
+        assert pouch is not None
+        extra += ["--couchdb", pouch.url]
+    server = servers.start_ours(REPO, tmp, store, extra)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = _DIMSE_RE.search(servers.tail(server.log, 100_000))
+        if match:
+            return Target(f"ours [{store}]", "DICOMWEB", int(match.group(1)), server)
+        time.sleep(0.05)
+    raise RuntimeError("the DIMSE listener did not start")
+
+
+def start_sink(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = servers.free_port()
+    proc = subprocess.Popen([tool("storescp"), "-aet", SINK_AE, "--ignore", str(port)], cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    return proc, port
+
+
+def variant_files(corpus: Corpus, variant: int, folder: Path) -> list[str]:
+    """The main corpus with the UIDs of ``variant`` (0: the files as they are)."""
+    main = corpus.group("main")
+    if variant == 0:
+        return [str(corpus.root / i.path) for i in main]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for n, inst in enumerate(main):
+        path = folder / f"{n}.dcm"
+        path.write_bytes(corpus.read(inst, variant))
+        out.append(str(path))
+    return out
+
+
+def c_store(target: Target, files: list[str], associations: int) -> float:
+    """instances/s sending ``files`` over ``associations`` parallel storescu."""
+    groups = [files[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [subprocess.Popen([tool("storescu"), "-aet", SCU_AE, "-aec", target.ae, "127.0.0.1",
+                               str(target.port), *group], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for group in groups]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu to {target.name} failed: {err.decode()[-500:]}")
+    return len(files) / (time.perf_counter() - start)
+
+
+def c_find(target: Target, samples: int) -> tuple[float, int]:
+    """(median seconds, answers) of the study search, association included."""
+    args = [tool("findscu"), "-S", "-aet", SCU_AE, "-aec", target.ae, "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"PatientName={QIDO_NAME}", "-k", f"StudyDate={QIDO_DATES[0]}-{QIDO_DATES[1]}",
+            "-k", "StudyInstanceUID", "-k", "PatientID", "127.0.0.1", str(target.port)]
+    times, answers = [], 0
+    for _ in range(samples + 1):
+        start = time.perf_counter()
+        out = subprocess.run(args, capture_output=True, text=True, check=True)
+        times.append(time.perf_counter() - start)
+        answers = out.stderr.count("Find Response:") + out.stdout.count("Find Response:")
+    return statistics.median(times[1:]), answers
+
+
+def c_move(target: Target, study: str, instances: int) -> float:
+    start = time.perf_counter()
+    subprocess.run([tool("movescu"), "-S", "-aet", SCU_AE, "-aec", target.ae, "-aem", SINK_AE,
+                    "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                    "127.0.0.1", str(target.port)], capture_output=True, check=True)
+    return instances / (time.perf_counter() - start)
+
+
+def measure(target: Target, corpus: Corpus, tmp: Path, samples: int) -> dict[str, float]:
+    say(f"  {target.name}: C-STORE over 1 association ...")
+    one = c_store(target, variant_files(corpus, 0, tmp), 1)
+    say(f"  {target.name}: C-STORE over 4 associations ...")
+    four = c_store(target, variant_files(corpus, 1, tmp / "v1"), 4)
+    say(f"  {target.name}: C-FIND ...")
+    find, answers = c_find(target, samples)
+    say(f"  {target.name}: C-MOVE ...")
+    studies = corpus.studies()
+    moves = [c_move(target, study, len(items)) for study, items in list(studies.items())[:3]]
+    return {"store1": one, "store4": four, "find": find, "answers": answers, "move": statistics.median(moves),
+            "move_size": len(next(iter(studies.values())))}
+
+
+def table(results: dict[str, dict[str, float]], n: int) -> str:
+    names = list(results)
+    lines = [f"| operation | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+
+    def row(label: str, key: str, fmt: str) -> None:
+        lines.append(f"| {label} | " + " | ".join(fmt.format(results[k][key]) for k in names) + " |")
+
+    row(f"C-STORE {n} instances, 1 association (inst/s)", "store1", "{:.1f}")
+    row(f"C-STORE {n} instances, 4 associations (inst/s)", "store4", "{:.1f}")
+    for k in names:
+        results[k]["find"] *= 1000
+    row("C-FIND study, name wildcard + date range (ms, median)", "find", "{:.1f}")
+    row("C-FIND answers", "answers", "{:.0f}")
+    move_size = int(next(iter(results.values()))["move_size"])
+    row(f"C-MOVE {move_size}-instance study (inst/s)", "move", "{:.1f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--stores", default="embedded")
+    parser.add_argument("--samples", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("Orthanc") is None:
+        raise SystemExit("Orthanc is missing: apt-get install orthanc (DIMSE needs no plugin)")
+    corpus = ensure_corpus(QUICK if args.quick else FULL, say)
+    n = len(corpus.group("main"))
+    tmp = Path(tempfile.mkdtemp(prefix="dimse-bench-"))
+    sink, sink_port = start_sink(tmp)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for store in args.stores.split(","):
+            pouch = servers.start_pouchdb(REPO, tmp / f"pouch-{store}") if store == "couch" else None
+            ours = start_ours(tmp / f"ours-{store}", store, sink_port, pouch)
+            try:
+                say(f"{ours.name}:")
+                results[ours.name] = measure(ours, corpus, tmp / f"files-{store}", args.samples)
+            finally:
+                ours.server.stop()
+                if pouch is not None:
+                    pouch.stop()
+        orthanc = start_orthanc(tmp / "orthanc", sink_port)
+        try:
+            say(f"{orthanc.name}:")
+            results[orthanc.name] = measure(orthanc, corpus, tmp / "files-orthanc", args.samples)
+        finally:
+            orthanc.server.stop()
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    say("")
+    say(f"`python bench/dimse.py{' --quick' if args.quick else ''} --stores {args.stores}`")
+    say("")
+    say(table(results, n))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The HTTP site: the app, its auth/CORS wrapper, metrics and request class.
+
+Built in one place so that the twistd service (:mod:`dicomweb.tap`) and the
+in-process tests serve exactly the same resource tree and request handling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python.threadpool import ThreadPool
+from twisted.web.http import Request
+from twisted.web.server import Site
+
+from ..config import Settings
+from ..store import Spool, Store
+from ..twistedtypes import IReactor
+from .accesslog import access_log_formatter
+from .app import DICOMwebApp, WebSettings
+from .limits import limited_channel
+from .metrics import InstrumentedStore, Metrics
+from .request import request_factory
+from .security import secure_root
+
+
+class MeteredSite(Site):
+    """A Site that reports every finished request to the metrics."""
+
+    def __init__(self, metrics: Metrics, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    def log(self, request: Request) -> None:
+        self._metrics.observe_request(request)
+        super().log(request)
+
+
+def build_site(settings: Settings, store: Store, reactor: IReactor, pool: ThreadPool, *,
+               spool: Spool | None = None, metrics: Metrics | None = None) -> MeteredSite:
+    """The site serving ``store``; request bodies go to ``spool`` (default:
+    the store's own, which decides whether multipart bodies arrive split
+    into part files)."""
+    metrics = metrics or Metrics()
+    app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
+                      WebSettings(settings.base_url, settings.trust_forwarded), metrics)
+    root = secure_root(app.resource(), settings, reactor, pool)
+    site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings))
+    site.requestFactory = request_factory(settings.max_request_size, spool or store.spool)
+    site.displayTracebacks = False
+    site.protocol = limited_channel  # type: ignore[method-assign]  # 414/431 for over-long request heads
+    return site
+
+
+__all__ = ["MeteredSite", "build_site"]
