@@ -129,6 +129,24 @@ def c_find(port: int, query: Dataset, model: str = STUDY_FIND) -> tuple[int, lis
         assoc.release()
 
 
+def c_store_file(port: int, path: str, sop_class: str, syntax: str) -> Dataset:
+    """Send one Part 10 file as it is on disk (pynetdicom reads it in chunks,
+    without decoding it); the response status data set."""
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = associate(port, [(sop_class, [syntax])])
+        assert assoc.is_established, "association rejected"
+        try:
+            status: Dataset = assoc.send_c_store(path)
+            return status
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+
+
 def c_store(port: int, data: bytes, **kwargs: Any) -> Dataset:
     """Send one Part 10 object with pynetdicom; the response status data set."""
     import io

@@ -29,6 +29,7 @@ from tests.dimse_helpers import (
     c_get,
     c_move,
     c_store,
+    c_store_file,
     identifier,
     pydicom_file,
     run_dcmtk,
@@ -127,22 +128,12 @@ def test_storing_again_follows_the_stow_policy(dimse_server: DimseServer) -> Non
 
 
 def test_cstore_without_sop_instance_uid_is_refused(dimse_server: DimseServer, tmp_path: Path) -> None:
-    from pynetdicom import _config
-
     study = generate_uid()
     ds = dcmread(io.BytesIO(ct_instance(study, generate_uid(), 1)))
     del ds.SOPInstanceUID  # the file meta still names one: the C-STORE request carries it
     path = tmp_path / "nosop.dcm"
     ds.save_as(path, enforce_file_format=True)
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        from tests.dimse_helpers import associate
-
-        assoc = associate(dimse_server.dimse_port, [(CT_STORAGE, [EXPLICIT_LE])])
-        status = assoc.send_c_store(str(path))
-        assoc.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
+    status = c_store_file(dimse_server.dimse_port, str(path), CT_STORAGE, EXPLICIT_LE)
     assert status.Status == 0xC000
     assert "ErrorComment" in status
     assert _qido(dimse_server, f"studies?StudyInstanceUID={study}") == []
@@ -332,9 +323,6 @@ def test_a_large_instance_is_received_to_disk(dimse_server: DimseServer, tmp_pat
 
     import numpy as np
     import psutil
-    from pynetdicom import _config
-
-    from tests.dimse_helpers import associate
 
     study = generate_uid()
     ds = dcmread(io.BytesIO(ct_instance(study, generate_uid(), 1, size=16)))
@@ -355,13 +343,9 @@ def test_a_large_instance_is_received_to_disk(dimse_server: DimseServer, tmp_pat
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _config.STORE_SEND_CHUNKED_DATASET = True  # the test client sends from the file too
     try:
-        assoc = associate(dimse_server.dimse_port, [(CT_STORAGE, [EXPLICIT_LE])])
-        status = assoc.send_c_store(str(path))
-        assoc.release()
+        status = c_store_file(dimse_server.dimse_port, str(path), CT_STORAGE, EXPLICIT_LE)
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = False
         done.set()
         sampler.join()
     assert status.Status == 0

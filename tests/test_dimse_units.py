@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
-from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 
 from dicomweb.dimse.bridge import Bridge, Stopping
 from dicomweb.dimse.find import FindError, answer, build_query, identifier_pairs
 from dicomweb.dimse.retrieve import EXPLICIT_LE, IMPLICIT_LE, choose_syntax
 from dicomweb.twistedtypes import IReactor
+from tests.dimse_helpers import identifier
 
 J2K = "1.2.840.10008.1.2.4.90"
 
@@ -47,16 +47,8 @@ def test_a_coroutine_runs_as_a_deferred() -> None:
     assert results == [2] and bridge.close().called
 
 
-def _identifier(level: str, **keys: Any) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    for keyword, value in keys.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
 def test_identifier_to_query() -> None:
-    ds = _identifier("SERIES", StudyInstanceUID=["1.2.3", "1.2.4"], Modality="CT", SeriesDate="20200101-",
+    ds = identifier("SERIES", StudyInstanceUID=["1.2.3", "1.2.4"], Modality="CT", SeriesDate="20200101-",
                      SeriesDescription="")
     query = build_query(ds)
     kinds = {f.keyword: f.kind for f in query.filters}
@@ -67,7 +59,7 @@ def test_identifier_to_query() -> None:
 
 
 def test_specific_character_set_is_decoded() -> None:
-    ds = _identifier("STUDY", SpecificCharacterSet="ISO_IR 100")
+    ds = identifier("STUDY", SpecificCharacterSet="ISO_IR 100")
     ds.add_new(0x00100010, "PN", "Müller*".encode("latin-1"))
     assert ("00100010", "Müller*") in identifier_pairs(ds)
 
@@ -75,11 +67,11 @@ def test_specific_character_set_is_decoded() -> None:
 @pytest.mark.parametrize("level, keys", [("PATIENT", {}), ("", {}), ("STUDY", {"StudyDate": "2020-2019x"})])
 def test_bad_identifiers(level: str, keys: dict[str, str]) -> None:
     with pytest.raises(FindError):
-        build_query(_identifier(level, **keys))
+        build_query(identifier(level, **keys))
 
 
 def test_an_answer_has_exactly_the_requested_keys() -> None:
-    ds = _identifier("STUDY", PatientName="", StudyInstanceUID="", RetrieveAETitle="", AccessionNumber="")
+    ds = identifier("STUDY", PatientName="", StudyInstanceUID="", RetrieveAETitle="", AccessionNumber="")
     found = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
              "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
              "00080061": {"vr": "CS", "Value": ["CT"]},
