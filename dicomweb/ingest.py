@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.threads import deferToThreadPool
@@ -39,10 +39,16 @@ class IngestItem:
     """One part to analyse and store: where its bytes are."""
 
     content_type: str | None
-    source: BinaryIO | None  # None: open ``path`` when analysed
+    source: IO[bytes] | None  # None: open ``path`` when analysed
     offset: int
     length: int
     path: str | None = None  # a part file of its own, which the store may move
+
+    def store_item(self, info: az.InstanceInfo) -> StoreItem:
+        """What the store needs of this analysed item (its source is open:
+        analysis opened it and only ``close`` releases it)."""
+        assert self.source is not None
+        return StoreItem(info, self.source, self.offset, self.length, self.path)
 
     def close(self) -> None:
         if self.path is not None and self.source is not None:
@@ -143,8 +149,7 @@ def _finished(d: Deferred[None]) -> Deferred[None]:
 
 async def _store(store: Store, items: list[IngestItem], pending: list[tuple[int, az.InstanceInfo]],
                  results: list[StowResult | None]) -> None:
-    batch = [StoreItem(info, items[i].source, items[i].offset, items[i].length, items[i].path)  # type: ignore[arg-type]
-             for i, info in pending]
+    batch = [items[i].store_item(info) for i, info in pending]
     try:
         outcomes = await store.store_batch(batch)
     finally:

@@ -20,7 +20,7 @@ import mmap
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import pydicom
 from pydicom._uid_dict import UID_dictionary  # PS3.6 Table A-1, as pydicom ships it
@@ -114,7 +114,7 @@ def _uid(get: Getter, keyword: str, required: bool = True) -> str:
     return text
 
 
-def analyze(fp: BinaryIO, offset: int = 0, length: int | None = None) -> InstanceInfo:
+def analyze(fp: IO[bytes], offset: int = 0, length: int | None = None) -> InstanceInfo:
     """Analyse the Part 10 object at ``offset`` (``length`` bytes) of ``fp``."""
     if length is None:
         fp.seek(0, io.SEEK_END)
@@ -125,7 +125,7 @@ def analyze(fp: BinaryIO, offset: int = 0, length: int | None = None) -> Instanc
     return analyze_pydicom(fp, offset, length)
 
 
-def analyze_pydicom(fp: BinaryIO, offset: int, length: int) -> InstanceInfo:
+def analyze_pydicom(fp: IO[bytes], offset: int, length: int) -> InstanceInfo:
     """The pydicom path: any encoding pydicom reads, once its structure is
     checked (pydicom reads a broken one as far as it goes)."""
 
@@ -208,7 +208,7 @@ _FAST_FIELDS = {
 _FAST_SINGLE = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PhotometricInterpretation")
 
 
-def analyze_fast(fp: BinaryIO, offset: int, length: int) -> InstanceInfo | None:
+def analyze_fast(fp: IO[bytes], offset: int, length: int) -> InstanceInfo | None:
     """The fast path, or None when it does not handle this object."""
     view = _open_view(fp)
     if view is None:
@@ -257,7 +257,7 @@ def analyze_fast(fp: BinaryIO, offset: int, length: int) -> InstanceInfo | None:
         close()
 
 
-def _open_view(fp: BinaryIO) -> tuple[Any, Callable[[], None]] | None:
+def _open_view(fp: IO[bytes]) -> tuple[Any, Callable[[], None]] | None:
     """The whole body as a buffer read in place (no copy): a memory map of
     the spooled file, or an in-memory body's own buffer."""
     if isinstance(fp, io.BytesIO):
@@ -554,9 +554,9 @@ def _frame_starts(read: Reader, eot: Callable[[], list[int]], bot: Range, fragme
         offsets = list(struct.unpack(f"<{len(raw) // 4}L", raw[: len(raw) // 4 * 4]))
     if len(offsets) == nframes:
         index = {pos: i for i, pos in enumerate(item_pos)}
-        starts = [index.get(o) for o in offsets]
-        if all(s is not None for s in starts) and starts == sorted(starts):  # type: ignore[type-var]
-            return starts  # type: ignore[return-value]
+        starts = [index[o] for o in offsets if o in index]
+        if len(starts) == nframes and starts == sorted(starts):
+            return starts
     if len(fragments) == nframes:
         return list(range(nframes))
     # Fall back to markers: each JPEG family frame begins with SOI (FFD8) or SOC (FF4F).

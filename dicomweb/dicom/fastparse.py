@@ -282,7 +282,8 @@ class _Reader:
                 if raw_vr == "SQ":
                     vr = "SQ"
             else:
-                raw_vr = vr  # type: ignore[assignment]
+                assert vr is not None  # explicit VR: read from the element header
+                raw_vr = vr
             if vr == "SQ":
                 if top and length > DEFER_SIZE:
                     raise Decline  # pydicom defers it and cannot read it back
@@ -303,7 +304,8 @@ class _Reader:
             if vr == "UN" and not implicit:
                 raise Decline  # pydicom may replace UN with the dictionary VR
             value = bytes(buf[start:value_end])
-            out[key] = self.convert(tag, vr, value)  # type: ignore[arg-type]
+            assert vr is not None  # explicit: from the header; implicit: from the dictionary
+            out[key] = self.convert(tag, vr, value)
             if group & 1 and 0x0010 <= elem <= 0x00FF:
                 block = group << 16 | elem
                 if block in used_blocks:

@@ -8,13 +8,13 @@ import ctypes.util
 import io
 import os
 import sys
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 
-def read_at(fp: BinaryIO, offset: int, length: int) -> bytes:
+def read_at(fp: IO[bytes], offset: int, length: int) -> bytes:
     """``length`` bytes of ``fp`` from ``offset`` without moving a shared
     file position, so several threads can read one spooled body at once."""
     if isinstance(fp, io.BytesIO):
@@ -23,7 +23,8 @@ def read_at(fp: BinaryIO, offset: int, length: int) -> bytes:
         fd = fp.fileno()
     except (OSError, AttributeError, io.UnsupportedOperation):
         fp.seek(offset)
-        return fp.read(length)
+        data: bytes = fp.read(length)
+        return data
     return os.pread(fd, length, offset)
 
 
@@ -34,7 +35,7 @@ class FileWindow(io.RawIOBase):
     body, without copying it first.
     """
 
-    def __init__(self, fp: BinaryIO, offset: int, length: int) -> None:
+    def __init__(self, fp: IO[bytes], offset: int, length: int) -> None:
         super().__init__()
         self._fp = fp
         self._offset = offset
@@ -82,7 +83,7 @@ class FileWindow(io.RawIOBase):
         return self._length
 
 
-def copy_range(src: BinaryIO, offset: int, length: int, dst: BinaryIO, chunk: int = 1 << 20) -> None:
+def copy_range(src: IO[bytes], offset: int, length: int, dst: IO[bytes], chunk: int = 1 << 20) -> None:
     """Copy ``length`` bytes of ``src`` from ``offset`` into ``dst``.
 
     Uses ``os.copy_file_range`` (in-kernel, no user-space copy) when both are

@@ -22,7 +22,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from .files import copy_range, start_writeback
 
@@ -77,7 +77,7 @@ def _parse_headers(block: bytes) -> dict[str, str]:
 class _Scanner:
     """Finds byte patterns in a file without reading it whole."""
 
-    def __init__(self, fp: BinaryIO, start: int, end: int) -> None:
+    def __init__(self, fp: IO[bytes], start: int, end: int) -> None:
         self.fp = fp
         self.pos = start
         self.end = end
@@ -145,7 +145,7 @@ class _Scanner:
         return self.fp.read(length)
 
 
-def iter_parts(fp: BinaryIO, boundary: str, size: int | None = None) -> Iterator[Part]:
+def iter_parts(fp: IO[bytes], boundary: str, size: int | None = None) -> Iterator[Part]:
     """Yield the parts of the multipart body in ``fp`` (from its start).
 
     Raises ``MultipartError`` for a missing first delimiter, unterminated
@@ -520,7 +520,7 @@ class PartSplitter:
                     out.write(segment)
                 else:
                     with open(segment.path, "rb") as src:
-                        copy_range(src, 0, segment.length, out)  # type: ignore[arg-type]
+                        copy_range(src, 0, segment.length, out)
             out.flush()
             out.seek(0)
         except BaseException:

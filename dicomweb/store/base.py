@@ -23,7 +23,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 from ..dicom.analyze import InstanceInfo, Range
 from ..dicom.query import Query
@@ -50,7 +50,7 @@ class StoreItem:
     """One analysed instance and where its received bytes are."""
 
     info: InstanceInfo
-    source: BinaryIO  # the spooled request body (or a file) holding the bytes
+    source: IO[bytes]  # the spooled request body (or a file) holding the bytes
     offset: int
     length: int
     #: A file holding exactly these bytes (``source`` opened, offset 0) that

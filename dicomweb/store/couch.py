@@ -54,7 +54,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import LoopingCall, deferLater
@@ -87,7 +87,7 @@ class _Digest:
     md5: str  # CouchDB attachment digest: "md5-" + base64
 
 
-def _digest(source: BinaryIO, offset: int, length: int) -> _Digest:
+def _digest(source: IO[bytes], offset: int, length: int) -> _Digest:
     sha, md5 = hashlib.sha256(), hashlib.md5()
     try:
         fd: int | None = source.fileno()

@@ -24,7 +24,7 @@ import base64
 import os
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO
+from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import treq
@@ -269,7 +269,7 @@ class RangeProducer:
     stays flat whatever the instance size.
     """
 
-    def __init__(self, source: BinaryIO, offset: int, length: int, reactor: IReactor, chunk: int = 256 * 1024) -> None:
+    def __init__(self, source: IO[bytes], offset: int, length: int, reactor: IReactor, chunk: int = 256 * 1024) -> None:
         self.source, self.offset, self.length, self.reactor, self.chunk = source, offset, length, reactor, chunk
         self._sent = 0
         self._paused = False

@@ -56,7 +56,7 @@ class BodyShape:
 
 
 def _list_parts(body: IO[bytes], boundary: str) -> list[Part]:
-    return list(iter_parts(body, boundary))  # type: ignore[arg-type]
+    return list(iter_parts(body, boundary))
 
 
 def body_shape(content_type: bytes | None) -> BodyShape:
@@ -142,13 +142,13 @@ async def _store_spooled(store: Store, reactor: IReactor, pool: ThreadPool, body
     if shape.part_type == DICOM_JSON:
         readers = [(p.headers, _span_reader(body, p)) for p in parts]
         return await _store_json(store, reactor, pool, readers, target_study)
-    items = [IngestItem(p.content_type, body, p.offset, p.length) for p in parts]  # type: ignore[arg-type]
+    items = [IngestItem(p.content_type, body, p.offset, p.length) for p in parts]
     return await _ingest(store, reactor, pool, items, target_study)
 
 
 def _span_reader(body: IO[bytes], part: Part) -> Callable[[], bytes]:
     def read() -> bytes:
-        return read_at(body, part.offset, part.length)  # type: ignore[arg-type]
+        return read_at(body, part.offset, part.length)
     return read
 
 
