@@ -43,12 +43,13 @@ def test_purge_rejected(server: ServerProcess) -> None:
         where = ["--data-dir", server.data_dir]
     assert "purged 0 " in _admin(*where, "purge-rejected", "--older-than", "1")  # too recent
     out = _admin(*where, "purge-rejected", "--older-than", "0")
-    assert int(out.split()[1]) >= 2
+    purged = int(out.split()[1])
+    assert purged >= 2  # this series, and any instance another test left rejected on the shared server
     if is_couch(server):
         doc = couch_doc(server, "i:" + mr.sops[0])
         assert doc is not None and doc["state"] == "deleted" and "_attachments" not in doc
     else:
-        assert before is not None and stored_files(server) == before - 2
+        assert before is not None and stored_files(server) == before - purged  # one file per purged instance
     assert metadata_count(url, study.uid) == 2
     assert stow(url, mr.parts).status_code == 200  # stored anew
     assert metadata_count(url, study.uid) == 4
