@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--stores", default="embedded")
     parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--no-orthanc", action="store_true", help="our server only (while tuning it)")
     args = parser.parse_args()
     if shutil.which("Orthanc") is None:
         raise SystemExit("Orthanc is missing: apt-get install orthanc (DIMSE needs no plugin)")
@@ -209,12 +210,13 @@ def main() -> None:
                 ours.server.stop()
                 if pouch is not None:
                     pouch.stop()
-        orthanc = start_orthanc(tmp / "orthanc", sink_port)
-        try:
-            say(f"{orthanc.name}:")
-            results[orthanc.name] = measure(orthanc, corpus, tmp / "files-orthanc", args.samples)
-        finally:
-            orthanc.server.stop()
+        if not args.no_orthanc:
+            orthanc = start_orthanc(tmp / "orthanc", sink_port)
+            try:
+                say(f"{orthanc.name}:")
+                results[orthanc.name] = measure(orthanc, corpus, tmp / "files-orthanc", args.samples)
+            finally:
+                orthanc.server.stop()
     finally:
         sink.terminate()
         sink.wait(10)

@@ -33,6 +33,7 @@ from .bridge import Bridge, Stopping
 from .find import CANCEL, PENDING, FindError, build_query
 from .identity import Gate
 from .peers import Peer
+from .sockets import on_connection_open
 from .storage import NOT_AUTHORIZED, OUT_OF_RESOURCES, status
 
 log = Logger()
@@ -193,7 +194,7 @@ class Retriever:
             yield 1
             yield prepared, None
             return
-        handlers = [(evt.EVT_ACCEPTED, lambda e: opened.append(e.assoc))]
+        handlers = [(evt.EVT_CONN_OPEN, on_connection_open), (evt.EVT_ACCEPTED, lambda e: opened.append(e.assoc))]
         yield peer.host, peer.port, {"contexts": move_contexts(prepared) or None, "evt_handlers": handlers}
         yield len(prepared)
         yield from self._send(event, prepared, lambda: opened[-1])

@@ -6,9 +6,10 @@ listener in pynetdicom's own threads when the service starts, and on stop
 closes the listener, lets the C-STOREs already in the store finish (they are
 answered), then aborts the associations still open.
 
-Accepted: Verification (C-ECHO); every storage SOP class in every transfer
-syntax pynetdicom knows (STOW-RS accepts any; the analysis decides), with
-SCP/SCU role selection so that C-GET can send back on the same association;
+Accepted: Verification (C-ECHO); every storage SOP class, private and
+unknown ones too, in the first transfer syntax the requestor proposes for it
+(STOW-RS accepts any; the analysis decides), with SCP/SCU role selection so
+that C-GET can send back on the same association;
 C-FIND, C-GET and C-MOVE in the Patient Root and Study Root models.
 """
 
@@ -34,6 +35,7 @@ from ..twistedtypes import IReactor
 from .bridge import Bridge
 from .identity import Gate
 from .peers import bind, is_loopback
+from .sockets import start_server
 
 log = Logger()
 
@@ -100,7 +102,7 @@ def configure_pynetdicom(spool_dir: str | None) -> None:
 
 
 def build_ae(settings: Settings) -> Any:
-    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+    from pynetdicom import AE
 
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dimse_max_associations
@@ -108,9 +110,13 @@ def build_ae(settings: Settings) -> Any:
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.dimse_network_timeout
     ae.maximum_pdu_size = MAX_PDU
+    # Storage contexts are not listed: with UNRESTRICTED_STORAGE_SERVICE
+    # (configure_pynetdicom) pynetdicom accepts every storage, private or
+    # unknown SOP class proposed, in the first transfer syntax proposed, with
+    # the SCU and SCP roles the requestor asks for (what C-GET needs).  Listing
+    # them all (177 contexts, 7,678 transfer syntaxes) cost 60-85 ms per
+    # association: pynetdicom deep-copies the supported list for each one.
     ae.add_supported_context(VERIFICATION)
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for model in QUERY_RETRIEVE_MODELS:
         ae.add_supported_context(model)
     return ae
@@ -158,8 +164,7 @@ class DimseService(service.Service):
         configure_pynetdicom(getattr(self.store, "spool_dir", None))
         ae = build_ae(self.settings)
         host, port = bind(self.settings.dimse_port or "0")
-        self.server = ae.start_server((host, port), block=False, evt_handlers=self.handlers(),
-                                      ssl_context=tls_context(self.settings))
+        self.server = start_server(ae, (host, port), self.handlers(), tls_context(self.settings))
         self.port = self.server.server_address[1]
         log.info("DIMSE listener (AE {ae}{tls}) starting on {port}", ae=self.settings.ae_title,
                  tls=", TLS" if self.settings.dimse_tls_cert else "", port=self.port)
