@@ -148,6 +148,27 @@ def test_cstore_with_an_invalid_uid_is_refused(dimse_server: DimseServer) -> Non
     assert status.Status & 0xF000 in (0xA000, 0xC000)
 
 
+def test_parallel_associations_each_get_their_own_status(dimse_server: DimseServer) -> None:
+    """Instances arriving together on several associations share ingest
+    calls (one store transaction): each still gets its own answer, and an
+    invalid one among them fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    study = generate_uid()
+    good = [ct_instance(study, generate_uid(), n) for n in range(1, 8)]
+    bad = dcmread(io.BytesIO(ct_instance(study, generate_uid(), 99)))
+    bad.SeriesInstanceUID = "not.a.uid.x"
+    out = io.BytesIO()
+    bad.save_as(out, enforce_file_format=True)
+    sends = [*good[:4], out.getvalue(), *good[4:]]
+    with ThreadPoolExecutor(4) as workers:
+        statuses = list(workers.map(lambda data: c_store(dimse_server.dimse_port, data).Status, sends))
+    assert statuses[4] & 0xF000 in (0xA000, 0xC000)
+    assert statuses[:4] + statuses[5:] == [0] * 7
+    found = _qido(dimse_server, f"studies?StudyInstanceUID={study}")
+    assert found[0]["00201208"]["Value"] == [7]
+
+
 def test_a_transfer_cut_off_stores_nothing_and_the_server_goes_on(dimse_server: DimseServer,
                                                                    tmp_path: Path) -> None:
     study = generate_uid()

@@ -114,9 +114,19 @@ def start_server(ae: Any, address: tuple[str, int], evt_handlers: list[Any],
 
 
 def on_connection_open(event: Any) -> None:
-    """``EVT_CONN_OPEN`` of an association we request (C-MOVE): Nagle off."""
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
+    """``EVT_CONN_OPEN`` of an association we request (C-MOVE): the same
+    options.  The peer answers each of our C-STOREs; dcmtk's ``storescp``
+    writes its answer in two parts with Nagle on, so without the quick ACK
+    every sub-operation waited 40 ms (19 instances/s on loopback).  pynetdicom
+    triggers this event in its DUL thread right after ``connect``, before it
+    reads or writes, so the socket object can still be replaced."""
+    holder = getattr(event.assoc.dul, "socket", None)
+    sock = getattr(holder, "socket", None)
+    if holder is None or sock is None:
+        return
+    if type(sock) is socket.socket:
+        holder.socket = tune(sock)
+    else:  # TLS: the handshake is done on this object; Nagle off only
         no_delay(sock)
 
 
