@@ -148,6 +148,26 @@ def test_cstore_with_an_invalid_uid_is_refused(dimse_server: DimseServer) -> Non
     assert status.Status & 0xF000 in (0xA000, 0xC000)
 
 
+@pytest.mark.parametrize("meta_keyword, value, code", [
+    ("MediaStorageSOPInstanceUID", None, 0xC000),
+    ("MediaStorageSOPClassUID", MR_STORAGE, 0xA900),
+])
+def test_cstore_whose_data_set_does_not_match_the_request_is_refused(
+        dimse_server: DimseServer, tmp_path: Path, meta_keyword: str, value: str | None, code: int) -> None:
+    """The C-STORE request announces the file meta's UIDs (pynetdicom sends
+    the file as it is); the data set inside names others: nothing stored."""
+    study = generate_uid()
+    ds = dcmread(io.BytesIO(ct_instance(study, generate_uid(), 1)))
+    path = tmp_path / "mismatch.dcm"
+    ds.file_meta[meta_keyword].value = value or generate_uid()
+    ds.save_as(path)  # enforce_file_format would copy the data set's UIDs into the file meta
+    sop_class = str(ds.file_meta.MediaStorageSOPClassUID)
+    status = c_store_file(dimse_server.dimse_port, str(path), sop_class, EXPLICIT_LE)
+    assert status.Status == code
+    assert "differs" in status.ErrorComment
+    assert _qido(dimse_server, f"studies?StudyInstanceUID={study}") == []
+
+
 def test_parallel_associations_each_get_their_own_status(dimse_server: DimseServer) -> None:
     """Instances arriving together on several associations share ingest
     calls (one store transaction): each still gets its own answer, and an

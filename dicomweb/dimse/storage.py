@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -124,6 +125,9 @@ class StorageSCP:
         if principal is None or not principal.can_write:
             return status(NOT_AUTHORIZED, "storing needs the write role")
         path = str(event.dataset_path)
+        refused = request_mismatch(path, event.request)
+        if refused is not None:
+            return refused
         try:
             item = IngestItem(None, None, 0, os.path.getsize(path), path)
             result: StowResult = self.bridge.call(self.queue.submit, item)
@@ -139,6 +143,37 @@ class StorageSCP:
             code, comment = _STATUS.get(result.failure, (CANNOT_UNDERSTAND, "the instance was not stored"))
             return status(code, comment)
         return status(SUCCESS)
+
+
+def _uids_in_file(path: str) -> tuple[str, str] | None:
+    """(SOP Class UID, SOP Instance UID) of the received data set, read
+    from its header only; None when it cannot be read (the analysis then
+    refuses it with its own reason)."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        return str(ds.get("SOPClassUID", "") or ""), str(ds.get("SOPInstanceUID", "") or "")
+    except Exception:
+        return None
+
+
+def request_mismatch(path: str, request: Any) -> Dataset | None:
+    """PS3.4 B.2.3: the SOP Class and Instance UIDs of the data set must be
+    those the C-STORE request announced (Affected SOP Class/Instance UID);
+    a failure status when they differ, None when they agree or when the data
+    set lacks them (the analysis refuses that)."""
+    uids = _uids_in_file(path)
+    if uids is None:
+        return None
+    sop_class, sop_uid = uids
+    wanted_class = str(getattr(request, "AffectedSOPClassUID", "") or "")
+    wanted_uid = str(getattr(request, "AffectedSOPInstanceUID", "") or "")
+    if sop_class and wanted_class and sop_class != wanted_class:
+        log.info("C-STORE refused: the data set's SOP Class UID differs from the request's")
+        return status(DATASET_DOES_NOT_MATCH, "SOP Class UID differs from Affected SOP Class UID")
+    if sop_uid and wanted_uid and sop_uid != wanted_uid:
+        log.info("C-STORE refused: the data set's SOP Instance UID differs from the request's")
+        return status(CANNOT_UNDERSTAND, "SOP Instance UID differs from Affected SOP Instance UID")
+    return None
 
 
 def discard_partial(event: Any) -> None:
@@ -157,4 +192,4 @@ def discard_partial(event: Any) -> None:
     log.info("DIMSE: a data set cut off mid-transfer was discarded")
 
 
-__all__ = ["StorageSCP", "discard_partial", "status"]
+__all__ = ["IngestQueue", "StorageSCP", "discard_partial", "request_mismatch", "status"]
