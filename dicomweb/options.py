@@ -266,8 +266,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dimse-port", "DIMSE listener: a port number (binds 127.0.0.1) or HOST:PORT [default: off]",
            parse=listen_address),
     Option("ae-title", "Our DIMSE AE title", parse=ae_title, default="DICOMWEB"),
-    Option("dimse-peer", "Known DIMSE peer AE=host:port (C-MOVE destination; allowlist)", parse=peer,
-           repeatable=True, field="dimse_peers"),
+    Option("dimse-peer", "Known DIMSE peer AE=host:port, or AE=tls://host:port over DICOM TLS "
+           "(C-MOVE destination; allowlist)", parse=peer, repeatable=True, field="dimse_peers"),
     Option("dimse-refuse-unknown", "Refuse associations unless the calling AE is a --dimse-peer "
            "connecting from that peer's host", flag=True),
     Option("dimse-max-associations", "Concurrent DIMSE associations at most", parse=at_least(1), default="10"),

@@ -244,10 +244,10 @@ def c_move(port: int, query: Dataset, destination: str) -> list[Dataset]:
 class PeerSCP:
     """A pynetdicom storage SCP on a free loopback port: a C-MOVE destination."""
 
-    def __init__(self, ae_title: str = "PEER", syntaxes: Sequence[str] | None = None) -> None:
+    def __init__(self, ae_title: str = "PEER", syntaxes: Sequence[str] | None = None, ssl_context: Any = None) -> None:
         from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 
-        self.ae_title = ae_title
+        self.ae_title, self.ssl_context = ae_title, ssl_context
         self.port = free_port()
         self.received = Received()
         self.ae = AE(ae_title=ae_title)
@@ -257,10 +257,12 @@ class PeerSCP:
 
     @property
     def option(self) -> str:
-        return f"{self.ae_title}=127.0.0.1:{self.port}"
+        """The ``--dimse-peer`` value (``tls://localhost``: the test certificate's name)."""
+        return f"{self.ae_title}=tls://localhost:{self.port}" if self.ssl_context else \
+            f"{self.ae_title}=127.0.0.1:{self.port}"
 
     def __enter__(self) -> PeerSCP:
-        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
+        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=self.ssl_context,
                                            evt_handlers=[(evt.EVT_C_STORE, self.received.handle)])
         return self
 

@@ -38,13 +38,15 @@ USERNAME_PASSCODE, JWT = 2, 5
 def test_peers_and_addresses_parse() -> None:
     assert peer("ORTHANC=10.0.0.5:4242") == Peer("ORTHANC", "10.0.0.5", 4242)
     assert peer(" PACS = [::1]:104") == Peer("PACS", "::1", 104)
+    assert peer("SECURE=tls://pacs.example:2762") == Peer("SECURE", "pacs.example", 2762, tls=True)
+    assert str(peer("SECURE=TLS://[::1]:2762")) == "SECURE=tls://::1:2762"
     assert bind("11112") == ("127.0.0.1", 11112)
     assert bind("0.0.0.0:104") == ("0.0.0.0", 104)
     assert ae_title("  STORESCU ") == "STORESCU"
     for bad in ("", "A" * 17, "BACK\\SLASH"):
         with pytest.raises(ValueError):
             ae_title(bad)
-    for bad in ("NOPORT", "A=host", "A=host:0", "A=host:99999", "=h:1"):
+    for bad in ("NOPORT", "A=host", "A=host:0", "A=host:99999", "=h:1", "A=tls://", "A=tls://host"):
         with pytest.raises(ValueError):
             peer(bad)
 
@@ -203,3 +205,39 @@ def test_dicom_tls_with_client_certificates(tmp_path: Path) -> None:
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0
         assoc.release()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_cmove_to_a_tls_peer(tmp_path: Path, trusted: bool) -> None:
+    """``--dimse-peer AE=tls://host:port``: the server opens the C-MOVE
+    sub-association over DICOM TLS and checks the peer's certificate against
+    ``--dimse-tls-ca``; a peer it cannot verify gets nothing."""
+    import io
+    import ssl
+
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    from tests.dicomgen import ct_instance
+    from tests.dimse_helpers import PeerSCP, c_move, c_store, identifier
+
+    tls = write_tls_files(tmp_path)
+    (tmp_path / "other").mkdir()
+    other = write_tls_files(tmp_path / "other")
+    peer_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    peer_ctx.load_cert_chain(tls.cert, tls.key)
+    study = generate_uid()
+    data = ct_instance(study, generate_uid(), 1)
+    with PeerSCP("TLSPEER", ssl_context=peer_ctx) as tls_peer, \
+            DimseServer(str(tmp_path / "data"), str(tmp_path / "server.log"), "--dimse-peer", tls_peer.option,
+                        "--dimse-tls-ca", tls.ca if trusted else other.ca) as server:
+        assert c_store(server.dimse_port, data).Status == 0
+        statuses = c_move(server.dimse_port, identifier("STUDY", StudyInstanceUID=study), "TLSPEER")
+        if trusted:
+            assert statuses[-1].Status == 0
+            (received,) = tls_peer.received.files.values()
+            assert dcmread(io.BytesIO(received)).PixelData == dcmread(io.BytesIO(data)).PixelData
+        else:
+            assert statuses[-1].Status != 0
+            assert tls_peer.received.files == {}
+        assert "Traceback" not in server.log()

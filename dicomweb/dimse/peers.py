@@ -32,9 +32,11 @@ class Peer:
     ae_title: str
     host: str
     port: int
+    #: DICOM TLS (PS3.15 B.1) to this peer: ``AE=tls://host:port``.
+    tls: bool = False
 
     def __str__(self) -> str:
-        return f"{self.ae_title}={self.host}:{self.port}"
+        return f"{self.ae_title}={'tls://' if self.tls else ''}{self.host}:{self.port}"
 
 
 def _port(text: str) -> int:
@@ -54,13 +56,19 @@ def _host_port(text: str) -> tuple[str, str]:
     return host, port
 
 
+TLS_SCHEME = "tls://"
+
+
 def peer(value: Any) -> Peer:
-    """``AE=host:port`` (e.g. ``ORTHANC=10.0.0.5:4242``)."""
+    """``AE=host:port`` (e.g. ``ORTHANC=10.0.0.5:4242``); ``AE=tls://host:port``
+    for a peer reached over DICOM TLS."""
     title, sep, address = str(value).strip().partition("=")
     if not sep:
-        raise ValueError("a peer is AE=host:port")
-    host, port = _host_port(address.strip())
-    return Peer(ae_title(title), host, _port(port))
+        raise ValueError("a peer is AE=host:port or AE=tls://host:port")
+    address = address.strip()
+    tls = address.lower().startswith(TLS_SCHEME)
+    host, port = _host_port(address[len(TLS_SCHEME):] if tls else address)
+    return Peer(ae_title(title), host, _port(port), tls)
 
 
 def listen_address(value: Any) -> str:

@@ -17,6 +17,7 @@ known peer (``--dimse-peer``), and an unknown destination gets A801.
 from __future__ import annotations
 
 import io
+import ssl
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -84,9 +85,9 @@ class Retriever:
     """The ``EVT_C_GET`` and ``EVT_C_MOVE`` handlers."""
 
     def __init__(self, store: Store, bridge: Bridge, gate: Gate, ae_title: str, peers: tuple[Peer, ...],
-                 page: int = DEFAULT_MAX_LIMIT) -> None:
+                 page: int = DEFAULT_MAX_LIMIT, peer_tls: ssl.SSLContext | None = None) -> None:
         self.store, self.bridge, self.gate = store, bridge, gate
-        self.ae_title, self.page = ae_title, page
+        self.ae_title, self.page, self.peer_tls = ae_title, page, peer_tls
         self.peers = {p.ae_title: p for p in peers}
 
     # -- which instances -------------------------------------------------------
@@ -195,7 +196,10 @@ class Retriever:
             yield prepared, None
             return
         handlers = [(evt.EVT_CONN_OPEN, on_connection_open), (evt.EVT_ACCEPTED, lambda e: opened.append(e.assoc))]
-        yield peer.host, peer.port, {"contexts": move_contexts(prepared) or None, "evt_handlers": handlers}
+        options: dict[str, Any] = {"contexts": move_contexts(prepared) or None, "evt_handlers": handlers}
+        if peer.tls and self.peer_tls is not None:
+            options["tls_args"] = (self.peer_tls, peer.host)
+        yield peer.host, peer.port, options
         yield len(prepared)
         yield from self._send(event, prepared, lambda: opened[-1])
 

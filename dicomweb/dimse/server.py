@@ -35,7 +35,7 @@ from ..twistedtypes import IReactor
 from .bridge import Bridge
 from .identity import Gate
 from .peers import bind, is_loopback
-from .sockets import start_server
+from .sockets import QuickAckSSLSocket, start_server
 
 log = Logger()
 
@@ -78,6 +78,19 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.dimse_tls_ca:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(settings.dimse_tls_ca)
+    return ctx
+
+
+def peer_tls_context(settings: Settings) -> ssl.SSLContext:
+    """DICOM TLS to a ``tls://`` peer (C-MOVE): the peer's certificate must
+    be signed by ``--dimse-tls-ca`` (the system's CAs when unset) and name
+    its host; ours (``--dimse-tls-cert``), when configured, is offered as the
+    client certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.dimse_tls_ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.dimse_tls_cert:
+        ctx.load_cert_chain(settings.dimse_tls_cert, settings.dimse_tls_key)
+    ctx.sslsocket_class = QuickAckSSLSocket
     return ctx
 
 
@@ -143,7 +156,9 @@ class DimseService(service.Service):
         from .retrieve import Retriever
         from .storage import StorageSCP, discard_partial
 
-        retriever = Retriever(self.store, self.bridge, self.gate, self.settings.ae_title, self.settings.dimse_peers)
+        tls = peer_tls_context(self.settings) if any(p.tls for p in self.settings.dimse_peers) else None
+        retriever = Retriever(self.store, self.bridge, self.gate, self.settings.ae_title, self.settings.dimse_peers,
+                              peer_tls=tls)
         return [
             (evt.EVT_REQUESTED, self.gate.on_requested),
             (evt.EVT_USER_ID, self.gate.on_user_id),

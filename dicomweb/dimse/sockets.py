@@ -80,7 +80,8 @@ class QuickAckSocket(socket.socket):
 
 
 class QuickAckSSLSocket(ssl.SSLSocket):
-    """The same for DICOM TLS (set as the server context's socket class)."""
+    """The same for DICOM TLS (the socket class of our server context and of
+    the context for ``tls://`` peers)."""
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         data = super().recv(buflen, flags)
