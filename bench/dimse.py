@@ -5,6 +5,7 @@ One command, from the repository root::
     python bench/dimse.py             # the full corpus (1,200 instances; ≈ 5 min on 2 cores)
     python bench/dimse.py --quick     # 120 instances (< 1 min)
     python bench/dimse.py --stores embedded,couch
+    python bench/dimse.py --quick --client-nodelay   # dcmtk's tools with Nagle off
 
 What is measured (dcmtk's tools as clients, ``storescp --ignore`` as the
 C-MOVE destination, everything on 127.0.0.1):
@@ -23,6 +24,7 @@ naming the benchmark's AEs; our server with ``--dimse-port`` and the sink as
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -39,6 +41,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DCMTK = "/usr/bin"  # pynetdicom installs Python tools with the same names
 SCU_AE, SINK_AE = "BENCHSCU", "SINK"
+#: Environment of dcmtk's tools (clients and sink); --client-nodelay adds
+#: TCP_NODELAY=1, which makes Debian's dcmtk turn Nagle's algorithm off.
+TOOL_ENV: dict[str, str] = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
 _DIMSE_RE = re.compile(r"DIMSE listener \(AE [^)]*\) starting on (\d+)")
 
 
@@ -97,7 +102,7 @@ def start_ours(tmp: Path, store: str, sink_port: int, pouch: servers.Server | No
 
 def start_sink(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = servers.free_port()
-    proc = subprocess.Popen([tool("storescp"), "-aet", SINK_AE, "--ignore", str(port)], cwd=tmp,
+    proc = subprocess.Popen([tool("storescp"), "-aet", SINK_AE, "--ignore", str(port)], cwd=tmp, env=TOOL_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     return proc, port
@@ -122,7 +127,8 @@ def c_store(target: Target, files: list[str], associations: int) -> float:
     groups = [files[i::associations] for i in range(associations)]
     start = time.perf_counter()
     procs = [subprocess.Popen([tool("storescu"), "-aet", SCU_AE, "-aec", target.ae, "127.0.0.1",
-                               str(target.port), *group], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               str(target.port), *group], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=TOOL_ENV)
              for group in groups]
     for proc in procs:
         _, err = proc.communicate()
@@ -139,7 +145,7 @@ def c_find(target: Target, samples: int) -> tuple[float, int]:
     times, answers = [], 0
     for _ in range(samples + 1):
         start = time.perf_counter()
-        out = subprocess.run(args, capture_output=True, text=True, check=True)
+        out = subprocess.run(args, capture_output=True, text=True, check=True, env=TOOL_ENV)
         times.append(time.perf_counter() - start)
         answers = out.stderr.count("Find Response:") + out.stdout.count("Find Response:")
     return statistics.median(times[1:]), answers
@@ -149,7 +155,7 @@ def c_move(target: Target, study: str, instances: int) -> float:
     start = time.perf_counter()
     subprocess.run([tool("movescu"), "-S", "-aet", SCU_AE, "-aec", target.ae, "-aem", SINK_AE,
                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                    "127.0.0.1", str(target.port)], capture_output=True, check=True)
+                    "127.0.0.1", str(target.port)], capture_output=True, check=True, env=TOOL_ENV)
     return instances / (time.perf_counter() - start)
 
 
@@ -191,7 +197,11 @@ def main() -> None:
     parser.add_argument("--stores", default="embedded")
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--no-orthanc", action="store_true", help="our server only (while tuning it)")
+    parser.add_argument("--client-nodelay", action="store_true",
+                        help="TCP_NODELAY=1 for dcmtk's tools: clients and sink with Nagle off")
     args = parser.parse_args()
+    if args.client_nodelay:
+        TOOL_ENV["TCP_NODELAY"] = "1"
     if shutil.which("Orthanc") is None:
         raise SystemExit("Orthanc is missing: apt-get install orthanc (DIMSE needs no plugin)")
     corpus = ensure_corpus(QUICK if args.quick else FULL, say)
@@ -222,7 +232,8 @@ def main() -> None:
         sink.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     say("")
-    say(f"`python bench/dimse.py{' --quick' if args.quick else ''} --stores {args.stores}`")
+    flags = (" --quick" if args.quick else "") + (" --client-nodelay" if args.client_nodelay else "")
+    say(f"`python bench/dimse.py{flags} --stores {args.stores}`")
     say("")
     say(table(results, n))
 
