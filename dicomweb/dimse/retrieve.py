@@ -34,6 +34,7 @@ from .find import CANCEL, PENDING, FindError, build_query
 from .identity import Gate
 from .peers import Peer
 from .storage import NOT_AUTHORIZED, OUT_OF_RESOURCES, status
+from .transport import no_delay
 
 log = Logger()
 
@@ -193,7 +194,7 @@ class Retriever:
             yield 1
             yield prepared, None
             return
-        handlers = [(evt.EVT_ACCEPTED, lambda e: opened.append(e.assoc))]
+        handlers = [(evt.EVT_CONN_OPEN, no_delay), (evt.EVT_ACCEPTED, lambda e: opened.append(e.assoc))]
         yield peer.host, peer.port, {"contexts": move_contexts(prepared) or None, "evt_handlers": handlers}
         yield len(prepared)
         yield from self._send(event, prepared, lambda: opened[-1])

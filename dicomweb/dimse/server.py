@@ -136,6 +136,7 @@ class DimseService(service.Service):
         from .find import FindSCP
         from .retrieve import Retriever
         from .storage import StorageSCP, discard_partial
+        from .transport import no_delay
 
         retriever = Retriever(self.store, self.bridge, self.gate, self.settings.ae_title, self.settings.dimse_peers)
         return [
@@ -148,6 +149,7 @@ class DimseService(service.Service):
             (evt.EVT_C_MOVE, retriever.move),
             (evt.EVT_ABORTED, discard_partial),
             (evt.EVT_CONN_CLOSE, discard_partial),
+            (evt.EVT_CONN_OPEN, no_delay),
         ]
 
     def _echo(self, event: Any) -> int:
