@@ -156,12 +156,15 @@ class DimseService(service.Service):
         return 0x0000 if self.gate.principal(event.assoc) is not None else 0x0124
 
     def startService(self) -> None:
+        from .transport import Contexts
+
         super().startService()
         configure_pynetdicom(getattr(self.store, "spool_dir", None))
         ae = build_ae(self.settings)
         host, port = bind(self.settings.dimse_port or "0")
         self.server = ae.start_server((host, port), block=False, evt_handlers=self.handlers(),
-                                      ssl_context=tls_context(self.settings))
+                                      ssl_context=tls_context(self.settings),
+                                      contexts=Contexts(ae.supported_contexts))
         self.port = self.server.server_address[1]
         log.info("DIMSE listener (AE {ae}{tls}) starting on {port}", ae=self.settings.ae_title,
                  tls=", TLS" if self.settings.dimse_tls_cert else "", port=self.port)
