@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -71,6 +72,9 @@ class StorageSCP:
         if principal is None or not principal.can_write:
             return status(NOT_AUTHORIZED, "storing needs the write role")
         path = str(event.dataset_path)
+        if not same_instance(path, str(event.request.AffectedSOPInstanceUID or "")):
+            log.info("C-STORE refused: the data set's SOP Instance UID is not the request's")
+            return status(DATASET_DOES_NOT_MATCH, "SOP Instance UID differs from the C-STORE request's")
         try:
             item = IngestItem(None, None, 0, os.path.getsize(path), path)
             results = self.bridge.call(ingest, self.store, self.reactor, self.pool, [item], None)
@@ -89,6 +93,21 @@ class StorageSCP:
         return status(SUCCESS)
 
 
+def same_instance(path: str, affected: str) -> bool:
+    """False when the received data set names a SOP Instance UID other than
+    the request's Affected SOP Instance UID (PS3.7 9.3.1.1: both identify the
+    same instance).  A data set without one, or that cannot be read, is left
+    to the ingest analysis, which refuses it with its own status."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=[0x00080018])
+    except Exception:
+        return True
+    uid = ds.get("SOPInstanceUID")
+    if uid is None:
+        return True
+    return str(uid).rstrip("\0 ") == affected.rstrip("\0 ")
+
+
 def discard_partial(event: Any) -> None:
     """``EVT_CONN_CLOSE``/``EVT_ABORTED``: delete the file of a data set still
     being received (pynetdicom resets the message it assembles as soon as it
@@ -105,4 +124,4 @@ def discard_partial(event: Any) -> None:
     log.info("DIMSE: a data set cut off mid-transfer was discarded")
 
 
-__all__ = ["StorageSCP", "discard_partial", "status"]
+__all__ = ["StorageSCP", "discard_partial", "same_instance", "status"]
