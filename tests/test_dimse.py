@@ -139,6 +139,22 @@ def test_cstore_without_sop_instance_uid_is_refused(dimse_server: DimseServer, t
     assert _qido(dimse_server, f"studies?StudyInstanceUID={study}") == []
 
 
+def test_cstore_whose_data_set_names_another_instance_is_refused(dimse_server: DimseServer,
+                                                                 tmp_path: Path) -> None:
+    study = generate_uid()
+    data = ct_instance(study, generate_uid(), 1)
+    sop = str(dcmread(io.BytesIO(data)).SOPInstanceUID)
+    other = sop[:-1] + ("2" if sop[-1] != "2" else "3")  # same length: the file meta stays valid
+    # The first occurrence is the file meta's Media Storage SOP Instance UID,
+    # which pynetdicom sends as the request's Affected SOP Instance UID.
+    path = tmp_path / "other.dcm"
+    path.write_bytes(data.replace(sop.encode(), other.encode(), 1))
+    status = c_store_file(dimse_server.dimse_port, str(path), CT_STORAGE, EXPLICIT_LE)
+    assert status.Status == 0xA900
+    assert "ErrorComment" in status
+    assert _qido(dimse_server, f"studies?StudyInstanceUID={study}") == []
+
+
 def test_cstore_with_an_invalid_uid_is_refused(dimse_server: DimseServer) -> None:
     ds = dcmread(io.BytesIO(ct_instance(generate_uid(), generate_uid(), 1)))
     ds.StudyInstanceUID = "not.a.uid.x"
@@ -149,7 +165,7 @@ def test_cstore_with_an_invalid_uid_is_refused(dimse_server: DimseServer) -> Non
 
 
 @pytest.mark.parametrize("meta_keyword, value, code", [
-    ("MediaStorageSOPInstanceUID", None, 0xC000),
+    ("MediaStorageSOPInstanceUID", None, 0xA900),
     ("MediaStorageSOPClassUID", MR_STORAGE, 0xA900),
 ])
 def test_cstore_whose_data_set_does_not_match_the_request_is_refused(

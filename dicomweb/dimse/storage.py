@@ -173,7 +173,7 @@ def request_mismatch(path: str, request: Any) -> Dataset | None:
         return status(DATASET_DOES_NOT_MATCH, "SOP Class UID differs from Affected SOP Class UID")
     if sop_uid and wanted_uid and sop_uid != wanted_uid:
         log.info("C-STORE refused: the data set's SOP Instance UID differs from the request's")
-        return status(CANNOT_UNDERSTAND, "SOP Instance UID differs from Affected SOP Instance UID")
+        return status(DATASET_DOES_NOT_MATCH, "SOP Instance UID differs from Affected SOP Instance UID")
     return None
 
 
