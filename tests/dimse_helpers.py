@@ -136,13 +136,7 @@ def c_store_file(port: int, path: str, sop_class: str, syntax: str) -> Dataset:
 
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
-        assoc = associate(port, [(sop_class, [syntax])])
-        assert assoc.is_established, "association rejected"
-        try:
-            status: Dataset = assoc.send_c_store(path)
-            return status
-        finally:
-            assoc.release()
+        return _send_one(port, sop_class, syntax, path)
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = False
 
@@ -152,11 +146,16 @@ def c_store(port: int, data: bytes, **kwargs: Any) -> Dataset:
     import io
 
     ds = dcmread(io.BytesIO(data))
-    syntax = str(ds.file_meta.TransferSyntaxUID)
-    assoc = associate(port, [(str(ds.SOPClassUID), [syntax])], **kwargs)
+    return _send_one(port, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), ds, **kwargs)
+
+
+def _send_one(port: int, sop_class: str, syntax: str, what: Dataset | str, **kwargs: Any) -> Dataset:
+    """One C-STORE of ``what`` (a data set or a Part 10 file's path) on an
+    association of its own; the response status data set."""
+    assoc = associate(port, [(sop_class, [syntax])], **kwargs)
     assert assoc.is_established, "association rejected"
     try:
-        status: Dataset = assoc.send_c_store(ds)
+        status: Dataset = assoc.send_c_store(what)
         return status
     finally:
         assoc.release()

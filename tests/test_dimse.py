@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests.conftest import STORES, store_args
@@ -289,12 +290,17 @@ def test_cfind_bad_identifiers_get_failure_statuses(dimse_server: DimseServer, l
 # -- C-GET, C-MOVE -----------------------------------------------------------------------------
 
 
-def test_stow_then_cget_gives_the_stored_pixel_data(dimse_server: DimseServer) -> None:
+def _stowed_j2k_mr(server: DimseServer) -> tuple[Dataset, Dataset]:
+    """A JPEG 2000 MR instance stored over STOW-RS, and the IMAGE-level identifier that names it."""
     original = Path(pydicom_file("MR_small_jp2klossless.dcm")).read_bytes()
-    assert stow(dimse_server.url, [original]).status_code == 200
+    assert stow(server.url, [original]).status_code == 200
     ds = dcmread(io.BytesIO(original))
-    query = identifier("IMAGE", StudyInstanceUID=ds.StudyInstanceUID, SeriesInstanceUID=ds.SeriesInstanceUID,
-                       SOPInstanceUID=ds.SOPInstanceUID)
+    return ds, identifier("IMAGE", StudyInstanceUID=ds.StudyInstanceUID, SeriesInstanceUID=ds.SeriesInstanceUID,
+                          SOPInstanceUID=ds.SOPInstanceUID)
+
+
+def test_stow_then_cget_gives_the_stored_pixel_data(dimse_server: DimseServer) -> None:
+    ds, query = _stowed_j2k_mr(dimse_server)
     statuses, received = c_get(dimse_server.dimse_port, query, [(MR_STORAGE, [J2K_LOSSLESS, EXPLICIT_LE])])
     assert statuses[-1].Status == 0 and statuses[-1].NumberOfCompletedSuboperations == 1
     got = dcmread(io.BytesIO(received.files[ds.SOPInstanceUID]))
@@ -303,11 +309,7 @@ def test_stow_then_cget_gives_the_stored_pixel_data(dimse_server: DimseServer) -
 
 
 def test_cget_transcodes_when_the_stored_syntax_is_not_accepted(dimse_server: DimseServer) -> None:
-    original = Path(pydicom_file("MR_small_jp2klossless.dcm")).read_bytes()
-    assert stow(dimse_server.url, [original]).status_code == 200
-    ds = dcmread(io.BytesIO(original))
-    query = identifier("IMAGE", StudyInstanceUID=ds.StudyInstanceUID, SeriesInstanceUID=ds.SeriesInstanceUID,
-                       SOPInstanceUID=ds.SOPInstanceUID)
+    ds, query = _stowed_j2k_mr(dimse_server)
     statuses, received = c_get(dimse_server.dimse_port, query, [(MR_STORAGE, [EXPLICIT_LE])])
     assert statuses[-1].Status == 0
     got = dcmread(io.BytesIO(received.files[ds.SOPInstanceUID]))
