@@ -475,6 +475,9 @@ def test_bad_queries_are_400_with_a_reason(http: Client, path: str, query: str, 
 
 # -- the patient level (GET /patients, README "Patients") ---------------------------
 
+#: The corpus's four patients only (other tests store more patients under SCOPE).
+PATIENTS_SCOPE = ("PatientID", f"Q{RUN}-?")
+
 PATIENT_CASES: list[tuple[str, list[tuple[str, str]], set[str]]] = [
     ("all in scope", [], {"mueller", "doe", "meyer", "celik"}),
     ("PN wildcard UTF-8", [("PatientName", "mül*")], {"mueller"}),
@@ -498,11 +501,11 @@ def _patient_labels(corpus: Corpus, response: requests.Response) -> set[str]:
 
 @pytest.mark.parametrize(("name", "params", "expected"), PATIENT_CASES, ids=[c[0] for c in PATIENT_CASES])
 def test_patient_matching(url: str, corpus: Corpus, name: str, params: list[tuple[str, str]], expected: set[str]) -> None:
-    assert _patient_labels(corpus, _get(url, "/patients", [SCOPE, *params])) == expected
+    assert _patient_labels(corpus, _get(url, "/patients", [PATIENTS_SCOPE, *params])) == expected
 
 
 def test_patient_required_attributes_and_exact_counts(url: str, corpus: Corpus) -> None:
-    items = _get(url, "/patients", [SCOPE]).json()
+    items = _get(url, "/patients", [PATIENTS_SCOPE]).json()
     assert [i["00100020"]["Value"][0] for i in items] == sorted(corpus.patient_id.values())  # PatientID order
     counts = {"mueller": [2, 3, 7], "doe": [1, 2, 3], "meyer": [1, 3, 4], "celik": [1, 1, 3]}
     for item in items:
@@ -511,16 +514,16 @@ def test_patient_required_attributes_and_exact_counts(url: str, corpus: Corpus) 
         assert [item[t]["Value"][0] for t in ("00201200", "00201202", "00201204")] == counts[label]
         assert item["00100030"]["Value"] == [PATIENTS[label][1]]
         assert "0020000D" not in item and "00081190" not in item  # no study attributes, no URL
-    [doe] = _get(url, "/patients", [SCOPE, ("PatientName", "doe*"), ("includefield", "all")]).json()
+    [doe] = _get(url, "/patients", [PATIENTS_SCOPE, ("PatientName", "doe*"), ("includefield", "all")]).json()
     assert doe["00100040"]["Value"] == ["M"] and "00080020" not in doe
 
 
 def test_patient_pages_and_warnings(url: str, corpus: Corpus) -> None:
-    every = [i["00100020"]["Value"][0] for i in _get(url, "/patients", [SCOPE]).json()]
+    every = [i["00100020"]["Value"][0] for i in _get(url, "/patients", [PATIENTS_SCOPE]).json()]
     pages = [i["00100020"]["Value"][0] for offset in range(0, 4, 3)
-             for i in _get(url, "/patients", [SCOPE, ("limit", "3"), ("offset", str(offset))]).json()]
+             for i in _get(url, "/patients", [PATIENTS_SCOPE, ("limit", "3"), ("offset", str(offset))]).json()]
     assert pages == every
-    response = _get(url, "/patients", [SCOPE, ("limit", "100000000"), ("StudyDate", "2020")])
+    response = _get(url, "/patients", [PATIENTS_SCOPE, ("limit", "100000000"), ("StudyDate", "2020")])
     assert response.status_code == 200
     warnings = response.headers["warning"]
     assert "limit reduced" in warnings and "StudyDate" in warnings

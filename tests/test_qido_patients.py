@@ -41,7 +41,7 @@ def _instance(pid: str, study: str, series: str, name: str, issuer: str | None =
 
 def _study(url: str, pid: str, name: str, series_sizes: tuple[int, ...], issuer: str | None = None
            ) -> tuple[str, list[str]]:
-    study, series = generate_uid(), [generate_uid() for _ in series_sizes]
+    study, series = str(generate_uid()), [str(generate_uid()) for _ in series_sizes]
     parts = [_instance(pid, study, se, name, issuer) for se, n in zip(series, series_sizes, strict=True)
              for _ in range(n)]
     response = stow(url, parts)
