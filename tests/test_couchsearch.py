@@ -172,6 +172,15 @@ QUERIES: list[tuple[str, str]] = [
     (f"/studies/{_uid(1, 2)}/series/{_uid(2, 2, 2)}/instances", ""),
     (f"/studies/{_uid(1, 2)}/series/{_uid(2, 2, 2)}/instances", "ImageType=AXIAL"),
     (f"/studies/{_uid(1, 99)}/series", ""),
+    ("/patients", ""),
+    ("/patients", "limit=2&offset=1"),
+    ("/patients", "offset=4"),
+    # Each patient has the name of its study stored last (the replacements included).
+    ("/patients", "PatientName=meyer*"),
+    ("/patients", "PatientName=ayse&fuzzymatching=true"),
+    ("/patients", "PatientName=Renamed*"),
+    ("/patients", "PatientID=CS1&includefield=all"),
+    ("/patients", "PatientID=CS?&PatientName=*e*&limit=2&offset=1"),
 ]
 
 
@@ -264,7 +273,40 @@ def test_a_schema_2_database_is_upgraded_at_start(servers: dict[str, Any]) -> No
         rows = requests.get(f"{couch}/{db}/_all_docs", params={"include_docs": "true", "startkey": '"s:"',
                                                              "endkey": '"s:\ufff0"'}, timeout=60).json()["rows"]
         assert rows and not [r["id"] for r in rows if {"od", "ot", "pid"} & set(r["doc"])]
-        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == 3
+        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == 4
+        _compare({"embedded": servers["procs"]["embedded"], "couch": upgraded})
+        _compare({"embedded": servers["procs"]["embedded"], "couch-capped": servers["procs"]["couch-capped"]})
+    assert "Traceback" not in upgraded.log()
+
+
+def _as_schema_3(couch: str, db: str) -> None:
+    """Give a database what a schema 3 server wrote: no patient documents,
+    no patient key documents, study documents without ``pk`` and ``at``."""
+    rows = requests.get(f"{couch}/{db}/_all_docs", params={"include_docs": "true"}, timeout=60).json()["rows"]
+    writes = []
+    for row in rows:
+        doc = row["doc"]
+        if doc["_id"].startswith("p:") or (doc.get("doctype") == "qkey" and doc.get("l") == "patient"):
+            writes.append({"_id": doc["_id"], "_rev": doc["_rev"], "_deleted": True})
+        elif doc.get("doctype") == "study":
+            writes.append({k: v for k, v in doc.items() if k not in ("pk", "at")})
+    assert writes and requests.post(f"{couch}/{db}/_bulk_docs", json={"docs": writes}, timeout=60).ok
+    schema = requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()
+    schema["version"] = 3
+    assert requests.put(f"{couch}/{db}/_local/dicomweb-schema", json=schema, timeout=10).ok
+
+
+def test_a_schema_3_database_gets_its_patients_at_start(servers: dict[str, Any]) -> None:
+    couch, db = servers["couch"].url, servers["db"]
+    servers["procs"]["couch"].stop()
+    _as_schema_3(couch, db)
+    assert not requests.get(f"{couch}/{db}/_all_docs", params={"startkey": '"p:"', "endkey": '"p:\ufff0"'},
+                            timeout=10).json()["rows"]
+    base = servers["base"]
+    upgraded = ServerProcess(str(base / "couch4"), str(base / "couch4.log"), "--couchdb", couch, "--couchdb-db", db)
+    with upgraded:
+        assert "schema 3 -> 4" in upgraded.log()
+        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == 4
         _compare({"embedded": servers["procs"]["embedded"], "couch": upgraded})
         _compare({"embedded": servers["procs"]["embedded"], "couch-capped": servers["procs"]["couch-capped"]})
     assert "Traceback" not in upgraded.log()

@@ -1,4 +1,5 @@
-"""Embedded schema v3 (the rejected table): created fresh, upgraded from v2."""
+"""Embedded schema v3 (the rejected table) and v4 (patients): created fresh,
+upgraded from v2."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from dicomweb.store import sqlschema
+from tests.test_sqlsearch import downgrade_to_3
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -17,11 +19,12 @@ def test_version_2_is_upgraded_in_place(tmp_path: Path) -> None:
     sqlschema.migrate(conn)
     assert "rejected" in _tables(conn)
     # Make it a version 2 database (what main wrote), with a row to keep.
+    downgrade_to_3(conn)
     conn.execute("DROP TABLE rejected")
     conn.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     conn.execute("INSERT INTO metadata VALUES ('1.2.3', x'7b7d')")
     sqlschema.migrate(conn)
-    assert "rejected" in _tables(conn)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("3",)
+    assert {"rejected", "patients"} <= _tables(conn)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
     assert conn.execute("SELECT COUNT(*) FROM metadata").fetchone() == (1,)
     sqlschema.migrate(conn)  # idempotent

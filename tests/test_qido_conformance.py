@@ -471,3 +471,67 @@ def test_bad_queries_are_400_with_a_reason(http: Client, path: str, query: str, 
     assert reason.lower() in response.text.lower()
     assert "X" * 65 not in response.text  # the client's value is not echoed
 
+
+
+# -- the patient level (GET /patients, README "Patients") ---------------------------
+
+#: The corpus's four patients only (other tests store more patients under SCOPE).
+PATIENTS_SCOPE = ("PatientID", f"Q{RUN}-?")
+
+PATIENT_CASES: list[tuple[str, list[tuple[str, str]], set[str]]] = [
+    ("all in scope", [], {"mueller", "doe", "meyer", "celik"}),
+    ("PN wildcard UTF-8", [("PatientName", "mül*")], {"mueller"}),
+    ("PN exact other case", [("PatientName", "doe^john^quincy")], {"doe"}),
+    ("PN ideographic group", [("PatientName", "ミュラー*")], {"mueller"}),
+    ("PN wildcard ?", [("PatientName", "?elik*")], {"celik"}),
+    ("fuzzy", [("PatientName", "ann mey"), ("fuzzymatching", "true")], {"meyer"}),
+    ("birth date range", [("PatientBirthDate", "19600101-19751231")], {"mueller", "meyer"}),
+    ("birth date -B", [("PatientBirthDate", "-19700101")], {"mueller", "meyer"}),
+    ("sex", [("PatientSex", "F")], {"meyer", "celik"}),
+    ("sex universal", [("PatientSex", "")], {"mueller", "doe", "meyer", "celik"}),
+    ("hex tag", [("00100040", "M")], {"doe", "mueller"}),
+    ("no match", [("PatientName", "Smith*")], set()),
+]
+
+
+def _patient_labels(corpus: Corpus, response: requests.Response) -> set[str]:
+    by_id = {pid: label for label, pid in corpus.patient_id.items()}
+    return {by_id[pid] for pid in _found(response, "00100020")}
+
+
+@pytest.mark.parametrize(("name", "params", "expected"), PATIENT_CASES, ids=[c[0] for c in PATIENT_CASES])
+def test_patient_matching(url: str, corpus: Corpus, name: str, params: list[tuple[str, str]], expected: set[str]) -> None:
+    assert _patient_labels(corpus, _get(url, "/patients", [PATIENTS_SCOPE, *params])) == expected
+
+
+def test_patient_required_attributes_and_exact_counts(url: str, corpus: Corpus) -> None:
+    items = _get(url, "/patients", [PATIENTS_SCOPE]).json()
+    assert [i["00100020"]["Value"][0] for i in items] == sorted(corpus.patient_id.values())  # PatientID order
+    counts = {"mueller": [2, 3, 7], "doe": [1, 2, 3], "meyer": [1, 3, 4], "celik": [1, 1, 3]}
+    for item in items:
+        label = next(p for p, pid in corpus.patient_id.items() if pid == item["00100020"]["Value"][0])
+        assert set(REQUIRED["patient"]) <= set(item)
+        assert [item[t]["Value"][0] for t in ("00201200", "00201202", "00201204")] == counts[label]
+        assert item["00100030"]["Value"] == [PATIENTS[label][1]]
+        assert "0020000D" not in item and "00081190" not in item  # no study attributes, no URL
+    [doe] = _get(url, "/patients", [PATIENTS_SCOPE, ("PatientName", "doe*"), ("includefield", "all")]).json()
+    assert doe["00100040"]["Value"] == ["M"] and "00080020" not in doe
+
+
+def test_patient_pages_and_warnings(url: str, corpus: Corpus) -> None:
+    every = [i["00100020"]["Value"][0] for i in _get(url, "/patients", [PATIENTS_SCOPE]).json()]
+    pages = [i["00100020"]["Value"][0] for offset in range(0, 4, 3)
+             for i in _get(url, "/patients", [PATIENTS_SCOPE, ("limit", "3"), ("offset", str(offset))]).json()]
+    assert pages == every
+    response = _get(url, "/patients", [PATIENTS_SCOPE, ("limit", "100000000"), ("StudyDate", "2020")])
+    assert response.status_code == 200
+    warnings = response.headers["warning"]
+    assert "limit reduced" in warnings and "StudyDate" in warnings
+
+
+@pytest.mark.parametrize("params", [
+    [("PatientBirthDate", "19701301")], [("PatientBirthDate", "1970*")], [("limit", "x")], [("PatientSex", "m")],
+    [("NoSuchKey", "1")],
+])
+def test_patient_bad_values_are_400(url: str, params: list[tuple[str, str]]) -> None:
+    assert _get(url, "/patients", params).status_code == 400

@@ -10,6 +10,7 @@ from dicomweb.dicom import levels
 from dicomweb.dicom.query import (
     DEFAULT_MAX_LIMIT,
     MATCHABLE,
+    PATIENT_MATCHABLE,
     REQUIRED,
     Filter,
     Level,
@@ -319,14 +320,16 @@ def test_include_all_returns_every_level_attribute() -> None:
 def test_matchable_covers_required_keys_and_is_stored() -> None:
     """Every required (non-computed) key is matchable, and every matchable key
     is among the attributes levels.py keeps for its level."""
-    computed = {"00081190", "00201206", "00201208", "00201209", "00080062", "00080061"}
+    computed = {"00081190", "00201206", "00201208", "00201209", "00080062", "00080061", *levels.PATIENT_COUNT_TAGS}
     kept = {"study": levels.STUDY_TAGS, "series": levels.SERIES_TAGS, "instance": levels.INSTANCE_TAGS}
-    for tags in REQUIRED.values():
+    for level, tags in REQUIRED.items():
         for tag in set(tags) - computed:
-            assert tag in MATCHABLE, tag
+            assert tag in (PATIENT_MATCHABLE if level == "patient" else MATCHABLE), tag
     for path, entry in MATCHABLE.items():
         if path != "00080061":
             assert path.split(".")[0] in kept[entry.level], (path, entry)
+    # Patient attributes are kept with each study.
+    assert set(PATIENT_MATCHABLE) <= set(levels.PATIENT_TAGS) <= set(levels.STUDY_TAGS)
 
 
 def test_filters_at() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dicomweb.dicom import levels
 from dicomweb.dicom.analyze import InstanceInfo
 from dicomweb.dicom.query import MODALITIES_IN_STUDY, matches, parse_query
 from dicomweb.store import sqlschema, sqlsearch
@@ -210,6 +211,88 @@ def test_unfiltered_pages_walk_the_order_indexes(db: sqlite3.Connection, level: 
         assert "SEARCH" in line or line.startswith("SCAN st USING INDEX studies_order"), plan
 
 
+# -- the patient level --------------------------------------------------------------
+
+
+def _patients(conn: sqlite3.Connection, params: list[tuple[str, str]]) -> list[str]:
+    return [r["00100020"]["Value"][0] for r in sqlsearch.search(conn, parse_query("patient", params))]
+
+
+@pytest.mark.parametrize("params", [
+    [], [("PatientName", "mül*")], [("PatientName", "hans"), ("fuzzymatching", "true")], [("PatientID", "P_4%")],
+    [("PatientID", "P?")], [("PatientBirthDate", "19700101-")], [("PatientSex", "F")], [("PatientName", "*^J*")],
+])
+def test_patient_search_agrees_with_the_reference_matcher(db: sqlite3.Connection, params: list[tuple[str, str]]) -> None:
+    query = parse_query("patient", params)
+    expected = sorted(doc["00100020"]["Value"][0] for doc in STUDIES.values()
+                      if matches(query, None, patient=levels.patient_attrs(doc)))
+    assert _patients(db, params) == expected  # in PatientID order
+
+
+@pytest.mark.parametrize("params", [
+    [("PatientName", "mül*")], [("PatientName", "hans"), ("fuzzymatching", "true")], [("PatientID", "P1")],
+    [("PatientBirthDate", "19700101-"), ("PatientSex", "F")],
+])
+def test_patient_searches_never_scan_a_table(db: sqlite3.Connection, params: list[tuple[str, str]]) -> None:
+    assert "SCAN" not in _plan(db, "patient", params)
+
+
+def test_unfiltered_patient_pages_walk_the_order_index(db: sqlite3.Connection) -> None:
+    plan = _plan(db, "patient", [("limit", "2"), ("offset", "1")])
+    assert plan == "SCAN p USING INDEX patients_order", plan
+    assert _patients(db, [("limit", "2"), ("offset", "1")]) == _patients(db, [])[1:3]
+
+
+def test_patient_counts_and_the_latest_studys_attributes() -> None:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    sqlschema.migrate(conn)
+    infos = corpus()
+    store_all(conn, infos)
+    first = next(i for i in infos if i.study_uid == "1.2.5")  # P5, one series of one instance
+    renamed = {**first.study, "0020000D": el("UI", "1.2.99"), "00100010": el("PN", {"Alphabetic": "Brown^Jon"})}
+    series = {"0020000E": el("UI", "1.2.99.1"), "00080060": el("CS", "MR")}
+    store_all(conn, [info(renamed, series, {"00080016": el("UI", "1.2.3"), "00080018": el("UI", f"1.2.99.1.{n}")})
+                     for n in (1, 2)])
+    [p5] = sqlsearch.search(conn, parse_query("patient", [("PatientID", "P5")]))
+    assert [p5[t]["Value"][0] for t in levels.PATIENT_COUNT_TAGS] == [2, 2, 3]
+    assert p5["00100010"]["Value"][0]["Alphabetic"] == "Brown^Jon"  # the study stored last
+    assert _patients(conn, [("PatientName", "brown^john")]) == []
+    # The instances of the newer study leave: the older study's name is back.
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("DELETE FROM instances WHERE study_uid='1.2.99'")
+    sqlschema.refresh_aggregates(conn, {"1.2.99"}, {"1.2.99.1"})
+    conn.execute("COMMIT")
+    [p5] = sqlsearch.search(conn, parse_query("patient", [("PatientName", "brown^john")]))
+    assert [p5[t]["Value"][0] for t in levels.PATIENT_COUNT_TAGS] == [1, 1, 1]
+    assert conn.execute("SELECT COUNT(*) FROM qido_keys WHERE level=3").fetchone()[0] > 0
+    assert conn.execute("SELECT COUNT(*) FROM patients").fetchone() == (len(STUDIES),)
+
+
+def downgrade_to_3(conn: sqlite3.Connection) -> None:
+    """Make a version 4 database what a version 3 server wrote."""
+    conn.execute("DROP INDEX studies_by_patient")
+    conn.execute("ALTER TABLE studies DROP COLUMN patient_key")
+    conn.execute("DROP TABLE patients")
+    conn.execute("DELETE FROM qido_keys WHERE level=3")
+    conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+
+
+def test_a_version_3_database_gets_its_patients(tmp_path: Any) -> None:
+    conn = sqlite3.connect(str(tmp_path / "v3.sqlite3"), isolation_level=None)
+    sqlschema.migrate(conn)
+    store_all(conn, corpus())
+    before = sqlsearch.search(conn, parse_query("patient", [("includefield", "all")]))
+    keys = conn.execute("SELECT COUNT(*) FROM qido_keys").fetchone()
+    downgrade_to_3(conn)
+    assert sqlsearch.search(conn, parse_query("study", [("limit", "1")]))  # a version 3 database
+    sqlschema.migrate(conn)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+    assert sqlsearch.search(conn, parse_query("patient", [("includefield", "all")])) == before
+    assert conn.execute("SELECT COUNT(*) FROM qido_keys").fetchone() == keys
+    sqlschema.migrate(conn)  # idempotent
+    conn.close()
+
+
 # -- upgrade from version 1 ---------------------------------------------------------
 
 
@@ -227,6 +310,8 @@ def test_a_version_1_database_is_upgraded_and_searchable(db: sqlite3.Connection,
         query = parse_query("study", params)
         assert sqlsearch.search(old, query) == sqlsearch.search(db, query)
     query = parse_query("instance", [("limit", "3"), ("offset", "2")])
+    assert sqlsearch.search(old, query) == sqlsearch.search(db, query)
+    query = parse_query("patient", [("includefield", "all")])
     assert sqlsearch.search(old, query) == sqlsearch.search(db, query)
     assert "TEMP B-TREE" not in _plan(old, "instance", [("limit", "10")])
     sqlschema.migrate(old)  # idempotent

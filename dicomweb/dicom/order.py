@@ -8,6 +8,8 @@ Pure code (no Twisted), shared by every store so that they answer alike:
   StudyInstanceUID; series by SeriesNumber, then SeriesInstanceUID;
   instances by InstanceNumber, then SOPInstanceUID; a missing number sorts
   after every number (:func:`sort_number`).
+* **Patient order**: PatientID, then IssuerOfPatientID, in code point
+  order (a patient's identity, so the order is total).
 * **Retrieval order** (WADO metadata and bytes of a study or series):
   by series (SeriesNumber, SeriesInstanceUID) then instance (InstanceNumber,
   SOPInstanceUID), missing numbers last (:func:`retrieval_key`).
@@ -39,7 +41,7 @@ LEVEL_UIDS = frozenset({"0020000D", "0020000E", "00080018"})
 
 #: Tags computed from aggregates or the request (counts, lists, RetrieveURL, UIDs).
 COMPUTED = frozenset({"00080061", "00080062", "00201206", "00201208", "00201209", RETRIEVE_URL,
-                      *LEVEL_UIDS})
+                      *levels.PATIENT_COUNT_TAGS, *LEVEL_UIDS})
 #: Tags an answer can carry without reading the instance's full metadata.
 AVAILABLE = frozenset(levels.STUDY_TAGS) | frozenset(levels.SERIES_TAGS) | frozenset(levels.INSTANCE_TAGS) | COMPUTED
 

@@ -9,6 +9,8 @@ The contract with stores, in short:
 * At store time, for every path in :data:`MATCHABLE` of a level, a store
   indexes ``stored_keys(vr, elements)`` (normalised strings, any number per
   attribute) and, for PN, ``fuzzy_words``; :func:`index_entries` does both.
+* The patient level (:data:`PATIENT_MATCHABLE`) is indexed the same way on
+  each patient's attributes, under :func:`key_path` (``patient/`` + path).
 * At query time each :class:`Filter` is tested against those keys only:
   ``single`` -> some key == values[0]; ``list`` -> some key in values;
   ``wildcard`` -> some key matches the pattern (``like_pattern``,
@@ -44,9 +46,12 @@ from .personname import (
 )
 from .uids import is_valid_uid
 
-Level = Literal["study", "series", "instance"]
+Level = Literal["patient", "study", "series", "instance"]
 Kind = Literal["single", "list", "wildcard", "range", "universal", "fuzzy"]
+#: The study hierarchy: each level answers with its parents' attributes.
+#: The patient level stands apart (see :data:`PATIENT_MATCHABLE`).
 LEVELS: tuple[Level, ...] = ("study", "series", "instance")
+PATIENT: Level = "patient"
 _RANK = {level: i for i, level in enumerate(LEVELS)}
 
 DEFAULT_MAX_LIMIT = 10_000
@@ -57,6 +62,11 @@ MAX_UIDS_IN_LIST = 1000
 STUDY_UID, SERIES_UID = "0020000D", "0020000E"
 MODALITIES_IN_STUDY = "00080061"
 RETRIEVE_URL = "00081190"
+#: NumberOfPatientRelatedStudies / -Series / -Instances (PS3.4 C.3.2 / C.6.1.1.2).
+PATIENT_COUNTS = ("00201200", "00201202", "00201204")
+#: Match keys of the patient level are indexed under their path with this
+#: prefix, apart from the study level keys of the same attributes.
+PATIENT_KEY_PREFIX = "patient/"
 
 
 class QueryError(ValueError):
@@ -73,6 +83,8 @@ class QueryError(ValueError):
 #: Required return attributes per level (PS3.18 10.6.3.3, Tables 10.6.3-3/4/5),
 #: plus the parent UIDs that viewers need at every level.
 REQUIRED: dict[Level, tuple[str, ...]] = {
+    # Patient level (no PS3.18 resource; the PS3.4 C.6.1.1.2 patient keys).
+    "patient": ("00100010", "00100020", "00100021", "00100030", "00100040", *PATIENT_COUNTS),
     "study": (
         "00080020", "00080030", "00080050", "00080061", "00080062", "00080090",
         "00081190", "00100010", "00100020", "00100030", "00100040", "0020000D",
@@ -115,6 +127,15 @@ _MATCHABLE_KEYWORDS: dict[Level, tuple[str, ...]] = {
         "CompletionFlag", "VerificationFlag", "ConceptNameCodeSequence.CodeValue",
     ),
 }
+
+
+#: Matching keys of the patient level (PS3.4 C.6.1.1.2): the Patient module
+#: attributes the store keeps with each study. Their values at the patient
+#: level come from one study of the patient (README "Patients").
+_PATIENT_MATCHABLE_KEYWORDS: tuple[str, ...] = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime",
+    "PatientSex", "OtherPatientIDs", "OtherPatientNames", "EthnicGroup",
+)
 
 
 @dataclass(frozen=True)
@@ -208,7 +229,31 @@ def _build_matchable() -> dict[str, Matchable]:
 #: ModalitiesInStudy is matched against the Modality of the study's series.
 MATCHABLE: dict[str, Matchable] = _build_matchable()
 
+
+def _build_patient_matchable() -> dict[str, Matchable]:
+    attrs = [resolve(keyword) for keyword in _PATIENT_MATCHABLE_KEYWORDS]
+    return {a.path: Matchable(a.keyword, a.vr, "patient") for a in attrs}
+
+
+#: The attributes matchable at the patient level (the same paths as study
+#: level ones, so kept in their own table).
+PATIENT_MATCHABLE: dict[str, Matchable] = _build_patient_matchable()
+
+
+def matchable_at(level: Level) -> dict[str, Matchable]:
+    """Path -> entry of the attributes matched on ``level``'s own data."""
+    if level == PATIENT:
+        return PATIENT_MATCHABLE
+    return {path: entry for path, entry in MATCHABLE.items() if entry.level == level}
+
+
+def key_path(level: Level, path: str) -> str:
+    """The path under which a store indexes the keys of ``path`` on ``level``."""
+    return PATIENT_KEY_PREFIX + path if level == PATIENT else path
+
+
 _LEVEL_TAGS: dict[Level, tuple[str, ...]] = {
+    "patient": levels.PATIENT_TAGS,
     "study": levels.STUDY_TAGS,
     "series": levels.SERIES_TAGS,
     "instance": levels.INSTANCE_TAGS,
@@ -242,6 +287,11 @@ class Filter:
     @property
     def path(self) -> tuple[str, ...]:
         return tuple(self.tag.split("."))
+
+    @property
+    def key_path(self) -> str:
+        """Where a store indexes this filter's keys (see :func:`key_path`)."""
+        return key_path(self.level, self.tag)
 
     def _pattern(self) -> str:
         if self.kind != "wildcard":
@@ -295,6 +345,11 @@ class Query:
     def return_tags(self) -> tuple[str, ...]:
         """Sorted tags to return: required, parents', includefield, matching keys."""
         tags = set(REQUIRED[self.level]) | set(self.includefields)
+        if self.level == PATIENT:
+            if self.include_all:
+                tags |= set(_LEVEL_TAGS[PATIENT])
+            tags |= {f.path[0] for f in self.filters}
+            return tuple(sorted(tags))
         if self.level != "study" and STUDY_UID not in self.scope:
             tags |= set(REQUIRED["study"])
         if self.level == "instance" and SERIES_UID not in self.scope:
@@ -324,9 +379,12 @@ def parse_query(
     max_limit: int = DEFAULT_MAX_LIMIT,
     passthrough: frozenset[str] = PASSTHROUGH,
 ) -> Query:
-    """Parse decoded QIDO query pairs for ``level``; raise QueryError if bad."""
-    if level not in _RANK:
-        raise ValueError(f"unknown level {level!r}")
+    """Parse decoded QIDO query pairs for ``level``; raise QueryError if bad.
+
+    The patient level takes the matching keys of :data:`PATIENT_MATCHABLE`
+    and no ``scope``."""
+    if level not in _RANK and not (level == PATIENT and not scope):
+        raise ValueError(f"unknown level {level!r} (or a scope at the patient level)")
     controls, keys = _split_params(params, passthrough)
     fuzzy = _parse_bool("fuzzymatching", controls.get("fuzzymatching"))
     limit, capped = _parse_limit(controls.get("limit"), max_limit)
@@ -340,8 +398,8 @@ def parse_query(
         if attr.path in seen:
             raise QueryError(f"{attr.keyword} is given more than once")
         seen.add(attr.path)
-        entry = MATCHABLE.get(attr.path)
-        if entry is not None and _RANK[entry.level] <= _RANK[level]:
+        entry = _matchable_entry(level, attr.path)
+        if entry is not None:
             filters.append(build_filter(attr.path, entry.vr, entry.level, value, fuzzy, entry.keyword))
         elif value.strip() in ("", "*"):
             includes.append(attr.path.split(".")[0])  # a universal key just asks for the value
@@ -352,6 +410,17 @@ def parse_query(
         include_all=include_all, limit=limit, offset=offset, limit_capped=capped,
         fuzzy=fuzzy, unsupported=tuple(unsupported), scope=dict(scope or {}),
     )
+
+
+def _matchable_entry(level: Level, path: str) -> Matchable | None:
+    """The entry of ``path`` if it can be matched in a ``level`` query
+    (its own level's attributes or a parent level's)."""
+    if level == PATIENT:
+        return PATIENT_MATCHABLE.get(path)
+    entry = MATCHABLE.get(path)
+    if entry is None or _RANK[entry.level] > _RANK[level]:
+        return None
+    return entry
 
 
 _CONTROLS = ("includefield", "limit", "offset", "fuzzymatching")
@@ -785,17 +854,17 @@ def index_entries(level: Level, doc: Mapping[str, Any]) -> dict[str, list[str]]:
 
     PN attributes also get ``path + "/fuzzy"`` -> fuzzy words. For the study
     level, ``doc`` should carry the ModalitiesInStudy aggregate (00080061).
+    Patient level paths carry :data:`PATIENT_KEY_PREFIX` (:func:`key_path`).
     """
     entries: dict[str, list[str]] = {}
-    for path, entry in MATCHABLE.items():
-        if entry.level != level:
-            continue
+    for path, entry in matchable_at(level).items():
         elements = find_elements(doc, path)
         keys = stored_keys(entry.vr, elements)
+        stored = key_path(level, path)
         if keys:
-            entries[path] = keys
+            entries[stored] = keys
         if entry.vr == "PN" and keys:
-            entries[path + "/fuzzy"] = stored_fuzzy_words(elements)
+            entries[stored + "/fuzzy"] = stored_fuzzy_words(elements)
     return entries
 
 
@@ -818,14 +887,15 @@ def filter_matches(flt: Filter, doc: Mapping[str, Any]) -> bool:
     return any((low is None or low <= k) and (high is None or k <= high) for k in keys)
 
 
-def matches(query: Query, study: Mapping[str, Any], series: Mapping[str, Any] | None = None,
-            instance: Mapping[str, Any] | None = None) -> bool:
+def matches(query: Query, study: Mapping[str, Any] | None, series: Mapping[str, Any] | None = None,
+            instance: Mapping[str, Any] | None = None, patient: Mapping[str, Any] | None = None) -> bool:
     """Reference matcher over DICOM JSON of each level (the executable spec).
 
     ``study`` must include the ModalitiesInStudy aggregate (00080061) when the
-    query filters on it.
+    query filters on it. A patient level query is matched on ``patient``
+    (the patient's attributes, :func:`~dicomweb.dicom.levels.patient_attrs`).
     """
-    docs = {"study": study, "series": series, "instance": instance}
+    docs = {"study": study, "series": series, "instance": instance, "patient": patient}
     for flt in query.filters:
         if flt.kind == "universal":
             continue

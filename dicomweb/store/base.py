@@ -153,7 +153,13 @@ class Store(Protocol):
         skipped and at most ``query.limit`` returned. Each is DICOM JSON with
         the tags of ``query.return_tags()`` the store has (or, for
         ``include_all``, every stored level attribute), counts exact, and
-        RetrieveURL relative to the service root (``studies/{uid}...``)."""
+        RetrieveURL relative to the service root (``studies/{uid}...``).
+
+        A ``patient`` level query is answered from the store's patient index
+        (README "Patients"): one answer per (PatientID, IssuerOfPatientID) in
+        that order, the Patient module attributes of the patient's study that
+        most recently received an instance, NumberOfPatientRelatedStudies /
+        -Series / -Instances exact, no RetrieveURL."""
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
         """Remove the instances of a study/series/instance, rejected ones

@@ -65,9 +65,9 @@ from twisted.python.threadpool import ThreadPool
 from ..dicom.analyze import PROCESSING_FAILURE, InstanceInfo
 from ..dicom.dicomjson import first_text, int_value
 from ..dicom.order import retrieval_key
-from ..dicom.query import Query
+from ..dicom.query import PATIENT, Query
 from ..twistedtypes import IReactor
-from . import couchsearch
+from . import couchpatients, couchsearch
 from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
 from .common import ATTEMPTS, gather
 from .couchaggregates import Aggregates, LevelHints
@@ -420,7 +420,10 @@ class CouchStore:
     # -- search ---------------------------------------------------------------------
 
     async def search(self, query: Query) -> list[dict[str, Any]]:
-        """QIDO answers from Mango indexes (see :mod:`couchsearch`)."""
+        """QIDO answers from Mango indexes (see :mod:`couchsearch`; the
+        patient level: :mod:`couchpatients`)."""
+        if query.level == PATIENT:
+            return await couchpatients.search(self.docs, query)
         return await couchsearch.search(self.docs, query)
 
 
@@ -430,4 +433,5 @@ def _level_hints(items: list[StoreItem], outcomes: list[StoreOutcome | None]) ->
         if outcome is not None and outcome.outcome in ("stored", "replaced"):
             hints.study[item.info.study_uid] = item.info.study
             hints.series[item.info.series_uid] = item.info.series
+            hints.received[item.info.study_uid] = time.time()
     return hints

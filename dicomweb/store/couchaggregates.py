@@ -5,7 +5,9 @@ exact aggregates, recomputed from the instance documents.
 NumberOfStudyRelatedSeries/-Instances, ModalitiesInStudy, SOPClassesInStudy;
 ``se:<SeriesInstanceUID>`` the series attributes and its count. Both carry
 the order key ``o`` of the search (:mod:`couchsearch`), and their QIDO key
-documents are rewritten with them.
+documents are rewritten with them. A study document also names its patient
+(``pk``) and when it last received an instance (``at``), from which the
+patient documents (:mod:`couchpatients`) are recomputed after it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import couchsearch
 from .base import StoreUnavailable
 from .common import ATTEMPTS, gather
 from .couchdocs import CouchDocs, instance_id
+from .couchpatients import Patients, patient_key
 
 log = Logger()
 
@@ -33,6 +36,8 @@ class LevelHints:
 
     study: dict[str, dict[str, Any]] = field(default_factory=dict)
     series: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: When each study last received an instance of the batch (item order).
+    received: dict[str, float] = field(default_factory=dict)
     #: Write the QIDO keys of every study/series document, changed or not.
     ensure_keys: bool = False
 
@@ -43,6 +48,7 @@ class Aggregates:
     def __init__(self, docs: CouchDocs, reactor: IReactor) -> None:
         self.docs = docs
         self.reactor = reactor
+        self.patients = Patients(docs, reactor)
 
     async def refresh(self, studies: Iterable[str], hints: LevelHints | None = None) -> None:
         """Recompute the documents of ``studies`` and their series, concurrently."""
@@ -64,7 +70,8 @@ class Aggregates:
             study_doc = await self.docs.get("s:" + study)
             series_docs = {d["series"]: d for d in await self.docs.find(
                 "series-by-study", {"doctype": "series", "study": study, "series": {"$gt": None}}, limit=100000)}
-            docs = await self.docs.instances(study, None, "stored", ["series", "sop_class", "modality", "series_number"])
+            docs = await self.docs.instances(study, None, "stored",
+                                             ["series", "sop_class", "modality", "series_number", "stored_at"])
             old = {d["_id"]: d for d in [study_doc, *series_docs.values()] if d}
             writes = await self._writes(study, study_doc, series_docs, docs, hints)
             result = await self.docs.bulk(writes)
@@ -76,6 +83,11 @@ class Aggregates:
                 if hints.ensure_keys:
                     pairs += [(d, d) for d in old.values()]
                 await couchsearch.sync_level_keys(self.docs, pairs, ensure=hints.ensure_keys)
+                # The patients the study counted for before and counts for now.
+                patients = {w["pk"] for w in writes if w["_id"] == "s:" + study and not w.get("_deleted")}
+                if study_doc is not None:
+                    patients.add(patient_key(study_doc.get("attrs") or {}))
+                await self.patients.refresh(patients, ensure=hints.ensure_keys)
                 return
             if any(r.get("error") != "conflict" for r in conflicts):
                 log.error("CouchDB refused an aggregate write: {error}", error=conflicts[0].get("error"))
@@ -111,6 +123,7 @@ class Aggregates:
         if attrs is None:
             attrs = study_doc["attrs"] if study_doc else await self._attrs_of(docs[0]["sop"], "study_attrs")
         new = {"_id": "s:" + study, "doctype": "study", "study": study, "attrs": attrs,
+               "pk": patient_key(attrs), "at": _received_at(study, study_doc, docs, hints),
                "num_series": len(by_series), "num_instances": len(docs),
                "modalities": sorted(modalities), "sop_classes": sorted({d["sop_class"] for d in docs}),
                "o": couchsearch.study_order(attrs, study)}
@@ -120,6 +133,18 @@ class Aggregates:
     async def _attrs_of(self, sop: str, field: str) -> dict[str, Any]:
         doc = await self.docs.get(instance_id(sop))
         return dict((doc or {}).get(field) or {})
+
+
+def _received_at(study: str, study_doc: dict[str, Any] | None, docs: list[dict[str, Any]],
+                 hints: LevelHints) -> float:
+    """When the study last received an instance: when this batch stored one
+    (``hints.received``); else as recorded; else (a document of schema 3 or older) the newest
+    ``stored_at`` of its instances."""
+    if study in hints.received:
+        return hints.received[study]
+    if study_doc is not None and study_doc.get("at") is not None:
+        return float(study_doc["at"])
+    return max((float(d.get("stored_at") or 0) for d in docs), default=0.0)
 
 
 def _changed(writes: list[dict[str, Any]], old: dict[str, Any] | None, new: dict[str, Any]) -> None:

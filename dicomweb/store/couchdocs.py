@@ -29,6 +29,9 @@ STORE_DDOC = "dicomweb-v1"
 #: Design document of the search indexes (kept apart from the store's own
 #: so that adding them did not rebuild the older indexes).
 SEARCH_DDOC = "dicomweb-search-v2"
+#: Design document of the patient level's indexes (schema 4), apart so that
+#: adding them rebuilt no older index.
+PATIENT_DDOC = "dicomweb-patients-v4"
 #: Ids per ``_all_docs`` request.
 CHUNK = 500
 
@@ -53,6 +56,8 @@ INDEXES: dict[str, Index] = {
     "studies-by-order": Index(SEARCH_DDOC, ("doctype", "o")),
     "series-by-study-order": Index(SEARCH_DDOC, ("doctype", "study", "o")),
     "instances-by-series-order": Index(SEARCH_DDOC, ("doctype", "state", "series", "o")),
+    "studies-by-patient-key": Index(PATIENT_DDOC, ("doctype", "pk", "study")),
+    "patients-by-order": Index(PATIENT_DDOC, ("doctype", "o")),
 }
 
 

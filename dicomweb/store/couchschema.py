@@ -16,6 +16,10 @@ Versions:
    ``od``/``ot`` of StudyDate/StudyTime) and without the two indexes on them
    (``studies-by-date``, ``studies-by-patient``): the search orders studies
    by ``o`` since version 2, and nothing else read them.
+4. the patient level: study documents name their patient (``pk``) and when
+   they last received an instance (``at``); patient documents ``p:<key>``
+   with their QIDO key documents (``couchpatients``) and two indexes
+   (``studies-by-patient-key``, ``patients-by-order``).
 
 Only this module knows what older versions stored.
 """
@@ -35,7 +39,7 @@ from .couchhttp import Conflict, CouchError
 
 log = Logger()
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_DOC = "_local/dicomweb-schema"
 #: Indexes of version 1 and 2, removed by the upgrade to 3 (in STORE_DDOC).
 OBSOLETE_INDEXES = ("studies-by-date", "studies-by-patient")
@@ -82,6 +86,8 @@ class Schema:
             await self._upgrade_1_to_2()
         if 0 < version < 3:
             await self._upgrade_2_to_3()
+        if 1 < version < 4:  # the upgrade to 2 already wrote them
+            await self._upgrade_3_to_4()
         if version < SCHEMA_VERSION:
             body: dict[str, Any] = {"version": SCHEMA_VERSION, "indexes": sorted(INDEXES), "upgraded_at": time.time()}
             if schema:
@@ -111,6 +117,14 @@ class Schema:
             rows = await self.docs.bulk(rewrite)
             rewritten += sum(1 for r in rows if not r.get("error"))
         log.info("CouchDB schema 2 -> 3: {n} study documents rewritten", n=rewritten)
+
+    async def _upgrade_3_to_4(self) -> None:
+        """Patient keys on study documents, and the patient documents. A study
+        stored before has no ``at``: the newest ``stored_at`` of its instances."""
+        log.info("CouchDB schema 3 -> 4: writing the patient documents")
+        studies = [doc_id[2:] for doc_id in await self.docs.ids_with_prefix("s:")]
+        await self.aggregates.refresh(studies, LevelHints(ensure_keys=True))
+        log.info("CouchDB schema 3 -> 4: patients of {m} studies indexed", m=len(studies))
 
     async def _drop_indexes(self, ddoc: str, names: tuple[str, ...]) -> None:
         """Remove Mango indexes by rewriting their design document without

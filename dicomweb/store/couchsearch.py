@@ -10,13 +10,15 @@ small document per (level, owner, generation, path, key), mirroring the
 embedded store's ``qido_keys`` table::
 
     {"_id": "q:<sha256 of l, u, g, p, k>", "doctype": "qkey",
-     "l": "study" | "series" | "instance", "u": <owner UID>, "g": <generation>,
+     "l": "patient" | "study" | "series" | "instance", "u": <owner UID or patient key>,
+     "g": <generation>,
      "p": <path>, "k": <normalised key>,
      "t": <StudyInstanceUID>, "s": <SeriesInstanceUID | null>, "o": <instance order | null>}
 
 The generation ``g`` is the instance document's attachment name (new on every
 write) for instances, and a digest of the level attributes (and, for a study,
-ModalitiesInStudy) for studies and series. Ids are deterministic, so writing
+ModalitiesInStudy) for patients, studies and series (patient keys are under
+the ``patient/`` paths, :func:`~dicomweb.dicom.query.key_path`). Ids are deterministic, so writing
 the same keys twice is a no-op (409), and the writer that supersedes a
 generation deletes that generation's keys (:func:`sync_instance_keys`,
 :func:`sync_level_keys`). UIDs of a level are not written as keys: study and
@@ -179,7 +181,10 @@ def study_level_json(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def level_key_docs(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Key documents of a study (``s:``) or series (``se:``) document."""
+    """Key documents of a patient (``p:``), study (``s:``) or series (``se:``) document."""
+    if doc.get("doctype") == "patient":
+        attrs = doc.get("attrs") or {}
+        return _key_docs("patient", doc["pk"], _digest(attrs), attrs, "")
     if doc.get("doctype") == "study":
         level_json = study_level_json(doc)
         return _key_docs("study", doc["study"], _digest(level_json), level_json, doc["study"])
@@ -241,10 +246,11 @@ def mango_regex(flt: Filter) -> str:
 def key_selectors(flt: Filter) -> list[tuple[str, Any]]:
     """(path, ``k`` condition) per ``_find`` a filter needs; owners must be in
     every result (fuzzy words) or in any (list values): see :func:`_owners`."""
+    path = flt.key_path
     if flt.kind == "single":
-        return [(flt.tag, flt.values[0])]
+        return [(path, flt.values[0])]
     if flt.kind == "list":
-        return [(flt.tag, v) for v in flt.values]
+        return [(path, v) for v in flt.values]
     if flt.kind == "range":
         low, high = flt.values
         cond: dict[str, Any] = {}
@@ -252,15 +258,15 @@ def key_selectors(flt: Filter) -> list[tuple[str, Any]]:
             cond["$gte"] = low
         if high is not None:
             cond["$lte"] = high
-        return [(flt.tag, cond)]
+        return [(path, cond)]
     if flt.kind == "wildcard":
         cond = {"$regex": mango_regex(flt)}
         prefix = flt.literal_prefix()
         if prefix:
             cond.update({"$gte": prefix, "$lte": prefix + TOP})
-        return [(flt.tag, cond)]
+        return [(path, cond)]
     if flt.kind == "fuzzy":
-        return [(flt.tag + "/fuzzy", {"$gte": w, "$lte": f"{w}{TOP}", "$regex": r}) for w, r in
+        return [(path + "/fuzzy", {"$gte": w, "$lte": f"{w}{TOP}", "$regex": r}) for w, r in
                 zip(flt.values, flt.prefix_regexes(), strict=True)]
     raise ValueError(f"no selector for a {flt.kind} filter")
 
@@ -302,6 +308,13 @@ async def _owners(docs: CouchDocs, flt: Filter) -> dict[str, set[_Owner]] | None
         for uid, owners in group.items():
             out.setdefault(uid, set()).update(owners)
     return out
+
+
+async def candidate_owners(docs: CouchDocs, flt: Filter) -> set[str] | None:
+    """The owners (UIDs, patient keys) whose keys match ``flt``, or None when
+    too many do (then the filter only checks candidates)."""
+    found = await _owners(docs, flt)
+    return None if found is None else set(found)
 
 
 # --------------------------------------------------------------------------

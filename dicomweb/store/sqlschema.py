@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ..dicom import levels
 from ..dicom.analyze import InstanceInfo
 from ..dicom.dicomjson import dumps, first_text, int_value
 from ..dicom.order import LEVEL_UIDS, NO_NUMBER, sort_number, study_sort_date
@@ -19,10 +20,10 @@ from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries
 
 SOP_CLASSES_IN_STUDY = "00080062"
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Level numbers stored in ``qido_keys.level``.
-STUDY, SERIES, INSTANCE = 0, 1, 2
+STUDY, SERIES, INSTANCE, PATIENT = 0, 1, 2, 3
 
 # Version 2. Every column used by an ORDER BY is NOT NULL and each order index
 # is UNIQUE: only then can SQLite prove that a nested loop over the three order
@@ -101,6 +102,25 @@ CREATE INDEX rejected_by_age ON rejected(rejected_at)
 """
 
 
+# Version 4: the patient level (README "Patients"). A patient row per
+# (PatientID, IssuerOfPatientID) of the visible studies, keyed by
+# :func:`patient_key`, with the attributes of the study that most recently
+# received an instance and exact counts; its match keys are ``qido_keys`` rows
+# of level PATIENT (paths ``patient/...``). ``studies.patient_key`` says
+# which patient a study counts for, so the rows are recomputed from an index.
+_PATIENTS_V4 = """
+CREATE TABLE patients (
+    patient_key TEXT NOT NULL PRIMARY KEY,
+    patient_id TEXT NOT NULL, issuer TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    num_studies INTEGER NOT NULL, num_series INTEGER NOT NULL, num_instances INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX patients_order ON patients(patient_id, issuer);
+ALTER TABLE studies ADD COLUMN patient_key TEXT;
+CREATE INDEX studies_by_patient ON studies(patient_key, updated_at)
+"""
+
+
 def _script(conn: sqlite3.Connection, script: str) -> None:
     # executescript() would COMMIT the open transaction; run statement by statement.
     for statement in script.split(";"):
@@ -133,7 +153,9 @@ def migrate(conn: sqlite3.Connection) -> None:
             _script(conn, _INDEXES_V2)
         elif version == 1:
             _upgrade_1_to_2(conn)
-        _script(conn, _REJECTED_V3)  # 0, 1 and 2 all lack it
+        if version < 3:
+            _script(conn, _REJECTED_V3)  # 0, 1 and 2 all lack it
+        _upgrade_to_4(conn)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:
@@ -162,7 +184,18 @@ def _upgrade_1_to_2(conn: sqlite3.Connection) -> None:
         _refresh_study_keys(conn, uid)
 
 
-_LEVEL_NAMES: dict[int, Level] = {STUDY: "study", SERIES: "series", INSTANCE: "instance"}
+def _upgrade_to_4(conn: sqlite3.Connection) -> None:
+    """The patients table, filled from the studies already stored."""
+    _script(conn, _PATIENTS_V4)
+    keys = set()
+    for uid, attrs in conn.execute("SELECT study_uid, attrs FROM studies").fetchall():
+        key = patient_key(*levels.patient_identity(json.loads(attrs)))
+        conn.execute("UPDATE studies SET patient_key=? WHERE study_uid=?", (key, uid))
+        keys.add(key)
+    refresh_patients(conn, keys)
+
+
+_LEVEL_NAMES: dict[int, Level] = {STUDY: "study", SERIES: "series", INSTANCE: "instance", PATIENT: "patient"}
 
 
 def index_keys(conn: sqlite3.Connection, level: int, uid: str, doc: dict[str, Any]) -> None:
@@ -254,8 +287,10 @@ def refresh_aggregates(conn: sqlite3.Connection, studies: Iterable[str], series:
     Runs inside the writer's transaction, from indexed counts, so the numbers
     are exact even when an instance moved or was replaced. Rows left empty are
     removed. The QIDO keys of each study and series are rebuilt here too, once
-    per batch rather than once per instance.
+    per batch rather than once per instance; then the patients the studies
+    belonged to and belong to now (:func:`refresh_patients`).
     """
+    patients: set[str] = set()
     for series_uid in series:
         (count,) = conn.execute("SELECT COUNT(*) FROM instances WHERE series_uid=?", (series_uid,)).fetchone()
         if count:
@@ -266,6 +301,9 @@ def refresh_aggregates(conn: sqlite3.Connection, studies: Iterable[str], series:
             conn.execute("DELETE FROM series WHERE series_uid=?", (series_uid,))
             conn.execute("DELETE FROM qido_keys WHERE uid=? AND level=?", (series_uid, SERIES))
     for study_uid in studies:
+        was = conn.execute("SELECT patient_key FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        if was is not None and was[0] is not None:
+            patients.add(was[0])
         n_series, n_instances = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(num_instances), 0) FROM series WHERE study_uid=?", (study_uid,)
         ).fetchone()
@@ -282,6 +320,49 @@ def refresh_aggregates(conn: sqlite3.Connection, studies: Iterable[str], series:
             (n_series, n_instances, _multi(modalities), _multi(classes), study_uid),
         )
         _refresh_study_keys(conn, study_uid)
+        patients.add(_set_patient_key(conn, study_uid))
+    refresh_patients(conn, patients)
+
+
+def patient_key(patient_id: str, issuer: str) -> str:
+    """The ``patients`` primary key of a patient identity (a backslash
+    cannot occur in an LO value, PS3.5 6.2)."""
+    return patient_id + "\\" + issuer
+
+
+def _set_patient_key(conn: sqlite3.Connection, study_uid: str) -> str:
+    (attrs,) = conn.execute("SELECT attrs FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+    key = patient_key(*levels.patient_identity(json.loads(attrs)))
+    conn.execute("UPDATE studies SET patient_key=? WHERE study_uid=?", (key, study_uid))
+    return key
+
+
+def refresh_patients(conn: sqlite3.Connection, keys: Iterable[str]) -> None:
+    """Recompute patient rows exactly from their studies (index
+    ``studies_by_patient``): counts summed, attributes and match keys from
+    the study that most recently received an instance (``updated_at``, then
+    the greatest StudyInstanceUID); a patient left without studies goes."""
+    for key in sorted(keys):
+        n_studies, n_series, n_instances = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(num_series), 0), COALESCE(SUM(num_instances), 0)"
+            " FROM studies WHERE patient_key=?", (key,)).fetchone()
+        if not n_studies:
+            conn.execute("DELETE FROM patients WHERE patient_key=?", (key,))
+            conn.execute("DELETE FROM qido_keys WHERE uid=? AND level=?", (key, PATIENT))
+            continue
+        (attrs,) = conn.execute(
+            "SELECT attrs FROM studies WHERE patient_key=? ORDER BY updated_at DESC, study_uid DESC LIMIT 1",
+            (key,)).fetchone()
+        study = json.loads(attrs)
+        patient = levels.patient_attrs(study)
+        patient_id, issuer = levels.patient_identity(study)
+        conn.execute(
+            "INSERT INTO patients (patient_key, patient_id, issuer, attrs, num_studies, num_series, num_instances)"
+            " VALUES (?,?,?,?,?,?,?) ON CONFLICT(patient_key) DO UPDATE SET attrs=excluded.attrs,"
+            " num_studies=excluded.num_studies, num_series=excluded.num_series,"
+            " num_instances=excluded.num_instances",
+            (key, patient_id, issuer, dumps(patient).decode(), n_studies, n_series, n_instances))
+        index_keys(conn, PATIENT, key, patient)
 
 
 def _multi(values: list[str]) -> str:

@@ -14,6 +14,10 @@ tables (``studies st``, ``series se``, ``instances i``), with, per filter:
 Values only ever travel as bound parameters; the SQL text is built from
 fixed fragments, column names and the number of values.
 
+The patient level is one SELECT over ``patients p`` alone, its filters
+``p.patient_key IN (SELECT uid FROM qido_keys ...)`` on the ``patient/``
+paths, in the order of its unique index (PatientID, IssuerOfPatientID).
+
 Order is the search order of :mod:`dicomweb.dicom.order`, kept in the
 ``sort_date`` and ``sort_number`` columns: total, so limit/offset pages never
 overlap or skip. With no
@@ -33,13 +37,15 @@ from typing import Any
 
 import orjson
 
+from ..dicom.levels import patient_json
 from ..dicom.order import AVAILABLE
-from ..dicom.query import LEVELS, RETRIEVE_URL, Filter, Query, project
+from ..dicom.query import LEVELS, PATIENT, RETRIEVE_URL, Filter, Query, project
 from .sqlschema import split_multi
 
 #: Matching on a level's own UID uses the primary key of its table.
 _UID_COLUMNS = {"0020000D": "st.study_uid", "0020000E": "se.series_uid", "00080018": "i.sop_uid"}
-_LEVEL_UID = {"study": "st.study_uid", "series": "se.series_uid", "instance": "i.sop_uid"}
+_LEVEL_UID = {"study": "st.study_uid", "series": "se.series_uid", "instance": "i.sop_uid",
+              "patient": "p.patient_key"}
 _COLUMNS = {
     "study": "st.study_uid, st.attrs, st.num_series, st.num_instances, st.modalities, st.sop_classes",
     "series": "se.series_uid, se.attrs, se.num_instances",
@@ -63,6 +69,8 @@ class SqlQuery:
 
 def build_sql(query: Query) -> SqlQuery:
     """The SELECT for ``query`` (see the module docstring)."""
+    if query.level == PATIENT:
+        return _patient_sql(query)
     depth = LEVELS.index(query.level) + 1
     used = LEVELS[:depth]
     where: list[str] = []
@@ -91,6 +99,23 @@ def build_sql(query: Query) -> SqlQuery:
     return SqlQuery(sql, [*args, query.limit, query.offset])
 
 
+def _patient_sql(query: Query) -> SqlQuery:
+    where: list[str] = []
+    args: list[Any] = []
+    for flt in query.filters:
+        if flt.kind != "universal":
+            sql, values = condition(flt)
+            where.append(sql)
+            args.extend(values)
+    sql = "SELECT p.patient_key, p.attrs, p.num_studies, p.num_series, p.num_instances FROM patients p"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    # "+": with filters, find the rows through the keys, then sort them.
+    order = "+p.patient_id, p.issuer" if where else "p.patient_id, p.issuer"
+    sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
+    return SqlQuery(sql, [*args, query.limit, query.offset])
+
+
 def condition(flt: Filter) -> tuple[str, list[Any]]:
     """SQL for one filter, with its parameters."""
     column = _UID_COLUMNS.get(flt.tag)
@@ -99,11 +124,11 @@ def condition(flt: Filter) -> tuple[str, list[Any]]:
     owner = _LEVEL_UID[flt.level]
     if flt.kind == "fuzzy":
         # Every word must be the prefix of some fuzzy word of the name.
-        parts = [_key_subquery(owner, flt.tag + "/fuzzy", "key >= ? AND key < ?", [w, f"{w}{_TOP}"])
+        parts = [_key_subquery(owner, flt.key_path + "/fuzzy", "key >= ? AND key < ?", [w, f"{w}{_TOP}"])
                  for w in flt.values]
         return " AND ".join(p[0] for p in parts), [a for p in parts for a in p[1]]
     key_sql, key_args = _key_condition(flt)
-    return _key_subquery(owner, flt.tag, key_sql, key_args)
+    return _key_subquery(owner, flt.key_path, key_sql, key_args)
 
 
 def _key_subquery(owner: str, path: str, key_sql: str, key_args: list[Any]) -> tuple[str, list[Any]]:
@@ -155,6 +180,12 @@ def fetch(conn: sqlite3.Connection, query: Query) -> list[tuple[Any, ...]]:
 
 def answers(conn: sqlite3.Connection, query: Query, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     """The DICOM JSON answers made of :func:`fetch`'s ``rows`` (the Python part of :func:`search`)."""
+    if query.level == PATIENT:
+        items = [patient_json(orjson.loads(attrs), *counts) for _, attrs, *counts in rows]
+        if query.include_all:
+            return [project(query, item) for item in items]
+        wanted = query.return_tags()
+        return [{tag: item[tag] for tag in wanted if tag in item} for item in items]
     builder = _ResultBuilder(query)
     combined = [builder.combine(row) for row in rows]
     extra = set(query.includefields) - AVAILABLE

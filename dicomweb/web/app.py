@@ -222,6 +222,11 @@ class DICOMwebApp:
     async def search_series_instances(self, request: Request, study: str, series: str) -> bytes:
         return await self._search(request, "instance", study, series)
 
+    @app.route("/patients", methods=["GET", "HEAD"])
+    async def search_patients(self, request: Request) -> bytes:
+        """The patient level (not a PS3.18 resource; README "Patients")."""
+        return await self._search(request, "patient")
+
     async def _search(self, request: Request, level: Level, study: str | None = None,
                       series: str | None = None) -> bytes:
         """Search within the path's study/series; an unknown one gives 200 [] (README)."""

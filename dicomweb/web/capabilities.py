@@ -28,7 +28,7 @@ from werkzeug.routing import Map, Rule
 
 from ..dicom import pixels, transcode
 from ..dicom.query import _CONTROLS as QIDO_CONTROLS
-from ..dicom.query import LEVELS, MATCHABLE, Level
+from ..dicom.query import LEVELS, MATCHABLE, PATIENT, PATIENT_MATCHABLE, Level
 from ..dicom.rejection import REJECTION_CODES
 from . import negotiation, wadouri
 
@@ -76,6 +76,8 @@ def producible_syntaxes() -> tuple[str, ...]:
 
 def qido_keys(level: Level) -> tuple[str, ...]:
     """Matching keys accepted at ``level`` (its own and its parents') and the controls."""
+    if level == PATIENT:
+        return (*sorted(m.keyword for m in PATIENT_MATCHABLE.values()), *QIDO_CONTROLS)
     rank = LEVELS.index(level)
     keys = sorted(m.keyword for m in MATCHABLE.values() if LEVELS.index(m.level) <= rank)
     return (*keys, *QIDO_CONTROLS)
@@ -115,6 +117,7 @@ KINDS: dict[str, Operation] = {
     "metrics_text": Operation(response=_reps(CONTENT_TYPE_LATEST)),
     "stow_all": Operation(request=_reps(_MULTIPART_DICOM), response=_reps(negotiation.DICOM_JSON,
                                                                          negotiation.DICOM_XML)),
+    "search_patients": _search(PATIENT),
     "search_studies": _search("study"),
     "search_series": _search("series"),
     "search_instances": _search("instance"),

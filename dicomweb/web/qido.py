@@ -16,6 +16,8 @@ from urllib.parse import unquote_plus, urlsplit
 from ..dicom.query import (
     DEFAULT_MAX_LIMIT,
     LEVELS,
+    PATIENT,
+    PATIENT_COUNTS,
     REQUIRED,
     RETRIEVE_URL,
     SERIES_UID,
@@ -31,7 +33,7 @@ from .errors import bad_request
 _MAX_QUERY_STRING = 64 * 1024
 #: VR of the required tags (those the store computes have no dictionary doubt).
 _REQUIRED_VRS = {"00080061": "CS", "00080062": "UI", "00081190": "UR", "00201206": "IS",
-                 "00201208": "IS", "00201209": "IS"}
+                 "00201208": "IS", "00201209": "IS", **dict.fromkeys(PATIENT_COUNTS, "IS")}
 
 
 def query_pairs(uri: bytes) -> list[tuple[str, str]]:
@@ -109,6 +111,8 @@ def finish(results: list[dict[str, Any]], query: Query, base_url: str) -> list[d
 
 def _required_tags(query: Query) -> set[str]:
     tags = set(REQUIRED[query.level])
+    if query.level == PATIENT:
+        return tags
     rank = LEVELS.index(query.level)
     if rank > 0 and STUDY_UID not in query.scope:
         tags |= set(REQUIRED["study"])
