@@ -275,10 +275,71 @@ def test_cfind_patient_root_at_image_level_with_a_uid_list(dimse_server: DimseSe
     assert sorted(int(a.InstanceNumber) for a in answers) == [1, 2, 3]
 
 
+@pytest.fixture(scope="module")
+def patient(dimse_server: DimseServer) -> str:
+    """A patient of its own: 2 studies, 3 series, 4 instances, stored over C-STORE."""
+    patient_id = "PAT-" + generate_uid()[-12:]
+    studies = [generate_uid(), generate_uid()]
+    layout = [(studies[0], 0, 1), (studies[0], 0, 2), (studies[0], 1, 3), (studies[1], 2, 1)]
+    series = [generate_uid() for _ in range(3)]
+    for study, n, number in layout:
+        data = ct_instance(study, series[n], number, patient_id=patient_id, patient_name="Zyxwv^Patient")
+        assert c_store(dimse_server.dimse_port, data).Status == 0
+    return patient_id
+
+
+def test_cfind_patient_level_counts_are_exact(dimse_server: DimseServer, patient: str) -> None:
+    query = identifier("PATIENT", PatientID=patient, PatientName="", NumberOfPatientRelatedStudies="",
+                       NumberOfPatientRelatedSeries="", NumberOfPatientRelatedInstances="")
+    status, answers, _ = c_find(dimse_server.dimse_port, query, PATIENT_FIND)
+    assert status == 0 and len(answers) == 1
+    (found,) = answers
+    assert {e.keyword for e in found} == {"SpecificCharacterSet", "QueryRetrieveLevel", "PatientID", "PatientName",
+                                          "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                                          "NumberOfPatientRelatedInstances"}
+    assert str(found.PatientName) == "Zyxwv^Patient"
+    assert (int(found.NumberOfPatientRelatedStudies), int(found.NumberOfPatientRelatedSeries),
+            int(found.NumberOfPatientRelatedInstances)) == (2, 3, 4)
+
+
+def test_cfind_patient_level_name_wildcard_and_birth_date_range(dimse_server: DimseServer, patient: str) -> None:
+    query = identifier("PATIENT", PatientName="zyxw*", PatientBirthDate="19691231-19700102", PatientID="")
+    status, answers, _ = c_find(dimse_server.dimse_port, query, PATIENT_FIND)
+    assert status == 0 and [str(a.PatientID) for a in answers] == [patient]
+    query = identifier("PATIENT", PatientName="zyxw*", PatientBirthDate="19800101-", PatientID="")
+    assert c_find(dimse_server.dimse_port, query, PATIENT_FIND)[:2] == (0, [])
+
+
+def test_findscu_patient_root_patient_level(dimse_server: DimseServer, patient: str) -> None:
+    result = run_dcmtk("findscu", "-P", "-aec", "DICOMWEB", "-k", "QueryRetrieveLevel=PATIENT",
+                       "-k", f"PatientID={patient}", "-k", "NumberOfPatientRelatedInstances",
+                       "127.0.0.1", str(dimse_server.dimse_port))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert patient in out
+    assert re.search(r"\[4 *\]\s+#\s+\d+, 1 NumberOfPatientRelatedInstances", out)
+
+
+def test_cmove_patient_level_sends_every_instance_of_the_patient(dimse_server: DimseServer, patient: str,
+                                                                 peer: PeerSCP) -> None:
+    from tests.dimse_helpers import associate
+
+    patient_move = "1.2.840.10008.5.1.4.1.2.1.2"
+    assoc = associate(dimse_server.dimse_port, [(patient_move, [])])
+    assert assoc.is_established
+    try:
+        statuses = [s for s, _ in assoc.send_c_move(identifier("PATIENT", PatientID=patient), peer.ae_title,
+                                                    patient_move)]
+    finally:
+        assoc.release()
+    assert statuses[-1].Status == 0
+    assert int(statuses[-1].NumberOfCompletedSuboperations) == 4
+
+
 @pytest.mark.parametrize("level, keys, code", [
     ("STUDY", {"StudyDate": "20230631-2023"}, 0xC000),
     ("WARD", {"StudyInstanceUID": ""}, 0xA900),
-    ("PATIENT", {"PatientID": ""}, 0xA900),
+    ("PATIENT", {"PatientID": ""}, 0xA900),  # c_find asks the Study Root model: no PATIENT level there
 ])
 def test_cfind_bad_identifiers_get_failure_statuses(dimse_server: DimseServer, level: str, keys: dict,
                                                     code: int) -> None:

@@ -64,10 +64,18 @@ def test_specific_character_set_is_decoded() -> None:
     assert ("00100010", "Müller*") in identifier_pairs(ds)
 
 
-@pytest.mark.parametrize("level, keys", [("PATIENT", {}), ("", {}), ("STUDY", {"StudyDate": "2020-2019x"})])
+@pytest.mark.parametrize("level, keys", [("WARD", {}), ("", {}), ("STUDY", {"StudyDate": "2020-2019x"})])
 def test_bad_identifiers(level: str, keys: dict[str, str]) -> None:
     with pytest.raises(FindError):
         build_query(identifier(level, **keys))
+
+
+def test_the_patient_level_belongs_to_the_patient_root_model() -> None:
+    patient_root_find, study_root_find = "1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"
+    assert build_query(identifier("PATIENT", PatientID="P1"), model=patient_root_find).level == "patient"
+    with pytest.raises(FindError) as refused:
+        build_query(identifier("PATIENT", PatientID="P1"), model=study_root_find)
+    assert refused.value.code == 0xA900
 
 
 def test_an_answer_has_exactly_the_requested_keys() -> None:

@@ -3,8 +3,10 @@
 ``search`` answers it, so matching (wildcards, ranges, UID lists, person
 name rules), indexes and limits are QIDO's.
 
-Levels: STUDY, SERIES and IMAGE in the Patient Root and Study Root models
-(PATIENT level: a failure status for now).  Each answer carries exactly the
+Levels: PATIENT (Patient Root model only, PS3.4 C.6.1), STUDY, SERIES and
+IMAGE in the Patient Root and Study Root models; the PATIENT level is the
+store's patient index, the one ``GET /patients`` answers from, with exact
+Number of Patient Related Studies / Series / Instances.  Each answer carries exactly the
 keys of the identifier (PS3.4 C.4.1.1.3.2), in UTF-8 (Specific Character
 Set ``ISO_IR 192``); C-CANCEL is checked before each pending response.
 """
@@ -30,7 +32,9 @@ from .storage import NOT_AUTHORIZED, OUT_OF_RESOURCES, status
 log = Logger()
 
 #: QueryRetrieveLevel -> QIDO level (PS3.4 C.6.1.1 / C.6.2.1).
-LEVELS: dict[str, Level] = {"STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
+LEVELS: dict[str, Level] = {"PATIENT": "patient", "STUDY": "study", "SERIES": "series", "IMAGE": "instance"}
+#: The Study Root models (FIND, MOVE, GET) have no PATIENT level (PS3.4 C.6.2).
+STUDY_ROOT = frozenset({"1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.2", "1.2.840.10008.5.1.4.1.2.2.3"})
 #: PS3.4 Table C.4-1: "Identifier does not match SOP Class" and "Unable to process".
 DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
@@ -51,13 +55,21 @@ class FindError(Exception):
         self.code, self.comment = code, comment
 
 
-def query_level(identifier: Dataset) -> tuple[str, Level]:
+def query_level(identifier: Dataset, model: str | None = None) -> tuple[str, Level]:
+    """(QueryRetrieveLevel, query level); FindError for a level the
+    information model ``model`` (an abstract syntax UID) does not have."""
     text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    if text == "PATIENT":
-        raise FindError(DOES_NOT_MATCH, "the PATIENT level is not supported yet")
     if text not in LEVELS:
-        raise FindError(DOES_NOT_MATCH, "QueryRetrieveLevel must be STUDY, SERIES or IMAGE")
+        raise FindError(DOES_NOT_MATCH, "QueryRetrieveLevel must be PATIENT, STUDY, SERIES or IMAGE")
+    if text == "PATIENT" and model in STUDY_ROOT:
+        raise FindError(DOES_NOT_MATCH, "the Study Root model has no PATIENT level")
     return text, LEVELS[text]
+
+
+def model_of(event: Any) -> str | None:
+    """The abstract syntax of the request's presentation context."""
+    context = getattr(event, "context", None)
+    return str(getattr(context, "abstract_syntax", "") or "") or None
 
 
 def _text(elem: DataElement) -> str:
@@ -92,10 +104,11 @@ def identifier_pairs(identifier: Dataset) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_query(identifier: Dataset, level: Level | None = None, max_limit: int = DEFAULT_MAX_LIMIT) -> Query:
+def build_query(identifier: Dataset, level: Level | None = None, max_limit: int = DEFAULT_MAX_LIMIT,
+                model: str | None = None) -> Query:
     """The Query of a C-FIND (or, with ``level``, a retrieve) identifier.
     FindError when it is malformed."""
-    _, own_level = query_level(identifier)
+    _, own_level = query_level(identifier, model)
     try:
         return parse_query(level or own_level, identifier_pairs(identifier), max_limit=max_limit)
     except QueryError as exc:
@@ -147,8 +160,9 @@ class FindSCP:
             return
         try:
             identifier = event.identifier
-            level_text, _ = query_level(identifier)
-            query = build_query(identifier, max_limit=self.max_limit)
+            model = model_of(event)
+            level_text, _ = query_level(identifier, model)
+            query = build_query(identifier, max_limit=self.max_limit, model=model)
             results = self.bridge.call(self.store.search, query)
         except FindError as exc:
             log.info("C-FIND refused: {reason}", reason=exc.comment)
@@ -185,4 +199,4 @@ def wait_sent(assoc: Any, poll: float = 0.0002) -> None:
         time.sleep(poll)
 
 
-__all__ = ["FindError", "FindSCP", "answer", "build_query", "identifier_pairs", "query_level"]
+__all__ = ["FindError", "FindSCP", "answer", "build_query", "identifier_pairs", "model_of", "query_level"]

@@ -31,7 +31,7 @@ from ..dicom import transcode
 from ..dicom.query import DEFAULT_MAX_LIMIT
 from ..store import InstanceRecord, NotFound, Store, StoreUnavailable
 from .bridge import Bridge, Stopping
-from .find import CANCEL, PENDING, FindError, build_query
+from .find import CANCEL, PENDING, FindError, build_query, model_of
 from .identity import Gate
 from .peers import Peer
 from .sockets import on_connection_open
@@ -92,9 +92,10 @@ class Retriever:
 
     # -- which instances -------------------------------------------------------
 
-    def matches(self, identifier: Dataset) -> list[InstanceRecord]:
-        """The stored instances the identifier selects.  FindError."""
-        query = build_query(identifier, level="instance", max_limit=self.page)
+    def matches(self, identifier: Dataset, model: str | None = None) -> list[InstanceRecord]:
+        """The stored instances the identifier selects (at PATIENT level:
+        every instance of the patients its Patient ID names).  FindError."""
+        query = build_query(identifier, level="instance", max_limit=self.page, model=model)
         by_study: dict[str, set[str]] = {}
         offset = 0
         while True:
@@ -151,7 +152,7 @@ class Retriever:
         if self.gate.principal(event.assoc) is None:
             return status(NOT_AUTHORIZED, "not authorized")
         try:
-            return self.matches(event.identifier)
+            return self.matches(event.identifier, model_of(event))
         except FindError as exc:
             log.info("retrieve refused: {reason}", reason=exc.comment)
             return status(exc.code, exc.comment)
