@@ -190,3 +190,43 @@ def test_quoted_and_unquoted_parameters_and_no_crlf_after_close(url: str, ctype:
     response = _post(url, body, ctype.format(b=b))
     assert response.status_code == 200, response.text
     assert _retrieve(url, data) == data
+
+
+def _with_private_text(data: bytes, text: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.add_new(0x00091010, "LO", "dicomweb tests")
+    ds.add_new(0x00091011, "OB", text)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_chunked_parts_with_their_own_content_length_are_read_by_it(url: str) -> None:
+    """A part's Content-Length frames it exactly: the boundary appearing inside
+    the instance's bytes does not cut it short (without the header it would)."""
+    b = uuid.uuid4().hex
+    study = generate_uid()
+    data = [_with_private_text(dicomgen.ct_instance(study, generate_uid(), n), f"x\r\n--{b}\r\nx".encode())
+            for n in (1, 2)]
+    body = b"".join((b"\r\n" if i else b"") + f"--{b}\r\nContent-Type: application/dicom\r\n".encode()
+                    + f"Content-Length: {len(d)}\r\n\r\n".encode() + d for i, d in enumerate(data))
+    body += f"\r\n--{b}--\r\n".encode()
+
+    def chunks() -> Any:  # requests sends a generator with Transfer-Encoding: chunked
+        for i in range(0, len(body), 1000):
+            yield body[i:i + 1000]
+    response = requests.post(url + "/studies", data=chunks(), timeout=60, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={b}', **ACCEPT})
+    assert response.status_code == 200, response.text
+    assert len(referenced(json_of(response))) == 2
+    assert [_retrieve(url, d) for d in data] == data
+
+
+def test_a_part_content_length_that_contradicts_the_body_is_a_clear_400(url: str) -> None:
+    b = uuid.uuid4().hex
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1)
+    body = (f"--{b}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data) - 1}\r\n\r\n".encode()
+            + data + f"\r\n--{b}--\r\n".encode())
+    response = _post(url, body, f'multipart/related; type="application/dicom"; boundary={b}')
+    assert response.status_code == 400
+    assert "Content-Length" in response.text
