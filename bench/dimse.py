@@ -17,7 +17,7 @@ C-MOVE destination, everything on 127.0.0.1):
   (the QIDO benchmark's search): median latency, association included;
 - C-MOVE: a 60-instance study (40 with --quick) into the sink: instances/s.
 - ``--big``: each server's RSS growth (sampled every 50 ms) while ``storescu``
-  sends it one 1 GiB instance (64 frames of 4096 × 2048 × 16 bits), and the
+  sends it one 1 GiB instance (64 frames of 4096 x 2048 x 16 bits), and the
   time it took.
 
 Orthanc 1.10 (Debian) runs with its defaults and a private configuration
