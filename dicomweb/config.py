@@ -41,6 +41,8 @@ class Settings:
     trust_forwarded: bool = False
     log_query_strings: bool = False
     no_sendfile: bool = False
+    derived_cache_mb: int = 1024
+    precompute: str = "none"
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)

@@ -226,6 +226,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("log-query-strings", "Put query strings (may hold patient names/IDs) in the access log", flag=True),
     Option("no-sendfile", "Send stored files through user space instead of os.sendfile (e.g. on a "
            "network filesystem that mishandles it)", flag=True),
+    Option("derived-cache-mb", "Disk (MiB) for transcoded frames kept under DATA-DIR/derived, least recently "
+           "used first out; 0 = off", parse=at_least(0), default="1024"),
+    Option("precompute", "After STOW, encode new frames in the background: none or htj2k",
+           parse=choice("none", "htj2k"), default="none"),
     # The CouchDB store (used when couchdb is set).  The URL may hold a password.
     Option("couchdb", "Use the CouchDB store at this URL (http://[user:password@]host:5984)", secret=True),
     Option("couchdb-db", "CouchDB database name", default="dicomweb"),

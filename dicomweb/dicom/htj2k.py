@@ -12,7 +12,8 @@ transfer syntaxes of PS3.5 8.2.14 / PS3.6 Table A-1:
   resolution image (what a viewer's progressive loading fetches with a byte
   ``Range``);
 - 1.2.840.10008.1.2.4.203 HTJ2K: irreversible 9/7 wavelet (YBR_ICT for RGB) at
-  the quantization step :func:`lossy_step` documents.
+  the quantization step :func:`lossy_step` documents (1/1,024 of the frame's
+  value range).
 
 Every codestream written here is RPCL with TLM and resolution tile-parts
 (OpenJPH writes RPCL by default): it costs about 100 bytes a frame and lets
@@ -34,8 +35,9 @@ LOSSLESS = frozenset({HTJ2K_LOSSLESS, HTJ2K_RPCL})
 MAX_BITS = 16
 #: Resolution levels (wavelet decompositions): a 512x512 frame's first level is 16x16.
 DECOMPOSITIONS = 5
-#: Lossy step, as a fraction of the sample range (2**BitsStored): about one
-#: grey level in 1,024 of the stored range (0.5 of a level for 8-bit data).
+#: Lossy step, as a fraction of the frame's own value range (max - min): one
+#: step in 1,024 of it, never below half a grey level. The frame's range, not
+#: BitsStored's, because CT written as 16-bit uses about 12 bits.
 LOSSY_FRACTION = 1 / 1024
 
 _TILEPART_RESOLUTIONS = 1
@@ -59,11 +61,11 @@ def why_not(bits_allocated: int, bits_stored: int) -> str | None:
     return None
 
 
-def lossy_step(bits_stored: int, bits_encoded: int) -> float:
+def lossy_step(value_range: int, bits_encoded: int) -> float:
     """OpenJPH's quantization step (relative to the encoded range 2**bits_encoded)
-    for the lossy syntax: :data:`LOSSY_FRACTION` of the stored range, never
-    below half a grey level."""
-    levels = max(0.5, (1 << bits_stored) * LOSSY_FRACTION)
+    for the lossy syntax: :data:`LOSSY_FRACTION` of the frame's ``value_range``,
+    never below half a grey level."""
+    levels = max(0.5, value_range * LOSSY_FRACTION)
     return levels / float(1 << bits_encoded)
 
 
@@ -88,7 +90,8 @@ def encode(arr: np.ndarray, opts: dict[str, Any], tsuid: str) -> bytes:
         raise NotAcceptable(reason)
     samples = _samples(arr, int(opts["bits_allocated"]), bool(opts["pixel_representation"]))
     lossless = tsuid in LOSSLESS
-    step = None if lossless else lossy_step(int(opts["bits_stored"]), samples.dtype.itemsize * 8)
+    span = int(samples.max()) - int(samples.min()) + 1 if samples.size else 1
+    step = None if lossless else lossy_step(span, samples.dtype.itemsize * 8)
     try:
         data = imagecodecs.htj2k_encode(
             samples, step, reversible=lossless, resolutions=_levels(samples),

@@ -33,8 +33,10 @@ from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import NotFound, Store, StoreUnavailable
 from ..twistedtypes import IReactor
 from . import capabilities, negotiation, qido, wadouri
+from .derived import DerivedCache
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
+from .precompute import Precompute
 from .stow import body_shape, store_body
 from .wado import Wado
 
@@ -46,6 +48,9 @@ class WebSettings:
     base_url: str | None = None  # public URL used in RetrieveURL / BulkDataURI
     trust_forwarded: bool = False  # honour X-Forwarded-Proto/Host/Prefix
     qido_max_limit: int = DEFAULT_MAX_LIMIT  # answers per QIDO page at most (limit=0: this)
+    derived_dir: str | None = None  # derived frame cache (transcoded frames kept); None = off
+    derived_cache_bytes: int = 0
+    precompute: str = "none"  # "htj2k": encode new instances' frames after STOW
 
 
 class DICOMwebApp:
@@ -58,7 +63,12 @@ class DICOMwebApp:
         self.reactor = reactor
         self.pool = pool
         self.settings = settings or WebSettings()
-        self.wado = Wado(store, reactor, pool)
+        derived = None
+        if self.settings.derived_dir and self.settings.derived_cache_bytes > 0:
+            derived = DerivedCache(self.settings.derived_dir, self.settings.derived_cache_bytes)
+        self.wado = Wado(store, reactor, pool, derived, lambda result: self.metrics.derived.labels(result).inc())
+        self.precompute = Precompute(self.wado, self.settings.precompute) \
+            if self.settings.precompute != "none" else None
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -192,6 +202,8 @@ class DICOMwebApp:
         finally:
             body.close()
         failures = sum(1 for r in results if r.failure)
+        if self.precompute is not None:
+            self.precompute.submit((r.study_uid, r.series_uid, r.sop_uid) for r in results if not r.failure)
         self.metrics.instances.labels("stored").inc(len(results) - failures)
         self.metrics.instances.labels("failed").inc(failures)
         status, dataset = stowresponse.response(results, self.base_url(request), study)

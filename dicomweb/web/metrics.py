@@ -76,6 +76,8 @@ class Metrics:
         self.store_latency = Histogram("dicomweb_store_operation_duration_seconds", "Store call latency",
                                        ["store", "operation"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("dicomweb_http_requests_in_flight", "Requests being processed", registry=self.registry)
+        self.derived = Counter("dicomweb_derived_frames", "Derived frame cache: hit, miss, precomputed", ["result"],
+                               registry=self.registry)
         # Route labels have fixed cardinality (see route_label), so this stays small.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 

@@ -6,6 +6,7 @@ in-process tests serve exactly the same resource tree and request handling.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.python.threadpool import ThreadPool
@@ -42,7 +43,10 @@ def build_site(settings: Settings, store: Store, reactor: IReactor, pool: Thread
     into part files)."""
     metrics = metrics or Metrics()
     app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
-                      WebSettings(settings.base_url, settings.trust_forwarded), metrics)
+                      WebSettings(settings.base_url, settings.trust_forwarded,
+                                  derived_dir=os.path.join(settings.data_dir, "derived"),
+                                  derived_cache_bytes=settings.derived_cache_mb << 20,
+                                  precompute=settings.precompute), metrics)
     root = secure_root(app.resource(), settings, reactor, pool)
     site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings))
     site.requestFactory = request_factory(settings.max_request_size, spool or store.spool)

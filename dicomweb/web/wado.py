@@ -9,6 +9,7 @@ backpressure (``stream.stream``), so a client that goes away stops the work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -31,6 +32,7 @@ from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import InstanceRecord, Store
 from ..twistedtypes import IReactor
 from . import negotiation
+from .derived import DerivedCache
 from .errors import HTTPError, bad_request, not_found
 from .sendfile import FileSlice, Piece
 from .sendfile import send as send_pieces
@@ -151,6 +153,12 @@ def render_options(args: dict[bytes, list[bytes]]) -> RenderOptions:
     return RenderOptions(window, viewport, quality)
 
 
+def derived_family(target: str) -> str:
+    """The cache key syntax of ``target``: HTJ2K lossless and lossless RPCL
+    frames are the same codestream here (``htj2k`` writes RPCL always)."""
+    return pixels.HTJ2K_RPCL if target == pixels.HTJ2K_LOSSLESS else target
+
+
 def _producible(metadata: dict[str, Any] | None) -> Callable[[str, str], bool]:
     """Whether a stored syntax can be transcoded to a target, for this instance's pixel description."""
     return lambda stored, target: transcode.can_transcode(stored, target, metadata)
@@ -262,13 +270,31 @@ class InstancePixels:
         return self.wado.part(self.record, offset, length)
 
     async def frame(self, index: int, target: str) -> bytes:
-        """Frame ``index`` (0-based) in ``target``: the stored bytes when possible."""
+        """Frame ``index`` (0-based) in ``target``: the stored bytes when
+        possible, else from the derived frame cache, else transcoded (and kept)."""
+        stored = self.stored
+        if self.record.frames is not None and (
+                target == stored or (target == EXPLICIT_LE and stored == pixels.IMPLICIT_VR_LE)):
+            fragments = await self.fragments(index)
+            return fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        cache = self.wado.derived
+        if cache is None or target in pixels.NATIVE:
+            # Native frames are large and cheap to make again: not kept.
+            return await self.derive(index, target)
+        key = cache.key(self.record, derived_family(target), index)
+        data = await self.wado.cpu(cache.get, key)
+        self.wado.count_derived("hit" if data is not None else "miss")
+        if data is None:
+            data = await self.derive(index, target)
+            await self.wado.cpu(cache.put, key, data)
+        return data
+
+    async def derive(self, index: int, target: str) -> bytes:
+        """Frame ``index`` transcoded to ``target`` (in the thread pool)."""
         stored = self.stored
         if self.record.frames is None:
             return await self.wado.cpu(transcode.frame_from_instance, await self.whole(), index, target)
         fragments = await self.fragments(index)
-        if target == stored or (target == EXPLICIT_LE and stored == pixels.IMPLICIT_VR_LE):
-            return fragments[0] if len(fragments) == 1 else b"".join(fragments)
         # Big endian native data is byte-swapped here (cheap, no decoding):
         # viewers read octet-stream frames as little endian.
         metadata = await self.metadata()
@@ -301,10 +327,18 @@ class InstancePixels:
 # -- the service -----------------------------------------------------------------
 
 class Wado:
-    def __init__(self, store: Store, reactor: IReactor, pool: ThreadPool) -> None:
+    def __init__(self, store: Store, reactor: IReactor, pool: ThreadPool, derived: DerivedCache | None = None,
+                 on_derived: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.reactor = reactor
         self.pool = pool
+        self.derived = derived if derived is not None and derived.enabled else None
+        self._on_derived = on_derived
+
+    def count_derived(self, result: str) -> None:
+        """Count a derived frame cache event (hit, miss, precomputed) in the metrics."""
+        if self._on_derived is not None:
+            self._on_derived(result)
 
     async def cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run decoding, transcoding or rendering in the thread pool, off the reactor."""
@@ -461,11 +495,14 @@ class Wado:
         await self.send_frames(request, base, source, numbers)
 
     async def send_frames(self, request: Request, base: str, source: InstancePixels, numbers: list[int]) -> None:
-        media, target = await source.negotiate_frames(negotiation.frame_ranges(request.getHeader(b"accept")))
-        boundary = new_boundary()
-        request.setHeader(b"content-type", multipart_type(media, boundary))
+        media, target = await source.negotiate_frames(negotiation.frame_ranges(_frame_accept(request)))
         r = source.record
         location = f"{base}/{instance_path(r.study_uid, r.series_uid, r.sop_uid)}/frames/"
+        if len(numbers) == 1 and request.getHeader(b"range"):
+            await self._send_frame_range(request, source, numbers[0], media, target, location)
+            return
+        boundary = new_boundary()
+        request.setHeader(b"content-type", multipart_type(media, boundary))
         slices = [source.stored_frame(n - 1, target) for n in numbers]
         if all(slices):
             # As stored: the sizes are known and the kernel can send the bytes.
@@ -477,6 +514,29 @@ class Wado:
             await self.send(request, [*pieces, close_delimiter(boundary)])
             return
         await stream(request, self._frame_parts(source, numbers, media, target, boundary, location))
+
+    async def _send_frame_range(self, request: Request, source: InstancePixels, number: int, media: str,
+                                target: str, location: str) -> None:
+        """One frame's multipart answer, or the single ``Range`` of it asked for (206).
+
+        The boundary is derived from the frame's identity, so that the same
+        request gives the same bytes each time and a client can fetch the
+        answer in pieces (a viewer draws a low resolution HTJ2K image from the
+        first piece). RFC 9110 14: the range applies to the whole body.
+        """
+        data = await source.frame(number - 1, target)
+        r = source.record
+        boundary = hashlib.sha256("\0".join(
+            (r.sop_uid, str(r.size), r.location, target, str(number))).encode()).hexdigest()[:32]
+        body = (delimiter(boundary, first=True) + self._frame_header(media, target, location, number, len(data))
+                + data + close_delimiter(boundary))
+        wanted = parse_range(request.getHeader(b"range"), len(body))
+        start, length = wanted or (0, len(body))
+        request.setHeader(b"content-type", multipart_type(media, boundary))
+        if wanted is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", f"bytes {start}-{start + length - 1}/{len(body)}".encode())
+        await self.send(request, [body[start:start + length]], announce_length=True)
 
     @staticmethod
     def _frame_header(media: str, target: str, location: str, number: int, length: int) -> bytes:
@@ -627,6 +687,14 @@ class _Sink:
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
+
+
+def _frame_accept(request: Request) -> bytes | None:
+    """The Accept of a frames request: the ``accept`` query parameter wins
+    over the header (PS3.18 8.3.3.1), so a viewer that cannot set the header
+    can still ask for, e.g., ``multipart/related; type="image/jphc"``."""
+    query = _arg(request, b"accept")
+    return query.encode("latin-1", "replace") if query else request.getHeader(b"accept")
 
 
 def _arg(request: Request, name: bytes) -> str | None:
