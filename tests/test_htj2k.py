@@ -215,6 +215,13 @@ def test_the_accept_query_parameter_asks_for_htj2k(inproc: InProcessServer) -> N
     assert headers["content-type"] == f"image/jphc; transfer-syntax={HTJ2K_LOSSLESS}"
 
 
+def test_capabilities_list_the_htj2k_syntaxes_and_media_type(http: Client) -> None:
+    text = http.options("/", headers={"Accept": "application/vnd.sun.wadl+xml"}).text
+    for uid in (HTJ2K_LOSSLESS, HTJ2K_RPCL, HTJ2K):
+        assert f'value="{uid}"' in text
+    assert "image/jphc" in text
+
+
 # -- precompute ----------------------------------------------------------------------
 
 def test_precompute_fills_the_cache_after_stow(fresh_server: ServerProcess) -> None:

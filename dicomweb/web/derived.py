@@ -22,10 +22,12 @@ Every method blocks (file I/O): call them from the thread pool.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +35,8 @@ from ..store import InstanceRecord
 
 #: Eviction goes down to this fraction of the limit, so that it runs seldom.
 LOW_WATER = 0.9
+#: A temporary file this old was left by a writer that died (a write takes milliseconds).
+STALE_TEMP_SECONDS = 600
 
 
 @dataclass
@@ -70,11 +74,12 @@ class DerivedCache:
         try:
             with open(path, "rb") as fp:
                 data = fp.read()
-            os.utime(path)  # most recently used
         except FileNotFoundError:
             with self._lock:
                 self.stats.misses += 1
             return None
+        with contextlib.suppress(FileNotFoundError):  # evicted by another process meanwhile
+            os.utime(path)  # most recently used
         with self._lock:
             self.stats.hits += 1
         return data
@@ -119,18 +124,21 @@ class DerivedCache:
         return self._total > self.limit
 
     def _files(self) -> list[tuple[float, int, str]]:
-        """(mtime, size, path) of every cached frame."""
+        """(mtime, size, path) of every cached frame; removes temporary files
+        a crashed writer left (older than :data:`STALE_TEMP_SECONDS`)."""
         out = []
+        stale = time.time() - STALE_TEMP_SECONDS
         for dirpath, _dirs, names in os.walk(self.root):
             for name in names:
-                if not name.endswith(".frame"):
-                    continue
                 path = os.path.join(dirpath, name)
                 try:
                     st = os.stat(path)
                 except FileNotFoundError:
                     continue
-                out.append((st.st_mtime, st.st_size, path))
+                if name.endswith(".frame"):
+                    out.append((st.st_mtime, st.st_size, path))
+                elif name.startswith(".tmp-") and st.st_mtime < stale:
+                    _unlink(path)
         return out
 
     def _scan_total(self) -> int:
