@@ -161,6 +161,36 @@ def test_the_derived_cache_is_bounded_least_recently_used_first(tmp_path: Path) 
     assert not list((tmp_path / "derived").rglob(".tmp-*"))  # written by rename only
 
 
+def test_two_caches_on_one_directory_never_see_a_partial_frame(tmp_path: Path) -> None:
+    """Two frontends (here two cache objects in threads) writing, reading and
+    evicting in the same directory: a read gives a whole frame or nothing."""
+    import threading
+
+    root = str(tmp_path / "derived")
+    caches = [DerivedCache(root, limit_bytes=200_000), DerivedCache(root, limit_bytes=200_000)]
+    errors: list[str] = []
+
+    def work(cache: DerivedCache, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            n = int(rng.integers(0, 40))
+            key = f"{n:064x}"
+            data = cache.get(key)
+            if data is not None and data != bytes([n]) * (5_000 + n):
+                errors.append(f"frame {n}: {len(data)} bytes")
+            if data is None:
+                cache.put(key, bytes([n]) * (5_000 + n))
+
+    threads = [threading.Thread(target=work, args=(c, i)) for i, c in enumerate(caches * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    caches[0].evict()
+    assert caches[0].total_bytes() <= 200_000
+
+
 def test_a_zero_limit_turns_the_cache_off(tmp_path: Path) -> None:
     with InProcessServer(str(tmp_path / "data"), "--derived-cache-mb", "0") as server:
         raw, path = _ct("1.2.826.0.1.3680043.8.498.12", seed=3)
