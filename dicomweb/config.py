@@ -41,6 +41,7 @@ class Settings:
     trust_forwarded: bool = False
     log_query_strings: bool = False
     no_sendfile: bool = False
+    no_http2: bool = False
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)
