@@ -7,35 +7,100 @@ producer, a WINDOW_UPDATE resumes it. So a slow reader holds the server to
 at most one stream window of queued bytes per stream (65,535 by default; the
 client chooses), whatever the answer's size.
 
-One gap is closed here. twisted.web's send loop keeps a stream with queued
-data and no window in its rotation and reschedules itself at once, so a
-client that stops reading (or just reads slower than the server writes) made
-the reactor spin at 100% CPU until the window opened (measured: a stalled
-40-instance retrieve kept the server busy for as long as the client waited).
-:class:`FlowControlledH2Connection` takes such a stream out of the rotation
-until its window opens, and wakes the idle loop on WINDOW_UPDATE.
+Its send loop is replaced here (:class:`FlowControlledH2Connection`), for
+two measured reasons:
+
+- it kept a stream with queued data and no window in its rotation and
+  rescheduled itself at once, so a client that stopped reading made the
+  reactor spin at 100% CPU until the window opened (seen with a stalled
+  40-instance retrieve: the server never went idle). Such a stream now leaves
+  the rotation until its window opens, and WINDOW_UPDATE wakes the idle loop;
+- it sent one 16 KiB DATA frame per reactor turn, each through its own TLS
+  write, and sliced the rest of the chunk (a copy) per frame: 34 frames/s
+  (17 MB/s) for 512 KiB frames, against 142 over HTTP/1.1 on the same
+  machine (``bench/http2.py --quick``). A turn now sends up to
+  :data:`TURN_BYTES` of frames in one TLS write, slicing by memoryview.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import priority
+from twisted.internet.defer import Deferred
 from twisted.web import http
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
+#: DATA bytes one connection sends per reactor turn before yielding to the others.
+TURN_BYTES = 1 << 20
+
 
 class FlowControlledH2Connection(H2Connection):
-    """twisted.web's HTTP/2 connection that idles while every stream with
-    data to send is waiting for its peer's flow-control window."""
+    """twisted.web's HTTP/2 connection with a send loop that (1) idles while
+    every stream with data to send waits for its peer's flow-control window,
+    and (2) sends up to :data:`TURN_BYTES` per reactor turn rather than one
+    frame."""
 
     def _sendPrioritisedData(self, *args: Any) -> None:
-        super()._sendPrioritisedData(*args)
-        for stream_id, queue in self._outboundStreamQueues.items():
-            # A queue ending in END_STREAM alone may go: an empty DATA frame
-            # with END_STREAM needs no window (RFC 9113 6.9.1).
-            if queue and queue[0] is not _END_STREAM_SENTINEL \
-                    and self.conn.local_flow_control_window(stream_id) <= 0:
-                self.priority.block(stream_id)
+        if not self._stillProducing:
+            return
+        self.resetTimeout()
+        try:
+            self._send_turn()
+        finally:
+            # The frames of the turn leave in one write: one TLS encryption
+            # call for up to TURN_BYTES instead of one per 16 KiB frame.
+            pending = self.conn.data_to_send()
+            if pending and self._stillProducing:
+                transport: Any = self.transport
+                transport.write(pending)
+
+    def _send_turn(self) -> None:
+        sent = 0
+        while sent < TURN_BYTES:
+            try:
+                stream = next(self.priority)
+            except priority.DeadlockError:  # nothing can be sent: wait to be woken
+                assert self._sendingDeferred is None
+                self._sendingDeferred = Deferred()
+                self._sendingDeferred.addCallback(self._sendPrioritisedData)
+                return
+            if self._consumerBlocked is not None:  # the transport is full: wait behind it
+                self._consumerBlocked.addCallback(self._sendPrioritisedData)
+                return
+            sent += self._send_frame(stream)
+            if not self._stillProducing:
+                return
+        self._reactor.callLater(0, self._sendPrioritisedData)
+
+    def _send_frame(self, stream: int) -> int:
+        """Queue the next frame of ``stream`` in the connection's output (DATA
+        within its window, or its end); the bytes of DATA queued."""
+        queue = self._outboundStreamQueues[stream]
+        data = queue.popleft()
+        if data is _END_STREAM_SENTINEL:
+            self.conn.end_stream(stream)
+            self._requestDone(stream)
+            return 0
+        window = self.conn.local_flow_control_window(stream)
+        size = min(self.conn.max_outbound_frame_size, window)
+        if len(data) > size:
+            # The rest stays queued as a view: slicing bytes would copy the
+            # whole remainder once per 16 KiB frame.
+            view = memoryview(data)
+            queue.appendleft(view[size:])
+            data = view[:size]
+        if data:
+            self.conn.send_data(stream, data)
+        if not queue:
+            self.priority.block(stream)
+        elif queue[0] is not _END_STREAM_SENTINEL and window - len(data) <= 0:
+            # Out of window: out of the rotation until WINDOW_UPDATE (an
+            # END_STREAM alone needs no window, RFC 9113 6.9.1).
+            self.priority.block(stream)
+        if self.remainingOutboundWindow(stream) <= 0:
+            self.streams[stream].flowControlBlocked()
+        return len(data)
 
     def _handleWindowUpdate(self, event: Any) -> None:
         super()._handleWindowUpdate(event)  # unblocks the streams it opened
