@@ -274,7 +274,7 @@ def test_basic_auth_over_http2(tmp_path: Path, tls_files: TlsFiles) -> None:
 class RawH2:
     """An HTTP/2 client connection that acknowledges data only when told."""
 
-    def __init__(self, server: ServerProcess, tls: TlsFiles) -> None:
+    def __init__(self, server: ServerProcess, tls: TlsFiles, window: int = 65535) -> None:
         context = ssl.create_default_context(cafile=tls.ca)
         context.set_alpn_protocols(["h2"])
         raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
@@ -282,9 +282,10 @@ class RawH2:
         self.sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
         assert self.sock.selected_alpn_protocol() == "h2"
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.conn.initiate_connection()
-        # The default 65535-byte stream window, and a connection window too
-        # big to matter: the stream's own window is under test.
+        # A connection window too big to matter: the stream windows are under test.
         self.conn.increment_flow_control_window(1 << 30)
         self.flush()
         self.port = server.port
@@ -390,6 +391,29 @@ def test_a_slow_http2_reader_holds_the_server_to_its_flow_control_window(
         assert grown < size // 3, f"server grew by {grown >> 20} MiB for a {size >> 20} MiB answer"
         client.acknowledge()  # now read it all: it resumes to the end
         client.open_window(stream, 1 << 26)
+        while stream not in client.ended:
+            assert client.pump(acknowledge=True) or stream in client.ended
+        assert client.status[stream] == "200" and client.received[stream] > size
+    finally:
+        client.close()
+
+
+def test_a_reader_with_a_wide_window_that_stops_reading_holds_the_server_to_the_socket(
+        embedded_h2: ServerProcess, tls_files: TlsFiles, big_study: tuple[str, int]) -> None:
+    # A browser announces windows of megabytes: flow control alone would let
+    # the whole answer queue up in the server when the client stops reading.
+    study, size = big_study
+    assert embedded_h2.proc is not None
+    server = psutil.Process(embedded_h2.proc.pid)
+    client = RawH2(embedded_h2, tls_files, window=(1 << 31) - 1)
+    try:
+        _idle(server.pid)
+        before = server.memory_info().rss
+        stream = client.get(f"/studies/{study}", DICOM)
+        client.pump(acknowledge=False)  # the response has started; then the client reads nothing
+        _idle(server.pid)
+        grown = server.memory_info().rss - before
+        assert grown < size // 3, f"server grew by {grown >> 20} MiB for a {size >> 20} MiB answer"
         while stream not in client.ended:
             assert client.pump(acknowledge=True) or stream in client.ended
         assert client.status[stream] == "200" and client.received[stream] > size
