@@ -182,6 +182,10 @@ class DICOMwebApp:
             if getattr(request, "too_large", False):
                 limit = getattr(request, "max_body", 0)
                 raise HTTPError(413, f"request body larger than the {limit} byte limit")
+            if (error := getattr(request, "receive_error", None)) is not None:
+                # RFC 4918 11.5: the server cannot store what the request needs.
+                raise HTTPError(507, f"{error} while receiving the body: nothing of it was stored",
+                                {"Retry-After": "60"})
             shape = body_shape(request.getHeader(b"content-type"))
             negotiation.choose_dataset_type(request.getHeader(b"accept"))  # 406 before storing anything
             results = await store_body(self.store, self.reactor, self.pool, body, shape, study)

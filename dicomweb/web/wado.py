@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -499,6 +499,9 @@ class Wado:
         path = path.upper()
         source = InstancePixels(self, await self.one(study, series, sop))
         where = source.record.bulk.get(path)
+        if where is None and source.stored == transcode.DEFLATED_LE:
+            await self._send_inflated(request, source, path)
+            return
         if where is None:
             raise not_found("the instance has no bulk data at this path")
         if path in PIXEL_KEYS and source.stored not in pixels.NATIVE:
@@ -511,17 +514,39 @@ class Wado:
         swap = path in PIXEL_KEYS and source.stored == pixels.EXPLICIT_VR_BE
         await self._send_bytes(request, source, where, form, swap, path in PIXEL_KEYS)
 
+    async def _send_inflated(self, request: Request, source: InstancePixels, path: str) -> None:
+        """Bulk data of a deflated object: its values have no range in the
+        stored file, so the object is inflated and the value taken from it."""
+        data = await self.cpu(transcode.element_value, await source.whole(), path)
+        if data is None:
+            raise not_found("the instance has no bulk data at this path")
+        form = negotiation.choose_bulk_form(request.getHeader(b"accept"))
+
+        async def body(start: int, length: int) -> Piece:
+            return data[start:start + length]
+        await self._send_bulk(request, len(data), body, form, path in PIXEL_KEYS)
+
     async def _send_bytes(self, request: Request, source: InstancePixels, where: tuple[int, int], form: str,
                           swap: bool, is_pixels: bool) -> None:
         offset, size = where
+
+        async def body(start: int, length: int) -> Piece:
+            if swap:
+                return await self._swapped(source, where, start, length)
+            return self.part(source.record, offset + start, length)
+        await self._send_bulk(request, size, body, form, is_pixels)
+
+    async def _send_bulk(self, request: Request, size: int, body_of: Callable[[int, int], Awaitable[Piece]],
+                         form: str, is_pixels: bool) -> None:
+        """One bulk data value (or the ``Range`` of it asked for) as a single
+        part or a one-part multipart answer, as ``form`` says."""
         wanted = parse_range(request.getHeader(b"range"), size)
         start, length = wanted or (0, size)
         if wanted is not None:
             request.setResponseCode(206)
         content_range = f"bytes {start}-{start + length - 1}/{size}"
         media = negotiation.OCTET_STREAM + (f"; transfer-syntax={EXPLICIT_LE}" if is_pixels else "")
-        body: Piece = (await self._swapped(source, where, start, length) if swap
-                       else self.part(source.record, offset + start, length))
+        body = await body_of(start, length)
         if form == "single":
             request.setHeader(b"content-type", media.encode())
             if wanted is not None:
