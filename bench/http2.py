@@ -12,7 +12,9 @@ is not the bottleneck on a small machine) sends the same requests three ways:
 
 and reports frames/s (``/frames/1`` of every instance, OHIF's ``wadors``
 Accept) and metadata latency (``/metadata`` of every instance, mean and max
-per request), both with N in flight.
+per request), both with N in flight. The three ways take turns, three times,
+and each line shows its best turn: on a machine shared with other work, the
+best of interleaved turns is the figure least bent by the neighbours.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 instances, fewer requests (< 1 minute)")
     parser.add_argument("--streams", type=int, default=8, help="requests in flight (N)")
+    parser.add_argument("--turns", type=int, default=3, help="interleaved turns; each line shows its best")
     args = parser.parse_args()
     instances, rounds = (20, 10) if args.quick else (100, 20)
     n = args.streams
@@ -100,18 +103,22 @@ def main() -> None:
             total = instances * rounds
             ways = [("HTTP/1.1, 1 connection", 1, 1, True), (f"HTTP/1.1, {n} connections", n, 1, True),
                     (f"HTTP/2, 1 connection, {n} streams", 1, n, False)]
-            rows = []
-            for label, connections, streams, http1 in ways:
-                h2load(label, frames, FRAMES, instances, connections, streams, http1)  # warm the page cache
-                f = h2load(label, frames, FRAMES, total, connections, streams, http1)
-                m = h2load(label, metadata, JSON, total, connections, streams, http1)
-                rows.append((f, m))
-    print(f"{instances} instances 512x512 16-bit, {total} requests per line, embedded store, TLS, "
-          f"h2load nghttp2 {h2load_version()}")
-    print(f"| {'client':34} | ALPN | frames/s | frames MB/s | metadata req/s | metadata mean ms | metadata max ms |")
-    print(f"|{'-' * 36}|------|---------:|------------:|---------------:|-----------------:|----------------:|")
+            h2load("warm-up", frames, FRAMES, instances, 1, 1, True)  # the page cache
+            best: dict[str, tuple[Run, Run]] = {}
+            for _turn in range(args.turns):
+                for label, connections, streams, http1 in ways:
+                    f = h2load(label, frames, FRAMES, total, connections, streams, http1)
+                    m = h2load(label, metadata, JSON, total, connections, streams, http1)
+                    old_f, old_m = best.get(label, (f, m))
+                    best[label] = (max(f, old_f, key=lambda r: r.requests_per_s),
+                                   max(m, old_m, key=lambda r: r.requests_per_s))
+            rows = [best[label] for label, *_ in ways]
+    print(f"{instances} instances 512x512 16-bit, {total} requests per line, best of {args.turns} turns, "
+          f"embedded store, TLS, h2load {h2load_version()}, load average {os.getloadavg()[0]:.1f}")
+    print(f"| {'client':34} | ALPN     | frames/s | frames MB/s | metadata req/s | metadata mean ms | metadata max ms |")
+    print(f"|{'-' * 36}|----------|---------:|------------:|---------------:|-----------------:|----------------:|")
     for f, m in rows:
-        print(f"| {f.label:34} | {f.protocol:4} | {f.requests_per_s:8.0f} | {f.mb_per_s:11.1f} | "
+        print(f"| {f.label:34} | {f.protocol:8} | {f.requests_per_s:8.0f} | {f.mb_per_s:11.1f} | "
               f"{m.requests_per_s:14.0f} | {m.mean_ms:16.1f} | {m.max_ms:15.1f} |")
 
 
