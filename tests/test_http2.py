@@ -315,6 +315,18 @@ class RawH2:
             self.unacknowledged[stream] = 0
         self.flush()
 
+    def post(self, path: str, headers: list[tuple[str, str]], data: bytes) -> int:
+        """Start a request with a body and send ``data`` of it (not its end;
+        no more than the server's initial window, 65,535 bytes)."""
+        stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream, [(":method", "POST"), (":path", path), (":scheme", "https"),
+                                        (":authority", f"127.0.0.1:{self.port}"), *headers])
+        self.received[stream] = self.unacknowledged[stream] = 0
+        for start in range(0, len(data), 16384):
+            self.conn.send_data(stream, data[start:start + 16384])
+        self.flush()
+        return stream
+
     def open_window(self, stream: int, increment: int) -> None:
         """Widen one stream's window at once (a reader with a large buffer)."""
         self.conn.increment_flow_control_window(increment, stream)
@@ -438,6 +450,35 @@ def test_a_reset_stream_stops_its_work_and_the_connection_goes_on(
         assert embedded_h2.log().count(GONE) == already + 1, embedded_h2.log()[-2000:]
         # the same connection answers the next request in full
         again = client.get(f"/studies/{study}/metadata", "application/dicom+json")
+        while again not in client.ended:
+            client.pump(acknowledge=True)
+        assert client.status[again] == "200"
+    finally:
+        client.close()
+
+
+def test_a_stow_upload_reset_half_way_keeps_nothing_and_the_connection_goes_on(
+        embedded_h2: ServerProcess, tls_files: TlsFiles) -> None:
+    spool = Path(embedded_h2.data_dir) / "spool"
+    parts = list(dicomgen.ct_series(4, size=256))  # ~0.5 MB
+    body, boundary = multipart_body(parts)
+    client = RawH2(embedded_h2, tls_files)
+    try:
+        stream = client.post("/studies", [
+            ("content-type", f'multipart/related; type="application/dicom"; boundary={boundary}'),
+            ("content-length", str(len(body)))], body[:60000])
+        # the server has taken bytes when it acknowledges them (WINDOW_UPDATE)
+        deadline = time.monotonic() + 30
+        while client.conn.outbound_flow_control_window <= 65535 - 60000 and time.monotonic() < deadline:
+            client.pump(acknowledge=True)
+        assert any(spool.iterdir())  # the first part is being received into its file
+        client.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+        client.flush()
+        deadline = time.monotonic() + 30
+        while any(spool.iterdir()) and time.monotonic() < deadline:
+            client.pump(acknowledge=True)
+        assert not list(spool.iterdir())  # the part files of the cut body are gone
+        again = client.get("/studies", "application/dicom+json")
         while again not in client.ended:
             client.pump(acknowledge=True)
         assert client.status[again] == "200"
