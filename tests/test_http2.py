@@ -484,3 +484,40 @@ def test_a_stow_upload_reset_half_way_keeps_nothing_and_the_connection_goes_on(
         assert client.status[again] == "200"
     finally:
         client.close()
+
+
+# -- the stream helpers on an HTTP/2 stream --------------------------------------------
+
+class _Stream:
+    """What the response helpers see of twisted.web's HTTP/2 stream: an id,
+    no transport of its own, and the calls they make."""
+
+    streamID = 1
+    transport = None
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def abortConnection(self) -> None:
+        self.calls.append("reset")
+
+    def unregisterProducer(self) -> None:
+        self.calls.append("unregister")
+
+
+class _Request:
+    def __init__(self, channel: _Stream) -> None:
+        self.channel = channel
+
+    def unregisterProducer(self) -> None:
+        self.channel.unregisterProducer()
+
+
+def test_a_failed_response_resets_its_http2_stream_and_unregisters_its_producer() -> None:
+    from dicomweb.web.stream import abort, unregister
+
+    stream = _Stream()
+    request: Any = _Request(stream)
+    abort(request)  # a response that fails half-way: the client must see it cut (RST_STREAM)
+    unregister(request)  # the stream has no transport, yet takes the call
+    assert stream.calls == ["reset", "unregister"]
