@@ -43,6 +43,8 @@ setup(
         "bcrypt>=4.1",
         "pyjwt[crypto]>=2.8",
         "pynetdicom>=2.1",
+        # brotli compression of JSON/XML answers (dicomweb/web/compression.py); gzip alone without it
+        "brotli>=1.1",
     ],
     entry_points={
         "console_scripts": ["dicomweb-import = dicomweb.importer:main", "dicomweb-admin = dicomweb.admin:main"],

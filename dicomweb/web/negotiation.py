@@ -114,6 +114,14 @@ def frame_ranges(header: bytes | None) -> list[tuple[str, str | None]]:
     return out
 
 
+def single_part(header: bytes | None) -> bool:
+    """Whether a one-frame answer is a single part: when Accept names bare
+    media types only (``image/jp2``, ``application/octet-stream``), the
+    single part payload of PS3.18 8.7.3; ``multipart/related``, ``multipart/*``,
+    ``*/*`` or no Accept keep the multipart form."""
+    return all(media.type not in (MULTIPART, *_WILDCARDS) for media in accept_ranges(header))
+
+
 def choose_bulk_form(header: bytes | None) -> str:
     """``"multipart"`` (the PS3.18 default) or ``"single"`` (plain octet-stream asked) for bulk data."""
     for media in accept_ranges(header):
