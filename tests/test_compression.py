@@ -219,6 +219,7 @@ def test_no_compression_option(tmp_path: os.PathLike[str]) -> None:
         stow(server.client, [dicomgen.ct_instance(study, generate_uid(), n) for n in range(1, 6)])
         response = get(server.client, f"/studies/{study}/metadata", "gzip, br")
         assert response.status_code == 200 and "Content-Encoding" not in response.headers
+        assert not varies_on_encoding(response)
         assert get(server.client, f"/studies/{study}/metadata", "identity;q=0, gzip").status_code == 406
 
 

@@ -165,8 +165,10 @@ class Coder:
 
     def choose(self, request: Request) -> Coding:
         """Negotiate (406 before any work when nothing is acceptable); the
-        answer varies with Accept-Encoding whatever is chosen."""
-        add_vary(request, b"Accept-Encoding")
+        answer varies with Accept-Encoding whatever is chosen (unless
+        compression is off: then it never does)."""
+        if self.enabled:
+            add_vary(request, b"Accept-Encoding")
         return choose(request, self.enabled)
 
     async def encode(self, request: Request, body: bytes, coding: Coding | None = None) -> bytes:
