@@ -287,3 +287,14 @@ def test_if_none_match_parsing() -> None:
     assert validators.parse_tags(b'"a", junk, "b"') == [b'"a"']
     assert validators.coded(b'"abc"', "gzip") == b'"abc-gzip"'
     assert validators.coded(b'"abc"', None) == b'"abc"'
+
+
+@pytest.mark.parametrize("headers", [
+    {"If-None-Match": "garbage"}, {"If-None-Match": '"unterminated'}, {"If-None-Match": ","},
+    {"Range": "bytes=99999999999999999999999-"}, {"Range": "bytes=5-1"}, {"If-Range": "\x01"},
+    {"Accept-Encoding": ";;;, q=1, gzip;q=, br;q=1.5"},
+])
+def test_odd_conditional_headers_never_cause_a_5xx(http: Client, multiframe: Study, headers: dict[str, str]) -> None:
+    for path in (f"{multiframe.instance_path()}/frames/1", f"{multiframe.path}/metadata"):
+        response = get(http, path, None, None, **headers)
+        assert response.status_code in (200, 206, 416), (path, response.status_code, response.text)

@@ -100,9 +100,9 @@ def choose_instance_retrieve(header: bytes | None, allow_zip: bool = False) -> t
 def frame_ranges(header: bytes | None) -> list[tuple[str, str | None]]:
     """(media type, transfer-syntax or None) pairs acceptable for frames, best first.
 
-    ``multipart/related; type=X`` and a bare ``X`` both mean X (the answer is
-    multipart either way); a repeated ``transfer-syntax`` (OHIF) gives one
-    pair per value.
+    ``multipart/related; type=X`` and a bare ``X`` both mean X (whether the
+    answer is multipart is :func:`single_part`'s question); a repeated
+    ``transfer-syntax`` (OHIF) gives one pair per value.
     """
     out: list[tuple[str, str | None]] = []
     for media in accept_ranges(header):
