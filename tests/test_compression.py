@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import brotli
 import pytest
 from pydicom.uid import generate_uid
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from dicomweb.web import compression
+from dicomweb.web.metrics import Metrics
 from tests import dicomgen
 from tests.httpclient import multipart_body, stow
 from tests.inprocess import Client, InProcessServer, Response
@@ -232,3 +234,59 @@ def test_accept_encoding_parsing() -> None:
     assert negotiate(b"gzip", ("gzip",)).name == "gzip"
     assert negotiate(b"*;q=0", ("gzip",)) == compression.Coding(None, identity_ok=False)
     assert negotiate(b"*;q=0, identity", ("gzip",)) == compression.IDENTITY
+
+
+class TestConcurrentMakers:
+    """Requests for a body another request is making wait for it (the cache
+    alone, driven by hand: the in-process server runs one request at a time)."""
+
+    @staticmethod
+    def lookups(metrics: Metrics) -> dict[str, float]:
+        return {r: metrics.registry.get_sample_value("dicomweb_metadata_cache_lookups_total", {"result": r}) or 0.0
+                for r in ("hit", "shared", "miss")}
+
+    def test_a_body_being_made_is_made_once(self) -> None:
+        metrics = Metrics()
+        cache = compression.BodyCache(1 << 20, metrics)
+        release: Deferred[None] = Deferred()
+        calls = []
+
+        async def make() -> compression.Made:
+            calls.append(1)
+            await release
+            return b"coded", True
+
+        first, second = (ensureDeferred(cache.get_or_make(b"k", make)) for _ in range(2))
+        release.callback(None)
+        assert self.successes(first, second) == [(b"coded", True)] * 2
+        assert calls == [1]
+        assert self.successes(ensureDeferred(cache.get_or_make(b"k", make))) == [(b"coded", True)]
+        assert self.lookups(metrics) == {"hit": 1, "shared": 1, "miss": 1}
+
+    def test_when_the_maker_fails_a_waiter_makes_it_itself(self) -> None:
+        cache = compression.BodyCache(1 << 20)
+        release: Deferred[None] = Deferred()
+
+        async def failing() -> compression.Made:
+            await release
+            raise RuntimeError("the store went away")
+
+        async def working() -> compression.Made:
+            return b"plain", False
+
+        first = ensureDeferred(cache.get_or_make(b"k", failing))
+        second = ensureDeferred(cache.get_or_make(b"k", working))
+        gone = ensureDeferred(cache.get_or_make(b"k", working))
+        gone.cancel()  # its client went away while it waited
+        gone.addErrback(lambda f: f.trap(CancelledError))
+        release.callback(None)
+        first.addErrback(lambda f: f.trap(RuntimeError))
+        assert self.successes(second) == [(b"plain", False)]
+        assert len(cache) == 0  # a plain body is not kept
+
+    @staticmethod
+    def successes(*deferreds: Deferred[compression.Made]) -> list[compression.Made]:
+        out: list[compression.Made] = []
+        for d in deferreds:
+            d.addCallback(out.append)
+        return out

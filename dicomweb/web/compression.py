@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
@@ -182,36 +184,69 @@ class Coder:
                          coding.name)
 
 
+#: What a maker of a body gives: the body, and whether it is the coded form
+#: that the cache keeps (a small body is sent plain and not kept).
+Made = tuple[bytes, bool]
+
+
 class BodyCache:
     """Compressed answers by entity tag, least recently used out first,
     ``max_bytes`` in all (0: keep nothing).
 
     An entity tag names one version of one representation (validators.py),
     so an entry never goes stale: when the study changes, its tag changes,
-    and the old entry just ages out. Lookups are counted in ``metrics``
-    (``dicomweb_metadata_cache_lookups{result="hit"|"miss"}``).
+    and the old entry just ages out. Requests for a body that another
+    request is making wait for it rather than make it again (several viewers
+    opening the same study at once). Lookups are counted in ``metrics``:
+    ``dicomweb_metadata_cache_lookups{result="hit"|"shared"|"miss"}``.
     """
 
     def __init__(self, max_bytes: int, metrics: Metrics | None = None) -> None:
         self.max_bytes = max_bytes
         self.size = 0
         self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self._making: dict[bytes, list[Deferred[Made | None]]] = {}
         metrics = metrics or Metrics()
         self._hit = metrics.cache_lookups.labels("hit")
+        self._shared = metrics.cache_lookups.labels("shared")
         self._miss = metrics.cache_lookups.labels("miss")
         self._bytes = metrics.cache_bytes
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: bytes) -> bytes | None:
-        body = self._entries.get(key)
-        if body is None:
-            self._miss.inc()
-            return None
-        self._entries.move_to_end(key)
-        self._hit.inc()
-        return body
+    async def get_or_make(self, key: bytes, make: Callable[[], Awaitable[Made]]) -> Made:
+        """The body named ``key``: kept; else the one a concurrent request is
+        making (if that one fails or its client goes away, this request tries
+        again); else made now by ``make`` and kept if it is the coded form."""
+        while True:
+            body = self._entries.get(key)
+            if body is not None:
+                self._entries.move_to_end(key)
+                self._hit.inc()
+                return body, True
+            waiters = self._making.get(key)
+            if waiters is None:
+                break
+            waiter: Deferred[Made | None] = Deferred()
+            waiters.append(waiter)
+            made = await waiter
+            if made is not None:
+                self._shared.inc()
+                return made
+        self._miss.inc()
+        waiters = self._making[key] = []
+        made = None
+        try:
+            made = await make()
+            if made[1]:
+                self.put(key, made[0])
+            return made
+        finally:
+            del self._making[key]
+            for waiter in waiters:
+                if not waiter.called:  # a waiter whose client went away was cancelled
+                    waiter.callback(made)
 
     def put(self, key: bytes, body: bytes) -> None:
         if len(body) > self.max_bytes // 4:
@@ -227,5 +262,5 @@ class BodyCache:
         self._bytes.set(self.size)
 
 
-__all__ = ["AVAILABLE", "BROTLI", "GZIP", "IDENTITY", "MIN_SIZE", "BodyCache", "Coder", "Coding", "choose",
+__all__ = ["AVAILABLE", "BROTLI", "GZIP", "IDENTITY", "MIN_SIZE", "BodyCache", "Coder", "Coding", "Made", "choose",
            "compress", "negotiate", "parse_accept_encoding", "worth_it"]

@@ -31,7 +31,7 @@ from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import InstanceRecord, Store
 from ..twistedtypes import IReactor
 from . import negotiation, ranges
-from .compression import BodyCache, Coder, compress_off_reactor, set_coded, worth_it
+from .compression import BodyCache, Coder, Made, compress_off_reactor, set_coded, worth_it
 from .errors import bad_request, not_found
 from .sendfile import FileSlice, Piece, body_length
 from .sendfile import send as send_pieces
@@ -455,19 +455,20 @@ class Wado:
         boundary = boundary_of(tag)
         request.setHeader(b"content-type", b"application/dicom+json" if kind == negotiation.DICOM_JSON
                           else multipart_type(negotiation.DICOM_XML, boundary))
+
+        async def make() -> Made:
+            stored = texts if texts is not None else await self.store.metadata(study, series, sop)
+            body = await self._metadata_body(stored, kind, base, boundary)
+            if coding.name is None or not worth_it(coding, len(body)):
+                return body, False
+            return await compress_off_reactor(self.reactor, self.pool, body, coding.name), True
+
         cacheable = sop is None and coding.name is not None
-        if cacheable and (cached := self.cache.get(coded_tag)) is not None:
-            return set_coded(request, cached, coding.name)
-        if texts is None:
-            texts = await self.store.metadata(study, series, sop)
-        body = await self._metadata_body(texts, kind, base, boundary)
-        if coding.name is None or not worth_it(coding, len(body)):
+        body, is_coded = await (self.cache.get_or_make(coded_tag, make) if cacheable else make())
+        if not is_coded:
             validated(request, tag)  # sent as it is: the plain tag
             return set_coded(request, body, None)
-        out = await compress_off_reactor(self.reactor, self.pool, body, coding.name)
-        if cacheable:
-            self.cache.put(coded_tag, out)
-        return set_coded(request, out, coding.name)
+        return set_coded(request, body, coding.name)
 
     async def _metadata_body(self, texts: list[bytes], kind: str, base: str, boundary: str) -> bytes:
         prefix = b'"BulkDataURI":"' + base.encode() + b"/"
