@@ -94,6 +94,11 @@ def test_every_resource_has_a_stable_tag_and_answers_304_to_it(http: Client, stu
     assert get(http, path, None, accept, **{"If-None-Match": '"other"'}).status_code == 200
 
 
+def test_searches_are_for_this_users_cache_only(http: Client, study: Study) -> None:
+    response = get(http, f"/studies?StudyInstanceUID={study.study}", None)
+    assert response.headers["Cache-Control"] == "private, no-cache" and "ETag" not in response.headers
+
+
 def test_a_head_request_gets_the_tag_too(server: InProcessServer, study: Study) -> None:
     response = server.client.head(f"{study.path}/metadata", raw=True)
     assert response.headers["ETag"] == get(server.client, f"{study.path}/metadata", None).headers["ETag"]

@@ -37,7 +37,7 @@ from .compression import BodyCache, Coder
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
 from .stow import body_shape, store_body
-from .validators import add_vary
+from .validators import CACHE_CONTROL, add_vary
 from .wado import Wado
 
 if TYPE_CHECKING:
@@ -255,6 +255,7 @@ class DICOMwebApp:
         results = qido.finish(await self.store.search(query), query, base)
         for warning in qido.warning_headers(query, base):
             request.responseHeaders.addRawHeader(b"warning", warning)
+        request.setHeader(b"cache-control", CACHE_CONTROL)  # patient data: this user's cache only
         return await self._dataset_body(request, results)
 
     # -- WADO-RS (the logic is in wado.py) ----------------------------------
