@@ -41,6 +41,8 @@ class Settings:
     trust_forwarded: bool = False
     log_query_strings: bool = False
     no_sendfile: bool = False
+    no_compression: bool = False
+    metadata_cache_size: int = 64 << 20
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)

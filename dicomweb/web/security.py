@@ -63,7 +63,7 @@ RETRY_AFTER = 5
 ALLOW_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS"
 ALWAYS_ALLOWED_HEADERS = ("Authorization", "Accept", "Content-Type")
 EXPOSE_HEADERS = (b"Content-Type, Content-Location, Location, Warning, "
-                  b"WWW-Authenticate, Content-Length, Content-Range, Retry-After")
+                  b"WWW-Authenticate, Content-Length, Content-Range, Retry-After, ETag, Accept-Ranges")
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
 #: Request headers a page's script may not have us accept: with
