@@ -44,6 +44,8 @@ setup(
         "pyjwt[crypto]>=2.8",
         "pynetdicom>=2.1",
         "defusedxml>=0.7",
+        # brotli compression of JSON/XML answers (dicomweb/web/compression.py); gzip alone without it
+        "brotli>=1.1",
     ],
     entry_points={
         "console_scripts": ["dicomweb-import = dicomweb.importer:main", "dicomweb-admin = dicomweb.admin:main"],

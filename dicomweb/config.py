@@ -41,6 +41,8 @@ class Settings:
     trust_forwarded: bool = False
     log_query_strings: bool = False
     no_sendfile: bool = False
+    no_compression: bool = False
+    metadata_cache_size: int = 64 << 20
     no_http2: bool = False
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)

@@ -434,6 +434,23 @@ def select(conn: sqlite3.Connection, columns: str, study: str, series: str | Non
     return rows
 
 
+def version(conn: sqlite3.Connection, study: str, series: str | None) -> str:
+    """The :meth:`~dicomweb.store.base.Store.version` token of a study or
+    series: its ``updated_at`` and instance count. Every store or replace in
+    it sets ``updated_at`` to a new time (``upsert_instance``); a reject or
+    delete lowers the count and leaves the time; so no state comes back
+    with a token an earlier state had. The index commits both with the
+    instances they describe, in one transaction."""
+    if series is None:
+        row = conn.execute("SELECT updated_at, num_instances FROM studies WHERE study_uid=?", (study,)).fetchone()
+    else:
+        row = conn.execute("SELECT updated_at, num_instances FROM series WHERE series_uid=? AND study_uid=?",
+                           (series, study)).fetchone()
+    if row is None:
+        raise not_found(series)
+    return f"{row[0]!r}/{row[1]}"
+
+
 def record(row: tuple[Any, ...]) -> InstanceRecord:
     """The :class:`InstanceRecord` of a :func:`select` row of :data:`RECORD_COLUMNS`."""
     return InstanceRecord(

@@ -54,7 +54,7 @@ def build_site(settings: Settings, store: Store, reactor: IReactor, pool: Thread
     into part files)."""
     metrics = metrics or Metrics()
     app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
-                      WebSettings(settings.base_url, settings.trust_forwarded), metrics)
+                      WebSettings.from_settings(settings), metrics)
     root = secure_root(app.resource(), settings, reactor, pool)
     site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings),
                        http2=not settings.no_http2)
