@@ -207,6 +207,16 @@ def test_qido_pages_over_http2(client: httpx.Client) -> None:
 
 # -- protocol behaviour on one store ----------------------------------------------
 
+def test_compression_and_entity_tags_over_http2(embedded_h2: ServerProcess, tls_files: TlsFiles) -> None:
+    with _h2_client(embedded_h2, tls_files) as client:
+        study, series, _ = _stored_series(client, 3)
+        path = f"/studies/{study}/series/{series}/metadata"
+        first = client.get(path, headers={"Accept-Encoding": "gzip"})
+        again = client.get(path, headers={"Accept-Encoding": "gzip", "If-None-Match": first.headers["etag"]})
+    assert (first.status_code, first.http_version, first.headers["content-encoding"]) == (200, "HTTP/2", "gzip")
+    assert len(json_of(first)) == 3  # httpx has decoded it
+    assert again.status_code == 304 and not again.content
+
 def test_errors_are_the_same_over_http2(embedded_h2: ServerProcess, tls_files: TlsFiles) -> None:
     with _h2_client(embedded_h2, tls_files) as client:
         missing = client.get(f"/studies/{generate_uid()}", headers={"Accept": DICOM})
