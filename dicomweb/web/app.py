@@ -33,6 +33,7 @@ from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import NotFound, Store, StoreUnavailable
 from ..twistedtypes import IReactor
 from . import capabilities, negotiation, qido, wadouri
+from .changefeed import ChangeFeed
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
 from .stow import body_shape, store_body
@@ -46,6 +47,7 @@ class WebSettings:
     base_url: str | None = None  # public URL used in RetrieveURL / BulkDataURI
     trust_forwarded: bool = False  # honour X-Forwarded-Proto/Host/Prefix
     qido_max_limit: int = DEFAULT_MAX_LIMIT  # answers per QIDO page at most (limit=0: this)
+    changefeed_waiters: int = 100  # change-feed long-poll waiters at most (then 503)
 
 
 class DICOMwebApp:
@@ -59,6 +61,7 @@ class DICOMwebApp:
         self.pool = pool
         self.settings = settings or WebSettings()
         self.wado = Wado(store, reactor, pool)
+        self.changefeed = ChangeFeed(store, self.settings.changefeed_waiters, self.metrics.changefeed_waiters)
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -357,6 +360,16 @@ class DICOMwebApp:
         log.info("reject ({code}): {count} instances", code=str(rejection), count=count)
         request.setResponseCode(204)
         return b""
+
+    # -- change feed (README "Change feed"; the logic is in changefeed.py) -----
+
+    @app.route("/changefeed", methods=["GET", "HEAD"])
+    async def change_feed(self, request: Request) -> bytes:
+        return _sized(request, await self.changefeed.feed(request, self.base_url(request)))
+
+    @app.route("/changefeed/latest", methods=["GET", "HEAD"])
+    async def change_feed_latest(self, request: Request) -> bytes:
+        return _sized(request, await self.changefeed.latest(request, self.base_url(request)))
 
     # -- capabilities (PS3.18 8.9; the document is built in capabilities.py) ---
 
