@@ -11,7 +11,9 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -19,8 +21,8 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from tests import dicomgen
-from tests.httpclient import stow
+from tests import couchdb, dicomgen
+from tests.httpclient import referenced, stow
 from tests.ops_helpers import store_study
 from tests.server import ServerProcess
 from tests.test_sqlsearch import downgrade_to_4
@@ -277,3 +279,47 @@ def test_an_upgraded_store_starts_its_feed_with_a_create_per_instance(fresh_serv
         # Afterwards the feed goes on as usual.
         assert requests.delete(f"{fresh_server.url}/studies/{study.uid}", timeout=60).status_code == 204
         assert sorted(summary(feed(fresh_server.url, 3))) == sorted((s, "Delete", "Deleted") for s in study.series[0].sops)
+
+
+def test_two_frontends_writing_at_once_number_every_event_once_and_agree(
+        couch_server: couchdb.CouchServer, tmp_path: os.PathLike[str]) -> None:
+    db = "feed-" + uuid.uuid4().hex[:8]
+    procs = [ServerProcess(os.path.join(tmp_path, n), os.path.join(tmp_path, n + ".log"),
+                           "--couchdb", couch_server.url, "--couchdb-db", db) for n in ("a", "b")]
+    with procs[0] as a, procs[1] as b:
+        study = generate_uid()
+        seen: list[dict[str, Any]] = []
+
+        def consume(stop: threading.Event) -> None:
+            """Read pages alternately from both frontends, each after the last sequence seen."""
+            n = 0
+            while True:
+                done = stop.is_set()
+                page = feed((a, b)[n % 2].url, seen[-1]["Sequence"] if seen else 0, 7, includemetadata="false")
+                seen.extend(page)
+                n += 1
+                if done and not page:
+                    return
+
+        def client(n: int) -> list[str]:
+            series = generate_uid()
+            parts = [dicomgen.ct_instance(study, series, i, size=16) for i in range(1, 4)]
+            sops: list[str] = []
+            for part in parts:
+                response = stow((a, b)[n % 2].url, [part])
+                assert response.status_code == 200, response.text
+                sops += referenced(response.json())
+            return sops
+
+        stop = threading.Event()
+        reader = threading.Thread(target=consume, args=(stop,))
+        reader.start()
+        with ThreadPoolExecutor(6) as pool:
+            stored = [sop for sops in pool.map(client, range(6)) for sop in sops]
+        stop.set()
+        reader.join(120)
+        assert [e["Sequence"] for e in seen] == list(range(1, len(stored) + 1))
+        assert sorted(e["SopInstanceUid"] for e in seen) == sorted(stored)
+        assert all_after(a.url, 0, includemetadata="false") == all_after(b.url, 0, includemetadata="false") == seen
+    for proc in procs:
+        assert "Traceback" not in proc.log(), proc.log()[-3000:]

@@ -17,8 +17,9 @@ Two kinds of documents:
     each database numbers the events it sees in its own series and replicated
     entries of another site are never read here.
 
-Numbering (:class:`ChangeNumbering`, one per frontend): follow ``_changes``
-from the position recorded in the newest entry, and give each event not yet
+Numbering (:class:`ChangeNumbering`, one per frontend): read ``_changes``
+from the position recorded in the newest entry (before answering a read,
+and continuously with one long-poll while clients wait), and give each event not yet
 numbered the next number by *creating* ``c:<site>:<n+1>`` (no revision: the
 write fails with 409 if that number is taken). So every number is taken
 exactly once, by one event, whichever of several frontends gets there first;
@@ -31,9 +32,10 @@ changed or deleted: what a consumer read under a number stays true.
 
 Limits (README "Change feed"): sequences are per database: a consumer that
 moves to another site's server starts again from that site's numbers. An
-event is numbered once a frontend follows the feed (each does, continuously,
-and a read first numbers what is pending), so an entry can lag its write by
-one ``_changes`` round trip. On a CouchDB cluster, ``_changes`` may repeat
+event is numbered when some frontend next reads or waits on the feed (a
+read first numbers what is pending), so the numbering costs nothing while
+nobody consumes the feed, and a waiter sees an event one ``_changes``
+round trip after its write. On a CouchDB cluster, ``_changes`` may repeat
 changes after a node failure; an event already among the newest
 :data:`REMEMBER` numbered ones is not numbered again, one older than that
 would be. The feed grows without bound (one small document per event).
@@ -48,7 +50,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -108,20 +110,27 @@ class ChangeNumbering:
         self._recent: deque[str] = deque()
         self._recent_set: set[str] = set()
         self._lock = DeferredLock()
-        self._follower: Deferred[None] | None = None
+        self._follower: Deferred[None] | None = None  # runs while _waiters > 0
+        self._waiters = 0
 
     # -- lifecycle ------------------------------------------------------------
 
     async def open(self) -> None:
         self.site = await self._site()
         await self._load_tail()
-        self._follower = Deferred.fromCoroutine(self._follow())
-        self._follower.addErrback(lambda f: None)  # cancelled at close
 
     async def close(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
-            self._follower = None
+        self._stop_following()
+
+    def _start_following(self) -> None:
+        if self._follower is None:
+            self._follower = Deferred.fromCoroutine(self._follow())
+            self._follower.addErrback(lambda f: f.trap(CancelledError) and None)
+
+    def _stop_following(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
 
     async def _site(self) -> str:
         for _ in range(5):
@@ -246,9 +255,19 @@ class ChangeNumbering:
         return found[0] if found else None
 
     async def wait(self, offset: int, timeout: float) -> bool:
-        if self.last <= offset:
-            await self.catch_up()
-        return await self.signal.wait(offset, timeout, self._known)
+        """Wait for an entry after ``offset``. The follower runs while anyone
+        waits: a frontend nobody waits on adds no load to CouchDB (a read
+        numbers what is pending itself)."""
+        self._waiters += 1
+        self._start_following()
+        try:
+            if self.last <= offset:
+                await self.catch_up()
+            return await self.signal.wait(offset, timeout, self._known)
+        finally:
+            self._waiters -= 1
+            if not self._waiters:
+                self._stop_following()
 
     async def _known(self) -> int:
         return self.last
