@@ -22,9 +22,12 @@ from the position recorded in the newest entry (before answering a read,
 and continuously with one long-poll while clients wait), and give each event not yet
 numbered the next number by *creating* ``c:<site>:<n+1>`` (no revision: the
 write fails with 409 if that number is taken). So every number is taken
-exactly once, by one event, whichever of several frontends gets there first;
-the loser reads the entries it missed (they carry the event id and the
-``_changes`` position they were made at) and goes on from the newest one.
+exactly once, by one event, whichever of several frontends gets there first.
+As every frontend reads the same feed order from the same newest entry, a
+number taken by another frontend holds the same event; when it does not
+(frontends out of step), the loser reads the entries it missed (they carry
+the event id and the ``_changes`` position they were made at) and goes on
+from the newest one.
 A number is only tried after the previous one exists, so numbers are dense;
 a reader answers only the unbroken run after the offset it was given, so it
 never passes a number that is not yet visible to it. Entries are never
@@ -58,7 +61,7 @@ from .base import StoreUnavailable
 from .changes import CREATE, DELETE, MAX_PAGE, Action, Change, ChangeSignal, state_of
 from .couchdocs import CouchDocs, instance_id
 from .couchfollow import START, changes_since
-from .couchhttp import Conflict, CouchError, doc_path
+from .couchhttp import Conflict, CouchError
 
 log = Logger()
 
@@ -200,22 +203,40 @@ class ChangeNumbering:
                 self.signal.notify()
 
     async def _number(self, events: list[tuple[str, Any]]) -> bool:
-        """Give each event the next number; False after losing a number to
-        another frontend (nothing after it was numbered here)."""
+        """Give the events the next numbers, in feed order, in one bulk write.
+
+        Number ``n`` is the n-th event of the feed order after the newest
+        entry, so a frontend that finds ``c:<n>`` taken (409) normally finds
+        the same event in it, and goes on. Another event there means two
+        frontends saw the feed in different orders (possible on a CouchDB
+        cluster only): then this returns False and numbering goes on after the
+        newest entry (module docstring, "Limits")."""
         fresh = [(e, seq) for e, seq in events if e not in self._recent_set]
         if not fresh:
             return True
         found = await self.docs.get_docs(e for e, _ in fresh)
+        entries: list[dict[str, Any]] = []
         for event_id, seq in fresh:
             event = found.get(event_id)
             if event is None:
                 continue  # deleted meanwhile (never by this store)
-            entry = {"doctype": "change", "n": self.last + 1, "event": event_id, "since": seq,
-                     **{k: event[k] for k in ("action", "study", "series", "sop", "ev", "at")}}
-            try:
-                await self.client.put(doc_path(self._entry_id(entry["n"])), entry)
-            except Conflict:
-                return False
+            n = self.last + 1 + len(entries)
+            entries.append({"_id": self._entry_id(n), "doctype": "change", "n": n, "event": event_id, "since": seq,
+                            **{k: event[k] for k in ("action", "study", "series", "sop", "ev", "at")}})
+        rows = {r.get("id"): r for r in await self.docs.bulk(entries)}
+        taken = [e["_id"] for e in entries if (rows.get(e["_id"]) or {}).get("error") == "conflict"]
+        theirs = await self.docs.get_docs(taken) if taken else {}
+        for entry in entries:
+            row = rows.get(entry["_id"]) or {"error": "missing"}
+            if row.get("error") == "conflict":
+                other = theirs.get(entry["_id"])
+                if other is None or other.get("event") != entry["event"]:
+                    if other is not None:
+                        log.warn("change feed: frontends saw _changes in different orders")
+                    return False
+                entry = other
+            elif row.get("error"):
+                raise CouchError(500, str(row.get("error")), str(row.get("reason", "")))
             self._take(entry)
         return True
 
