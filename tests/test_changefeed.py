@@ -323,3 +323,25 @@ def test_two_frontends_writing_at_once_number_every_event_once_and_agree(
         assert all_after(a.url, 0, includemetadata="false") == all_after(b.url, 0, includemetadata="false") == seen
     for proc in procs:
         assert "Traceback" not in proc.log(), proc.log()[-3000:]
+
+
+def test_couch_a_stow_cut_short_before_its_event_gets_it_from_the_journal_sweep(
+        couch_server: couchdb.CouchServer, tmp_path: os.PathLike[str]) -> None:
+    db = "feed-" + uuid.uuid4().hex[:8]
+    proc = ServerProcess(os.path.join(tmp_path, "f"), os.path.join(tmp_path, "f.log"),
+                         "--couchdb", couch_server.url, "--couchdb-db", db)
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    with proc:
+        assert stow(proc.url, [instance(study, series, sop)]).status_code == 200
+    # What a frontend killed between writing the instance document (a new
+    # version, token "cut") and writing its event leaves: the document and the
+    # batch's journal.
+    base = f"{couch_server.url}/{db}"
+    doc = requests.get(f"{base}/i:{sop}", timeout=10).json()
+    doc["ev"] = "cut"
+    assert requests.put(f"{base}/i:{sop}", json=doc, timeout=10).ok
+    journal = {"doctype": "journal", "at": time.time(), "studies": [study], "docs": [f"i:{sop}"], "removed": []}
+    assert requests.post(base, json=journal, timeout=10).ok
+    with proc:  # the sweep at start repairs the batch
+        entries = feed(proc.url, 0, includemetadata="false")
+    assert summary(entries) == [(sop, "Create", "Replaced"), (sop, "Create", "Current")]
