@@ -340,7 +340,8 @@ def test_couch_a_stow_cut_short_before_its_event_gets_it_from_the_journal_sweep(
     doc = requests.get(f"{base}/i:{sop}", timeout=10).json()
     doc["ev"] = "cut"
     assert requests.put(f"{base}/i:{sop}", json=doc, timeout=10).ok
-    journal = {"doctype": "journal", "at": time.time(), "studies": [study], "docs": [f"i:{sop}"], "removed": []}
+    journal: dict[str, Any] = {"doctype": "journal", "at": time.time(), "studies": [study], "docs": [f"i:{sop}"],
+                               "removed": []}
     assert requests.post(base, json=journal, timeout=10).ok
     with proc:  # the sweep at start repairs the batch
         entries = feed(proc.url, 0, includemetadata="false")
