@@ -7,6 +7,7 @@ the feed's latest sequence and looks only at what came after it."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -346,3 +347,39 @@ def test_couch_a_stow_cut_short_before_its_event_gets_it_from_the_journal_sweep(
     with proc:  # the sweep at start repairs the batch
         entries = feed(proc.url, 0, includemetadata="false")
     assert summary(entries) == [(sop, "Create", "Replaced"), (sop, "Create", "Current")]
+
+
+def _events(response: requests.Response) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(id, entry) of each event of a text/event-stream response, as they arrive."""
+    fields: dict[str, str] = {}
+    for raw in response.iter_lines():
+        line = raw.decode("utf-8")
+        if line:
+            if not line.startswith(":"):
+                name, _, value = line.partition(": ")
+                fields[name] = value
+        elif "data" in fields:
+            yield int(fields["id"]), json.loads(fields["data"])
+            fields = {}
+
+
+def test_server_sent_events_give_the_past_then_each_new_event_as_it_comes(server: ServerProcess) -> None:
+    url = server.url
+    study, series = generate_uid(), generate_uid()
+    first, second = generate_uid(), generate_uid()
+    assert stow(url, [instance(study, series, first)]).status_code == 200
+    start = latest_sequence(url) - 1
+    with requests.get(f"{url}/changefeed", params={"offset": str(start), "includemetadata": "false"},
+                      headers={"Accept": "text/event-stream"}, stream=True, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream"
+        events = _events(response)
+        assert next(events) == (start + 1, feed(url, start, includemetadata="false")[0])
+        assert stow(url, [instance(study, series, second)]).status_code == 200
+        number, entry = next(events)
+        assert (number, entry["SopInstanceUid"], entry["Action"]) == (start + 2, second, "Create")
+    # A reconnecting client names the last event it had.
+    with requests.get(f"{url}/changefeed", headers={"Accept": "text/event-stream", "Last-Event-ID": str(start + 1)},
+                      params={"includemetadata": "false"}, stream=True, timeout=60) as response:
+        assert next(_events(response))[0] == start + 2
+    _until(lambda: waiters(url) == 0)  # the streams end when their clients go

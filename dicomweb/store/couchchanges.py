@@ -115,6 +115,7 @@ class ChangeNumbering:
         self._lock = DeferredLock()
         self._follower: Deferred[None] | None = None  # runs while _waiters > 0
         self._waiters = 0
+        self._generation = 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -127,10 +128,11 @@ class ChangeNumbering:
 
     def _start_following(self) -> None:
         if self._follower is None:
-            self._follower = Deferred.fromCoroutine(self._follow())
+            self._follower = Deferred.fromCoroutine(self._follow(self._generation + 1))
             self._follower.addErrback(lambda f: f.trap(CancelledError) and None)
 
     def _stop_following(self) -> None:
+        self._generation += 1  # a follower whose cancellation is lost stops at its next turn
         follower, self._follower = self._follower, None
         if follower is not None:
             follower.cancel()
@@ -170,10 +172,12 @@ class ChangeNumbering:
 
     # -- numbering --------------------------------------------------------------
 
-    async def _follow(self) -> None:
-        """Wait on ``_changes`` (one long-poll at a time), number, wake waiters."""
+    async def _follow(self, generation: int) -> None:
+        """Wait on ``_changes`` (one long-poll at a time), number, wake waiters;
+        until :meth:`_stop_following` starts another generation."""
+        self._generation = generation
         delay = 0.5
-        while True:
+        while self._generation == generation:
             try:
                 await changes_since(self.client, self.since, limit=1, wait=LONGPOLL)
                 await self.catch_up()
@@ -280,10 +284,11 @@ class ChangeNumbering:
         waits: a frontend nobody waits on adds no load to CouchDB (a read
         numbers what is pending itself)."""
         self._waiters += 1
+        first = self._follower is None
         self._start_following()
         try:
-            if self.last <= offset:
-                await self.catch_up()
+            if first and self.last <= offset:
+                await self.catch_up()  # else the running follower keeps ``last`` current
             return await self.signal.wait(offset, timeout, self._known)
         finally:
             self._waiters -= 1

@@ -61,7 +61,7 @@ class DICOMwebApp:
         self.pool = pool
         self.settings = settings or WebSettings()
         self.wado = Wado(store, reactor, pool)
-        self.changefeed = ChangeFeed(store, self.settings.changefeed_waiters, self.metrics.changefeed_waiters)
+        self.changefeed = ChangeFeed(store, reactor, self.settings.changefeed_waiters, self.metrics.changefeed_waiters)
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -365,7 +365,8 @@ class DICOMwebApp:
 
     @app.route("/changefeed", methods=["GET", "HEAD"])
     async def change_feed(self, request: Request) -> bytes:
-        return _sized(request, await self.changefeed.feed(request, self.base_url(request)))
+        body = await self.changefeed.feed(request, self.base_url(request))
+        return b"" if body is None else _sized(request, body)  # None: an event stream, already written
 
     @app.route("/changefeed/latest", methods=["GET", "HEAD"])
     async def change_feed_latest(self, request: Request) -> bytes:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
 from prometheus_client import Gauge
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.server import Request
 
 from ..store import Store
@@ -26,23 +27,31 @@ DEFAULT_LIMIT = 10
 MAX_TIMEOUT = 60.0
 #: What a 503 for too many waiters tells the client to wait before retrying.
 RETRY_AFTER = "1"
+#: Seconds between keep-alive comments on an idle event stream.
+HEARTBEAT = 15.0
+#: An idle event stream looks whether its client went away this often (seconds).
+GONE_CHECK = 1.0
 
 
 class ChangeFeed:
     """The change-feed routes' logic over one store."""
 
-    def __init__(self, store: Store, max_waiters: int = 100, gauge: Gauge | None = None) -> None:
+    def __init__(self, store: Store, clock: IReactorTime, max_waiters: int = 100, gauge: Gauge | None = None) -> None:
         self.store = store
+        self.clock = clock
         self.max_waiters = max_waiters
         self.waiting = 0
         self._gauge = gauge  # dicomweb_changefeed_waiters
 
-    async def feed(self, request: Request, base: str) -> bytes:
+    async def feed(self, request: Request, base: str) -> bytes | None:
         args = _args(request)
         offset = _integer(args, "offset", 0, 0, None)
         limit = _integer(args, "limit", DEFAULT_LIMIT, 1, MAX_PAGE)
         metadata = _flag(args, "includemetadata", True)
         timeout = _seconds(args, "timeout")
+        if wants_event_stream(request.getHeader(b"accept")):
+            await self.stream(request, base, _last_event_id(request, offset), metadata)
+            return None
         changes = await self.store.changes(offset, limit, metadata)
         if not changes and timeout > 0:
             if await self._wait(offset, timeout):
@@ -56,20 +65,60 @@ class ChangeFeed:
         request.setHeader(b"content-type", b"application/json")
         return b"{}" if change is None else entry(change, base)
 
+    async def stream(self, request: Request, base: str, offset: int, metadata: bool) -> None:
+        """Server-sent events (``Accept: text/event-stream``): every entry after
+        ``offset`` (or the ``Last-Event-ID`` a reconnecting client sends), then
+        each new one as it comes, until the client goes away (Klein cancels
+        the route then). One event per entry: ``id:`` its Sequence, ``data:``
+        its JSON; a comment line every :data:`HEARTBEAT` seconds keeps proxies
+        from closing an idle stream. A stream is a waiter (the bound holds)."""
+        self._enter()
+        gone: list[bool] = []
+        request.notifyFinish().addBoth(lambda _: gone.append(True))
+        try:
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.setHeader(b"cache-control", b"no-cache")
+            request.write(b": dicomweb change feed\n\n")
+            # Klein cancels this route when the client goes away; should that
+            # cancellation land in a store request that is retried, the loop
+            # stops by itself within GONE_CHECK seconds.
+            written = self.clock.seconds()
+            pending = True  # whether to read the feed (else only wait)
+            while not gone:
+                if pending:
+                    changes = await self.store.changes(offset, MAX_PAGE, metadata)
+                    if changes:
+                        request.write(b"".join(b"id: %d\nevent: change\ndata: %s\n\n" % (c.sequence, entry(c, base))
+                                               for c in changes))
+                        offset, written = changes[-1].sequence, self.clock.seconds()
+                        continue
+                pending = await self.store.wait_changes(offset, GONE_CHECK)
+                if not pending and not gone and self.clock.seconds() - written >= HEARTBEAT:
+                    request.write(b": keep-alive\n\n")
+                    written = self.clock.seconds()
+        finally:
+            self._leave()
+
     async def _wait(self, offset: int, timeout: float) -> bool:
         """Wait for an event after ``offset``: 503 when ``max_waiters`` wait already."""
+        self._enter()
+        try:
+            return await self.store.wait_changes(offset, timeout)
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
         if self.waiting >= self.max_waiters:
             raise HTTPError(503, f"more than {self.max_waiters} change-feed waiters; retry later",
                             {"Retry-After": RETRY_AFTER})
         self.waiting += 1
         if self._gauge is not None:
             self._gauge.inc()
-        try:
-            return await self.store.wait_changes(offset, timeout)
-        finally:
-            self.waiting -= 1
-            if self._gauge is not None:
-                self._gauge.dec()
+
+    def _leave(self) -> None:
+        self.waiting -= 1
+        if self._gauge is not None:
+            self._gauge.dec()
 
 
 def entry(change: Change, base: str) -> bytes:
@@ -88,6 +137,24 @@ def entry(change: Change, base: str) -> bytes:
         return head
     metadata = change.metadata.replace(b'"BulkDataURI":"', b'"BulkDataURI":"' + base.encode() + b"/")
     return head[:-1] + b',"Metadata":' + metadata + b"}"
+
+
+def wants_event_stream(accept: bytes | None) -> bool:
+    """Whether the client asks for server-sent events (and not JSON first)."""
+    if not accept:
+        return False
+    types = [t.split(b";")[0].strip().lower() for t in accept.split(b",")]
+    return b"text/event-stream" in types and b"application/json" not in types
+
+
+def _last_event_id(request: Request, offset: int) -> int:
+    """A reconnecting event-stream client's ``Last-Event-ID``, else ``offset``."""
+    value = (request.getHeader(b"last-event-id") or b"").strip()
+    if not value:
+        return offset
+    if not value.isdigit() or len(value) > 18:
+        raise bad_request("Last-Event-ID must be a whole number")
+    return int(value)
 
 
 def timestamp(seconds: float) -> str:
