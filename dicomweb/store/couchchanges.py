@@ -155,7 +155,13 @@ class ChangeNumbering:
             "startkey": _json(self._entry_id(10 ** DIGITS - 1)), "endkey": _json(self._entry_id(0)),
             "descending": "true", "limit": REMEMBER, "include_docs": "true"})).get("rows", [])
         for row in reversed(rows):
-            self._take(row["doc"])
+            entry = row["doc"]
+            if self.last and entry["n"] != self.last + 1:
+                # A hole (a bulk write cut short): go on from before it, so
+                # the next numbering fills it (the entries after it hold the
+                # same events and are taken as they are met).
+                break
+            self._take(entry)
 
     def _entry_id(self, n: int) -> str:
         return f"{ENTRY_PREFIX}{self.site}:{n:0{DIGITS}d}"
