@@ -43,6 +43,9 @@ setup(
         "bcrypt>=4.1",
         "pyjwt[crypto]>=2.8",
         "pynetdicom>=2.1",
+        "defusedxml>=0.7",
+        # brotli compression of JSON/XML answers (dicomweb/web/compression.py); gzip alone without it
+        "brotli>=1.1",
     ],
     entry_points={
         "console_scripts": ["dicomweb-import = dicomweb.importer:main", "dicomweb-admin = dicomweb.admin:main"],
@@ -59,6 +62,7 @@ setup(
             # each release supports a bounded range of mypy, so both are pinned together
             "mypy>=2.4,<2.5",
             "mypy-zope>=1.0.17",
+            "types-defusedxml>=0.7",
             "ruff>=0.17,<0.18",  # tests/test_lint.py runs it: a new release may add rules
             # drives Debian's /usr/bin/chromium in tests/e2e (its driver ships in the wheel)
             "playwright>=1.45",

@@ -42,6 +42,8 @@ class Settings:
     changefeed_waiters: int = 100
     log_query_strings: bool = False
     no_sendfile: bool = False
+    no_compression: bool = False
+    metadata_cache_size: int = 64 << 20
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)

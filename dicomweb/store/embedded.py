@@ -202,6 +202,11 @@ class EmbeddedStore:
         rows = await self._select_rows(sqlindex.METADATA_COLUMN, study, series, sop)
         return [bytes(r[3]) for r in rows]
 
+    async def version(self, study: str, series: str | None = None) -> str:
+        # A primary-key lookup: on the reactor thread (see _read).
+        token: str = await self._read(sqlindex.version, study, series)
+        return token
+
     async def _select_rows(self, columns: str, study: str, series: str | None,
                            sop: str | None) -> list[tuple[Any, ...]]:
         # One instance is a primary-key lookup: cheaper on the reactor thread

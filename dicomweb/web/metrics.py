@@ -79,6 +79,10 @@ class Metrics:
         self.in_flight = Gauge("dicomweb_http_requests_in_flight", "Requests being processed", registry=self.registry)
         self.changefeed_waiters = Gauge("dicomweb_changefeed_waiters", "Change-feed long-polls waiting now",
                                         registry=self.registry)
+        self.cache_lookups = Counter("dicomweb_metadata_cache_lookups", "Lookups of compressed study/series metadata",
+                                     ["result"], registry=self.registry)
+        self.cache_bytes = Gauge("dicomweb_metadata_cache_bytes", "Bytes of compressed metadata kept",
+                                 registry=self.registry)
         # Route labels have fixed cardinality (see route_label), so this stays small.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
@@ -110,7 +114,7 @@ class InstrumentedStore:
 
     Histogram ``dicomweb_store_operation_duration_seconds`` with labels
     (store name, operation): ``store_batch``, ``instances``, ``metadata``,
-    ``read``, ``search``, ``ready``, ``delete``, ``reject``, ``changes``, and ``chunk``
+    ``version``, ``read``, ``search``, ``ready``, ``delete``, ``reject``, ``changes``, and ``chunk``
     (the wait for each chunk of ``chunks``). Lifecycle calls and
     ``local_path`` (no I/O) are passed through untimed.
     """
@@ -159,6 +163,9 @@ class InstrumentedStore:
     async def metadata(self, study: str, series: str | None = None,
                        sop: str | None = None) -> list[bytes]:
         return await self._timed("metadata", self._store.metadata(study, series, sop))
+
+    async def version(self, study: str, series: str | None = None) -> str:
+        return await self._timed("version", self._store.version(study, series))
 
     async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes:
         return await self._timed("read", self._store.read(record, offset, length))

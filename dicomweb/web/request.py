@@ -8,15 +8,19 @@ file system, (2) when the store offers a directory for part files
 one file per part as it arrives (:class:`~dicomweb.io.multipart.PartSplitter`),
 so the store renames each part into place instead of copying it, and (3)
 stops keeping bytes once the body passes the configured cap, so a client can
-never make the server hold more than that; the route then answers 413.
+never make the server hold more than that; the route then answers 413, and
+(4) when the disk refuses the body (full), discards the rest of it and tells
+the route, which answers 507 (nothing of such a body was acknowledged).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import time
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..io.multipart import MAX_BOUNDARY, PartSplitter
@@ -24,6 +28,8 @@ from ..mediatype import parse_media_type
 from ..store.base import Spool
 
 SMALL_BODY = 100_000
+
+log = Logger()
 
 
 class _Discard(io.BytesIO):
@@ -38,6 +44,10 @@ class DICOMwebRequest(Request):
     spool: Spool | None = None
 
     too_large = False
+    #: Why the body could not be written to disk (None: it could), e.g. a
+    #: full disk: the rest of the body is then discarded and the route answers
+    #: 507 without storing anything of it.
+    receive_error: str | None = None
     _received = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -100,11 +110,26 @@ class DICOMwebRequest(Request):
             self.too_large = True
             content.close()
             content = self.content = _Discard()
-        content.write(data)
+        try:
+            content.write(data)
+        except OSError as exc:
+            self._failed_to_receive(exc)
+
+    def _failed_to_receive(self, exc: OSError) -> None:
+        self.receive_error = ("out of storage space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                              else "the body could not be written to disk")
+        log.error("receiving a request body failed: {error}", error=exc.strerror or str(exc))
+        content = self.content
+        self.content = _Discard()
+        if content is not None:
+            content.close()  # a splitter removes its part files
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if isinstance(self.content, PartSplitter):
-            self.content.finish()  # before the resource sees the body
+            try:
+                self.content.finish()  # before the resource sees the body
+            except OSError as exc:
+                self._failed_to_receive(exc)
         super().requestReceived(command, path, version)
 
 

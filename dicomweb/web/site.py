@@ -42,8 +42,7 @@ def build_site(settings: Settings, store: Store, reactor: IReactor, pool: Thread
     into part files)."""
     metrics = metrics or Metrics()
     app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
-                      WebSettings(settings.base_url, settings.trust_forwarded,
-                                  changefeed_waiters=settings.changefeed_waiters), metrics)
+                      WebSettings.from_settings(settings), metrics)
     root = secure_root(app.resource(), settings, reactor, pool)
     site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings))
     site.requestFactory = request_factory(settings.max_request_size, spool or store.spool)
