@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
 from prometheus_client import Gauge
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from ..store import Store
 from ..store.changes import MAX_PAGE, Change
@@ -75,6 +77,8 @@ class ChangeFeed:
         self._enter()
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda _: gone.append(True))
+        flow = _Flow()
+        request.registerProducer(flow, True)
         try:
             request.setHeader(b"content-type", b"text/event-stream")
             request.setHeader(b"cache-control", b"no-cache")
@@ -88,6 +92,9 @@ class ChangeFeed:
                 if pending:
                     changes = await self.store.changes(offset, MAX_PAGE, metadata)
                     if changes:
+                        await flow.writable()  # a slow client holds the stream, not memory
+                        if gone:
+                            break
                         request.write(b"".join(b"id: %d\nevent: change\ndata: %s\n\n" % (c.sequence, entry(c, base))
                                                for c in changes))
                         offset, written = changes[-1].sequence, self.clock.seconds()
@@ -97,6 +104,9 @@ class ChangeFeed:
                     request.write(b": keep-alive\n\n")
                     written = self.clock.seconds()
         finally:
+            flow.stopProducing()
+            if not gone:
+                request.unregisterProducer()
             self._leave()
 
     async def _wait(self, offset: int, timeout: float) -> bool:
@@ -119,6 +129,31 @@ class ChangeFeed:
         self.waiting -= 1
         if self._gauge is not None:
             self._gauge.dec()
+
+
+@implementer(IPushProducer)
+class _Flow:
+    """Backpressure of an event stream: twisted.web pauses it while the
+    client's socket buffer is full; the stream writes only when resumed."""
+
+    def __init__(self) -> None:
+        self._resumed: Deferred[None] | None = None
+
+    async def writable(self) -> None:
+        if self._resumed is not None:
+            await self._resumed
+
+    def pauseProducing(self) -> None:
+        if self._resumed is None:
+            self._resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
 
 
 def entry(change: Change, base: str) -> bytes:
