@@ -39,6 +39,7 @@ class Settings:
     threads: int = 4
     allow_remote: bool = False
     trust_forwarded: bool = False
+    changefeed_waiters: int = 100
     log_query_strings: bool = False
     no_sendfile: bool = False
     no_compression: bool = False
