@@ -38,7 +38,7 @@ from twisted.logger import Logger
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
 from ..io.files import copy_range, read_at, start_writeback
-from . import sqlremove, sqlschema
+from . import sqlchanges, sqlremove, sqlschema
 from .base import InstanceRecord, StoreItem, StoreOutcome, not_found
 
 T = TypeVar("T")
@@ -307,6 +307,7 @@ class EmbeddedIndex:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
             sqlschema.upsert_instance(conn, info, rel)
             was_rejected = sqlremove.forget_rejected(conn, info.sop_uid)  # storing again restores it
+            sqlchanges.created(conn, info.sop_uid, info.series_uid, info.study_uid)
             conn.execute("RELEASE one")
         except sqlite3.Error as exc:
             try:
@@ -432,6 +433,23 @@ def select(conn: sqlite3.Connection, columns: str, study: str, series: str | Non
     if not rows:
         raise not_found(series, sop)
     return rows
+
+
+def version(conn: sqlite3.Connection, study: str, series: str | None) -> str:
+    """The :meth:`~dicomweb.store.base.Store.version` token of a study or
+    series: its ``updated_at`` and instance count. Every store or replace in
+    it sets ``updated_at`` to a new time (``upsert_instance``); a reject or
+    delete lowers the count and leaves the time; so no state comes back
+    with a token an earlier state had. The index commits both with the
+    instances they describe, in one transaction."""
+    if series is None:
+        row = conn.execute("SELECT updated_at, num_instances FROM studies WHERE study_uid=?", (study,)).fetchone()
+    else:
+        row = conn.execute("SELECT updated_at, num_instances FROM series WHERE series_uid=? AND study_uid=?",
+                           (series, study)).fetchone()
+    if row is None:
+        raise not_found(series)
+    return f"{row[0]!r}/{row[1]}"
 
 
 def record(row: tuple[Any, ...]) -> InstanceRecord:
