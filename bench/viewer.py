@@ -25,11 +25,15 @@ come from loopback without delay (the same for every server). The 0 ms row with
 the bandwidth limit off (``--floor``) is the client-bound floor: the browser's
 decoding and rendering on this machine.
 
-Servers: ours (embedded store) over plain HTTP/1.1, and over HTTP/2 + TLS when
-the checkout supports it (``--tls-cert``; Chromium told to accept the
-self-signed test certificate); Orthanc (Debian, with its DICOMweb plugin)
-behind nginx, which adds the CORS headers Orthanc does not send (how Orthanc
-is deployed for OHIF), HTTP/1.1.
+Servers: ours (embedded store) over plain HTTP/1.1; ours over HTTP/2 + TLS
+(a self-signed certificate made by the benchmark, Chromium told to accept
+it), frames as stored; the same server with OHIF's progressive HTJ2K loading
+(``--precompute htj2k`` on the server, so the frames are encoded once at
+store time; OHIF fetches the first 16 KiB of each frame, draws it at a low
+resolution, then the rest: "first image" is then the first low-resolution
+image); Orthanc (Debian, with its DICOMweb plugin) behind nginx, which adds
+the CORS headers Orthanc does not send (how Orthanc is deployed for OHIF),
+HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ import servers  # noqa: E402
 
 from tests.dicomgen import ct_series  # noqa: E402
 from tests.e2e.browser import CHROMIUM_ARGS, FIRST_IMAGE_PROBE, chromium_path  # noqa: E402
-from tests.e2e.ohif import OhifSite  # noqa: E402
+from tests.e2e.ohif import OhifSite, htj2k_progressive  # noqa: E402
 
 SKIP_TOURS = "try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])); } catch (e) {}"
 # Resource timing keeps 250 entries unless told otherwise: a 600-image series needs more.
@@ -125,9 +129,12 @@ class Target:
     """A server as OHIF sees it: ``scheme://127.0.0.1:port`` + ``root`` behind the link."""
 
     def __init__(self, name: str, host: str, port: int, root: str, scheme: str = "http",
-                 procs: list[servers.Server] | None = None) -> None:
+                 procs: list[servers.Server] | None = None, stack_retrieve: dict[str, Any] | None = None) -> None:
         self.name, self.host, self.port, self.root, self.scheme = name, host, port, root, scheme
         self.procs = procs or []
+        self.stack_retrieve = stack_retrieve
+        #: Requests per image: progressive loading fetches each frame in two ranges.
+        self.per_image = len(stack_retrieve["stages"]) if stack_retrieve else 1
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -144,24 +151,57 @@ def load_series(count: int, size: int) -> tuple[str, list[bytes]]:
     return study, data
 
 
-def start_ours(tmp: Path, data: list[bytes], tls: tuple[str, str] | None) -> list[Target]:
+def self_signed(folder: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (openssl), for the TLS runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+def _load(url: str, data: list[bytes], **kwargs: Any) -> None:
     from tests.httpclient import stow
 
-    server = servers.start_ours(REPO, tmp / "ours", "embedded", ["--max-request-size", "1G"])
     for i in range(0, len(data), 50):
-        response = stow(server.url, data[i:i + 50])
-        response.raise_for_status()
+        stow(url, data[i:i + 50], **kwargs).raise_for_status()
+
+
+def _wait_precomputed(url: str, count: int, timeout: float = 600) -> None:
+    """Until the server's metrics count ``count`` frames encoded at store time."""
+    deadline = time.monotonic() + timeout
+    done = 0.0
+    while time.monotonic() < deadline:
+        text = requests.get(url + "/metrics", verify=False, timeout=30).text
+        done = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("dicomweb_derived_frames_total") and 'result="precomputed"' in line)
+        if done >= count:
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{done:.0f} of {count} frames precomputed")
+
+
+def start_ours(tmp: Path, data: list[bytes], tls: tuple[str, str] | None, htj2k: bool) -> list[Target]:
+    server = servers.start_ours(REPO, tmp / "ours", "embedded", ["--max-request-size", "1G"])
+    _load(server.url, data)
     port = int(server.url.rsplit(":", 1)[1])
     targets = [Target("ours, HTTP/1.1", "127.0.0.1", port, "", procs=[server])]
-    if tls is not None:
-        cert, key = tls
-        secure = servers.start_ours(REPO, tmp / "ours-tls", "embedded", [
-            "--max-request-size", "1G", "--port", f"ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"])
-        # A server of its own (its own data directory), loaded with the same series.
-        for i in range(0, len(data), 50):
-            stow(secure.url.replace("http://", "https://"), data[i:i + 50], verify=False).raise_for_status()
-        targets.append(Target("ours, HTTP/2 + TLS", "127.0.0.1", int(secure.url.rsplit(":", 1)[1]), "",
-                              "https", [secure]))
+    if tls is None:
+        return targets
+    cert, key = tls
+    extra = ["--max-request-size", "1G", "--port", f"ssl:0:interface=127.0.0.1:certKey={cert}:privateKey={key}"]
+    if htj2k:
+        extra += ["--precompute", "htj2k"]
+    secure = servers.start_ours(REPO, tmp / "ours-tls", "embedded", extra)
+    url = secure.url.replace("http://", "https://")
+    _load(url, data, verify=False)  # a server of its own (its own data directory), loaded with the same series
+    secure_port = int(secure.url.rsplit(":", 1)[1])
+    targets.append(Target("ours, HTTP/2 + TLS", "127.0.0.1", secure_port, "", "https", [secure]))
+    if htj2k:
+        _wait_precomputed(url, len(data))
+        targets.append(Target("ours, HTTP/2 + TLS, progressive HTJ2K", "127.0.0.1", secure_port, "", "https",
+                              stack_retrieve=htj2k_progressive()))
     return targets
 
 
@@ -190,6 +230,7 @@ def start_orthanc(tmp: Path, data: list[bytes]) -> Target:
 
 def open_series(playwright: Any, executable: str, site: OhifSite, study: str, count: int,
                 timeout: float) -> dict[str, Any]:
+    """``count``: frame requests that make the whole series (images x requests per image)."""
     """One fresh browser opens the viewer; the page's figures once every frame arrived."""
     profile = tempfile.mkdtemp(prefix="viewer-bench-")
     context = playwright.chromium.launch_persistent_context(
@@ -228,8 +269,9 @@ def run(targets: list[Target], rtts: list[float], mbit: float | None, study: str
                 for _ in range(repeat):
                     with netlink.NetLink((target.host, target.port), rtt_ms=rtt, mbit=mbit) as link:
                         url = f"{target.scheme}://127.0.0.1:{link.port}{target.root}"
-                        with OhifSite(url, "wadors") as site:
-                            samples.append(open_series(playwright, executable, site, study, count, timeout))
+                        with OhifSite(url, "wadors", stack_retrieve=target.stack_retrieve) as site:
+                            samples.append(open_series(playwright, executable, site, study,
+                                                       count * target.per_image, timeout))
                 first = statistics.median(s["firstImage"] for s in samples) / 1000
                 last = statistics.median(s["last"] for s in samples) / 1000
                 row = {"rtt": rtt, "server": target.name, "first": first, "all": last,
@@ -275,8 +317,8 @@ def main() -> None:
     parser.add_argument("--mbit", type=float, default=100.0, help="link bandwidth; 0 = unlimited")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
     parser.add_argument("--no-orthanc", action="store_true")
-    parser.add_argument("--tls-cert", help="certificate (PEM) for the HTTP/2 + TLS run; with --tls-key")
-    parser.add_argument("--tls-key")
+    parser.add_argument("--no-tls", action="store_true", help="no HTTP/2 + TLS runs")
+    parser.add_argument("--no-htj2k", action="store_true", help="no progressive HTJ2K run")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     count = args.images or (120 if args.quick else 600)
@@ -288,8 +330,8 @@ def main() -> None:
     study, data = load_series(count, size)
     targets: list[Target] = []
     try:
-        tls = (args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None
-        targets += start_ours(tmp, data, tls)
+        tls = None if args.no_tls else self_signed(tmp / "tls")
+        targets += start_ours(tmp, data, tls, not args.no_htj2k)
         if not args.no_orthanc:
             targets.append(start_orthanc(tmp, data))
         say(f"OHIF opens the series ({count} images), link {args.mbit:.0f} Mbit/s:")
