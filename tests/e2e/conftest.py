@@ -160,21 +160,29 @@ def ohif(request: pytest.FixtureRequest, e2e_server: Corpus) -> Iterator[OhifSit
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    if executable is None:
+def playwright() -> Iterator[Any]:
+    """The one Playwright driver of the session: its sync API refuses a second
+    one while the first runs, so every browser of the e2e tests comes from it."""
+    if chromium_path() is None:
         _missing("no Chromium: run scripts/install-system-deps (Debian package chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install '.[test]' installs playwright")
-    with sync_api.sync_playwright() as playwright:
-        context, profile = launch(playwright, executable)
-        context.add_init_script(FIRST_IMAGE_PROBE)
-        context.add_init_script(SKIP_TOURS)
-        context.set_default_timeout(60_000)
-        try:
-            yield context
-        finally:
-            context.close()
-            shutil.rmtree(profile, ignore_errors=True)
+    with sync_api.sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Any) -> Iterator[Any]:
+    executable = chromium_path()
+    assert executable is not None  # the playwright fixture skipped otherwise
+    context, profile = launch(playwright, executable)
+    context.add_init_script(FIRST_IMAGE_PROBE)
+    context.add_init_script(SKIP_TOURS)
+    context.set_default_timeout(60_000)
+    try:
+        yield context
+    finally:
+        context.close()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 @dataclass

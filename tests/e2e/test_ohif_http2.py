@@ -48,12 +48,11 @@ def tls_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     assert "Traceback" not in proc.log(), proc.log()[-4000:]
 
 
-def test_ohif_over_https_uses_http2(tls_server: tuple[ServerProcess, str], tmp_path: Path) -> None:
+def test_ohif_over_https_uses_http2(tls_server: tuple[ServerProcess, str], tmp_path: Path, playwright: Any) -> None:
     server, study = tls_server
     executable = chromium_path()
     if executable is None or not (Path(OHIF_DIST) / "index.html").exists():
         _missing("Chromium or the OHIF build missing: scripts/test installs both")
-    sync_api = pytest.importorskip("playwright.sync_api")
     protocols: dict[str, str] = {}
 
     def on_response(params: dict[str, Any]) -> None:
@@ -61,7 +60,7 @@ def test_ohif_over_https_uses_http2(tls_server: tuple[ServerProcess, str], tmp_p
         if response["url"].startswith(server.url):
             protocols[response["url"]] = response.get("protocol", "")
 
-    with OhifSite(server.url, "wadors") as site, sync_api.sync_playwright() as playwright:
+    with OhifSite(server.url, "wadors") as site:
         context, profile = launch(playwright, executable, ignore_https_errors=True)
         try:
             context.add_init_script(FIRST_IMAGE_PROBE)
