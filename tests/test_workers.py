@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -217,3 +218,33 @@ def _is_zombie_or_gone(pid: int) -> bool:
             return fp.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_workers_serve_tls_on_the_adopted_socket(tmp_path: os.PathLike[str]) -> None:
+    from tests.security_fixtures import write_tls_files
+
+    tls = write_tls_files(Path(tmp_path))
+    port = f"ssl:0:interface=127.0.0.1:privateKey={tls.key}:certKey={tls.cert}"
+    server = ServerProcess(os.path.join(tmp_path, "data"), os.path.join(tmp_path, "server.log"),
+                           "--workers", "2", "--port", port)
+    server.scheme, server.verify = "https", tls.ca
+    # ServerProcess gives its own --port first; the later one wins.
+    with server:
+        wait_for(lambda: server.log().count("MeteredSite (TLS) starting on") == 2, what="both workers on TLS")
+        seen: set[str] = set()
+        for _ in range(200):
+            with requests.Session() as session:
+                session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+                session.get(server.url + "/health", verify=tls.ca, timeout=10).raise_for_status()
+            seen = {w for w, n in by_worker_tls(server.url, tls.ca).items() if n}
+            if seen == {"0", "1"}:
+                break
+        assert seen == {"0", "1"}
+
+
+def by_worker_tls(url: str, ca: str) -> dict[str, float]:
+    with requests.Session() as session:
+        session.trust_env = False
+        text = session.get(url + "/metrics", verify=ca, timeout=10).text
+    return {s.labels["worker"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "dicomweb_worker_http_requests_total"}
