@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -182,10 +183,11 @@ def makeService(options: Options | dict[str, Any], reactor: IReactor | None = No
 
 
 def build_service(settings: Settings, reactor: IReactor, worker: int | None = None,
-                  listen_reactor: Any = None) -> service.MultiService:
-    """The server in this process; ``worker``/``listen_reactor``: as worker
-    process ``worker`` of a supervising process (:mod:`dicomweb.workers`),
-    listening with ``listen_reactor`` (see :func:`http_listener`)."""
+                  listen_reactor: Any = None, dimse_socket: socket.socket | None = None) -> service.MultiService:
+    """The server in this process; ``worker``/``listen_reactor``/``dimse_socket``:
+    as worker process ``worker`` of a supervising process
+    (:mod:`dicomweb.workers`), listening with ``listen_reactor`` (see
+    :func:`http_listener`) and serving DIMSE on the inherited ``dimse_socket``."""
     from .web.metrics import Metrics
     from .web.site import build_site
 
@@ -203,4 +205,5 @@ def build_service(settings: Settings, reactor: IReactor, worker: int | None = No
         from .workers import drain_requests
 
         drain = partial(drain_requests, metrics.requests_in_flight, reactor)
-    return _StoreThenListen(store, pool, dimse.with_dimse(listener, settings, store, reactor, pool), drain)
+    both = dimse.with_dimse(listener, settings, store, reactor, pool, dimse_socket)
+    return _StoreThenListen(store, pool, both, drain)

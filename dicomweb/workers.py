@@ -39,8 +39,9 @@ are (``tcp.Server``), so plain HTTP keeps it.
 DIMSE (``--dimse-port``) runs in worker 0 only: pynetdicom accepts and serves
 associations in threads of its own, not on the reactor, so more processes
 would not add much, and ``--dimse-max-associations`` stays one limit for the
-server, as configured. Worker 0 binds the DIMSE port itself (with
-``SO_REUSEADDR``, so its replacement can bind it again at once).
+server, as configured. The supervisor opens the DIMSE socket too, and worker
+0 (and its replacement) serves it: associations requested while worker 0
+restarts wait in its queue.
 
 Logs: a worker writes its log events as JSON records to its standard output;
 the supervisor publishes them in its own log (file or stdout, as twistd was
@@ -86,8 +87,9 @@ from .web.metrics import MULTIPROC_ENV, InFlight
 
 log = Logger()
 
-#: The inherited listening socket's descriptor in a worker.
+#: The inherited listening sockets' descriptors in a worker (DIMSE: worker 0).
 HTTP_FD = 3
+DIMSE_FD = 4
 #: A worker that ran this many seconds before it died is restarted after the
 #: shortest delay again.
 STABLE_AFTER = 10.0
@@ -105,6 +107,7 @@ class WorkerConfig:
 
     index: int
     settings: Settings
+    dimse: bool = False  # the DIMSE socket is descriptor DIMSE_FD
 
 
 # -- the supervisor --------------------------------------------------------------
@@ -119,6 +122,7 @@ class Supervisor(service.Service):
         self.settings = settings
         self.reactor: Any = reactor  # IReactorProcess too, which IReactor does not declare
         self.port: Any = None
+        self.dimse_socket: socket.socket | None = None
         self.store: Any = None
         self.pool: ThreadPool | None = None
         self.metrics_dir: str | None = None
@@ -139,6 +143,8 @@ class Supervisor(service.Service):
         endpoint = endpoints.serverFromString(self.reactor, endpoint_description(self.settings.port))
         self.port = await endpoint.listen(_SharedSocket())
         self.port.stopReading()  # only the workers accept
+        if self.settings.dimse_port:
+            self.dimse_socket = _dimse_socket(self.settings.dimse_port)
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="dicomweb-supervisor")
         self.pool.start()
         self.store = build_store(self.settings, self.reactor, self.pool)
@@ -157,14 +163,17 @@ class Supervisor(service.Service):
         self._restarts.pop(index, None)
         if self.stopping:
             return
-        settings = self.settings if index == 0 else replace(self.settings, dimse_port=None)
-        worker = _Worker(self, index, WorkerConfig(index, settings))
+        dimse = index == 0 and self.dimse_socket is not None
+        settings = self.settings if dimse else replace(self.settings, dimse_port=None)
+        worker = _Worker(self, index, WorkerConfig(index, settings, dimse))
+        fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", HTTP_FD: self.port.fileno()}
+        if dimse and self.dimse_socket is not None:
+            fds[DIMSE_FD] = self.dimse_socket.fileno()
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, MULTIPROC_ENV: self.metrics_dir or "",
                "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
         args = [sys.executable, "-c", "from dicomweb.workers import worker_main; worker_main()"]
-        self.reactor.spawnProcess(worker, sys.executable, args, env=env,
-                                  childFDs={0: "w", 1: "r", 2: "r", HTTP_FD: self.port.fileno()})
+        self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=fds)
         self.workers[index] = worker
         log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
 
@@ -214,6 +223,8 @@ class Supervisor(service.Service):
     async def _close(self) -> None:
         if self.port is not None:
             await self.port.stopListening()
+        if self.dimse_socket is not None:
+            self.dimse_socket.close()
         if self.store is not None:
             await self.store.close()
         if self.pool is not None:
@@ -221,6 +232,24 @@ class Supervisor(service.Service):
         if self.metrics_dir:
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("all workers stopped")
+
+
+def _dimse_socket(address: str) -> socket.socket:
+    """The DIMSE listening socket (``--dimse-port``), bound as pynetdicom
+    binds it, for worker 0 to serve."""
+    from .dimse.peers import bind
+
+    host, port = bind(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _SharedSocket(protocol.Factory):
@@ -423,8 +452,9 @@ def worker_main() -> None:
     from .twistedtypes import global_reactor
 
     reactor: Any = global_reactor()
+    dimse = socket.socket(fileno=DIMSE_FD) if config.dimse else None
     server = build_service(config.settings, reactor, worker=config.index,
-                           listen_reactor=AdoptingReactor(reactor, HTTP_FD))
+                           listen_reactor=AdoptingReactor(reactor, HTTP_FD), dimse_socket=dimse)
     reactor.addReader(_Lifeline(reactor, 0))
     # Ctrl-C in a terminal reaches the whole process group: the supervisor
     # alone decides, and stops the workers with SIGTERM.

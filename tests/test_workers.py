@@ -13,6 +13,7 @@ runs once, in the supervisor, and not again when a worker restarts.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -248,3 +249,25 @@ def by_worker_tls(url: str, ca: str) -> dict[str, float]:
         text = session.get(url + "/metrics", verify=ca, timeout=10).text
     return {s.labels["worker"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
             if s.name == "dicomweb_worker_http_requests_total"}
+
+
+def test_dimse_runs_in_worker_0_on_the_supervisors_socket_across_a_restart(tmp_path: os.PathLike[str]) -> None:
+    from tests.dimse_helpers import VERIFICATION, DimseServer, associate, c_store
+
+    with DimseServer(os.path.join(tmp_path, "data"), os.path.join(tmp_path, "server.log"), "--workers", "2") as server:
+        assert server.log().count("DIMSE listener (AE") == 1  # worker 0 only
+        study = generate_uid()
+        [part] = dicomgen.ct_series(1, study_uid=study, size=16)
+        assert c_store(server.dimse_port, part).Status == 0
+        for _ in range(4):  # stored through DIMSE, seen by whichever worker answers
+            assert requests.get(f"{server.url}/studies/{study}/series", timeout=10).status_code == 200
+        worker0 = int(re.findall(r"worker 0 started \(pid (\d+)\)", server.log())[-1])
+        os.kill(worker0, signal.SIGKILL)
+        # Requested while worker 0 is down: waits in the supervisor's socket queue.
+        assoc = associate(server.dimse_port, [(VERIFICATION, [])])
+        try:
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0
+        finally:
+            assoc.release()
+        wait_for(lambda: server.log().count("DIMSE listener (AE") == 2, what="worker 0's replacement on DIMSE")
