@@ -69,7 +69,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import abstract, defer, endpoints, fdesc, main, protocol, task, tcp
+from twisted.internet import abstract, defer, endpoints, error, fdesc, main, protocol, task, tcp
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.logger import (
     Logger,
@@ -131,20 +131,36 @@ class Supervisor(service.Service):
         self._failures: dict[int, int] = {}
         self._restarts: dict[int, Any] = {}  # index -> the DelayedCall of its restart
 
+    def privilegedStartService(self) -> None:
+        """Open the sockets, before twistd drops privileges (ports below
+        1024) and failing the start at once when one cannot be had."""
+        from .tap import endpoint_description
+
+        super().privilegedStartService()
+        endpoint = endpoints.serverFromString(self.reactor, endpoint_description(self.settings.port))
+        listening = endpoint.listen(_SharedSocket())
+        results: list[Any] = []
+        listening.addBoth(results.append)  # tcp:, ssl:, unix: listen at once
+        if not results:
+            raise RuntimeError(f"--workers: the endpoint {self.settings.port!r} does not listen at once")
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        self.port = results[0]
+        self.port.stopReading()  # only the workers accept
+        if self.settings.dimse_port:
+            self.dimse_socket = _dimse_socket(self.settings.dimse_port)
+
     def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
         super().startService()
         d = ensureDeferred(self._start())
         d.addErrback(self._failed)
 
     async def _start(self) -> None:
-        from .tap import build_store, endpoint_description
+        from .tap import build_store
 
-        # The socket first: a port that cannot be had fails the start at once.
-        endpoint = endpoints.serverFromString(self.reactor, endpoint_description(self.settings.port))
-        self.port = await endpoint.listen(_SharedSocket())
-        self.port.stopReading()  # only the workers accept
-        if self.settings.dimse_port:
-            self.dimse_socket = _dimse_socket(self.settings.dimse_port)
+        # The startup work, once, before any worker exists.
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="dicomweb-supervisor")
         self.pool.start()
         self.store = build_store(self.settings, self.reactor, self.pool)
@@ -418,12 +434,22 @@ class _Lifeline(abstract.FileDescriptor):
             data = os.read(self._fd, 4096)
         except BlockingIOError:
             return None
-        if data:
-            return None
-        log.info("the supervising process is gone: stopping")
-        reactor: Any = self.reactor
-        reactor.callLater(0, reactor.stop)
-        return main.CONNECTION_DONE
+        return None if data else main.CONNECTION_DONE
+
+    def connectionLost(self, reason: Failure) -> None:
+        # A pipe whose writer is gone polls as hung up, without data: the
+        # reactor reports that as a clean close, never calling doRead.
+        super().connectionLost(reason)
+        if reason.check(error.ConnectionDone):
+            log.info("the supervising process is gone: stopping")
+            self.reactor.callLater(0, _stop, self.reactor)  # type: ignore[attr-defined]
+
+
+def _stop(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except error.ReactorNotRunning:  # already stopping (told by a signal too)
+        return
 
 
 def _read_config(fd: int) -> WorkerConfig:

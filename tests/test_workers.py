@@ -271,3 +271,32 @@ def test_dimse_runs_in_worker_0_on_the_supervisors_socket_across_a_restart(tmp_p
         finally:
             assoc.release()
         wait_for(lambda: server.log().count("DIMSE listener (AE") == 2, what="worker 0's replacement on DIMSE")
+
+
+def test_workers_option_takes_a_count_or_auto() -> None:
+    from dicomweb.config import load_settings
+
+    assert load_settings({"workers": "3"}, environ={}).workers == 3
+    assert load_settings({}, environ={}).workers == 1
+    assert load_settings({"workers": "auto"}, environ={}).workers == len(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="--workers"):
+        load_settings({"workers": "0"}, environ={})
+
+
+def test_a_busy_port_fails_the_start_at_once(tmp_path: os.PathLike[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = ServerProcess(os.path.join(tmp_path, "data"), os.path.join(tmp_path, "server.log"),
+                               "--workers", "2", "--port", f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1")
+        with pytest.raises(RuntimeError, match="server exited"):
+            server.start()
+    assert "Address already in use" in server.log() and "worker 0 started" not in server.log()
+
+
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: os.PathLike[str]) -> None:
+    server = start_workers(str(tmp_path), "embedded", None)  # type: ignore[arg-type]  # no couch needed
+    assert server.proc is not None
+    workers = children(server.proc.pid)
+    server.kill()  # SIGKILL: no chance to stop them
+    wait_for(lambda: all(_is_zombie_or_gone(pid) for pid in workers), what="the orphaned workers to exit")
