@@ -7,7 +7,10 @@ exact; ``/metrics`` adds up both; a worker killed with SIGKILL is replaced
 while the service keeps answering; SIGTERM to the supervisor answers the
 request in flight, stops every worker with exit status 0 and leaves no
 process behind; the startup work (spool clearing, CouchDB journal repair)
-runs once, in the supervisor, and not again when a worker restarts.
+runs once, in the supervisor, and not again when a worker restarts. Also:
+TLS on the adopted socket, DIMSE in worker 0 on the supervisor's socket
+across a restart, a busy port failing the start, workers stopping by
+themselves when their supervisor is killed.
 """
 
 from __future__ import annotations
