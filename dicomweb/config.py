@@ -42,6 +42,9 @@ class Settings:
     trust_forwarded: bool = False
     log_query_strings: bool = False
     no_sendfile: bool = False
+    no_compression: bool = False
+    metadata_cache_size: int = 64 << 20
+    no_http2: bool = False
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)

@@ -237,6 +237,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("log-query-strings", "Put query strings (may hold patient names/IDs) in the access log", flag=True),
     Option("no-sendfile", "Send stored files through user space instead of os.sendfile (e.g. on a "
            "network filesystem that mishandles it)", flag=True),
+    Option("no-compression", "Never compress JSON and XML answers (gzip, br), even when the client accepts it",
+           flag=True),
+    Option("metadata-cache-size", "Memory kept for compressed study and series metadata, e.g. 64M (0: none)",
+           parse=size, default="64M"),
+    Option("no-http2", "Over TLS, offer HTTP/1.1 only (HTTP/2 is offered by ALPN by default)", flag=True),
     # The CouchDB store (used when couchdb is set).  The URL may hold a password.
     Option("couchdb", "Use the CouchDB store at this URL (http://[user:password@]host:5984)", secret=True),
     Option("couchdb-db", "CouchDB database name", default="dicomweb"),

@@ -142,6 +142,8 @@ def test_what_one_worker_stored_every_worker_answers_at_once(workers: ServerProc
         metadata = requests.get(f"{workers.url}/studies/{study}/series/{series}/instances/{sop}/metadata",
                                 timeout=10)
         assert metadata.status_code == 200
+        # Each worker keeps compressed study metadata by entity tag: never a stale one.
+        assert len(requests.get(f"{workers.url}/studies/{study}/metadata", timeout=10).json()) == n + 1
 
 
 def test_concurrent_stows_through_both_workers_keep_the_aggregates_exact(workers: ServerProcess) -> None:
@@ -214,6 +216,9 @@ def test_sigterm_answers_the_request_in_flight_then_stops_everything(
     assert server.proc.wait(30) == -signal.SIGTERM
     assert all(_is_zombie_or_gone(pid) for pid in workers) and not children(parent)
     assert server.log().count("stopped (exit code 0)") == 2 and "all workers stopped" in server.log()
+    if store == "embedded":  # marked closed cleanly by the supervisor, closed last
+        assert os.path.exists(os.path.join(server.data_dir, "index.closed-cleanly"))
+        assert "index checked" not in server.log()
 
 
 def _is_zombie_or_gone(pid: int) -> bool:
@@ -244,6 +249,14 @@ def test_workers_serve_tls_on_the_adopted_socket(tmp_path: os.PathLike[str]) -> 
             if seen == {"0", "1"}:
                 break
         assert seen == {"0", "1"}
+        # HTTP/2 by ALPN, offered by the site through the TLS wrapper of the adopted socket.
+        import ssl
+
+        import httpx
+
+        with httpx.Client(http2=True, verify=ssl.create_default_context(cafile=tls.ca), base_url=server.url,
+                          timeout=30) as client:
+            assert client.get("/health").http_version == "HTTP/2"
 
 
 def by_worker_tls(url: str, ca: str) -> dict[str, float]:

@@ -306,6 +306,25 @@ def transcode_instance(part10_bytes: bytes, target_tsuid: str, *, quality: int |
     return out.getvalue()
 
 
+def element_value(part10_bytes: bytes, path: str) -> bytes | None:
+    """The value of the element at a bulk data ``path`` (a tag, then item
+    index/tag pairs) as Explicit VR Little Endian bytes, or None if absent.
+
+    For objects whose bulk data has no byte range in the stored file
+    (deflated ones): the object is inflated and read whole."""
+    ds = _read(part10_bytes)
+    _to_native(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
+    steps = path.split("/")
+    node: Any = ds
+    try:
+        for i in range(0, len(steps) - 1, 2):
+            node = node[int(steps[i], 16)].value[int(steps[i + 1])]
+        value = node[int(steps[-1], 16)].value
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return value if isinstance(value, bytes) else None
+
+
 def _read(part10_bytes: bytes) -> Dataset:
     try:
         return dcmread(io.BytesIO(part10_bytes))

@@ -137,6 +137,15 @@ class Store(Protocol):
         """Stored DICOM JSON texts (relative BulkDataURIs), same order as
         ``instances``. Raises NotFound when there are none."""
 
+    async def version(self, study: str, series: str | None = None) -> str:
+        """A short opaque token of the current state of a study's (or a
+        series') instances: it changes whenever ``metadata(study, series)``
+        would answer differently (an instance stored, replaced, moved,
+        rejected, deleted or restored), and only then. Cheaper than the
+        metadata: the web layer names its cached answers with it
+        (``ETag``). It is at least as old as what a ``metadata`` call made
+        after it returns. Raises NotFound when there are no instances."""
+
     async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes:
         """``length`` bytes of the stored Part 10 object from ``offset``."""
 

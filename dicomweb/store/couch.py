@@ -198,6 +198,16 @@ class CouchStore:
         docs = await self._select(study, series, sop, ["meta", "series", "sop", "series_number", "instance_number"])
         return [d["meta"].encode("utf-8") for d in docs]
 
+    async def version(self, study: str, series: str | None = None) -> str:
+        """The study document's revision, for a series too: every STOW that
+        stores or replaces an instance of the study rewrites that document
+        (its ``at`` changes), every reject or delete changes its counts, and
+        it is written after the instance documents it describes."""
+        doc = await self.docs.get("s:" + study)
+        if not doc:
+            raise not_found(series)
+        return str(doc["_rev"])
+
     async def _select(self, study: str, series: str | None, sop: str | None, fields: list[str]) -> list[dict[str, Any]]:
         if sop is not None:
             doc = await self.docs.get(instance_id(sop))

@@ -65,7 +65,7 @@ class EmbeddedStore:
         Its bodies are received in ``spool/worker-<n>/``, which only it
         uses, so it clears that directory when it (re)starts, never the
         spool of a sibling that may be receiving."""
-        self.index = EmbeddedIndex(data_dir)
+        self.index = EmbeddedIndex(data_dir, marks_clean=worker is None)
         self._reactor = reactor
         self._pool = pool
         self._reactor_conn: sqlite3.Connection | None = None  # used by _read on the reactor thread only
@@ -190,6 +190,11 @@ class EmbeddedStore:
                        sop: str | None = None) -> list[bytes]:
         rows = await self._select_rows(sqlindex.METADATA_COLUMN, study, series, sop)
         return [bytes(r[3]) for r in rows]
+
+    async def version(self, study: str, series: str | None = None) -> str:
+        # A primary-key lookup: on the reactor thread (see _read).
+        token: str = await self._read(sqlindex.version, study, series)
+        return token
 
     async def _select_rows(self, columns: str, study: str, series: str | None,
                            sop: str | None) -> list[tuple[Any, ...]]:

@@ -141,6 +141,11 @@ class Metrics:
         self.requests_in_flight = InFlight(self.in_flight)
         self.by_worker = Counter("dicomweb_worker_http_requests", "HTTP requests answered, by worker process",
                                  ["worker"], registry=self.registry).labels(str(worker))
+        self.cache_lookups = Counter("dicomweb_metadata_cache_lookups", "Lookups of compressed study/series metadata",
+                                     ["result"], registry=self.registry)
+        # Each worker process keeps a cache of its own: their sizes add up.
+        self.cache_bytes = Gauge("dicomweb_metadata_cache_bytes", "Bytes of compressed metadata kept",
+                                 registry=self.registry, multiprocess_mode="livesum")
         # Route labels have fixed cardinality (see route_label), so this stays small.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
@@ -182,7 +187,7 @@ class InstrumentedStore:
 
     Histogram ``dicomweb_store_operation_duration_seconds`` with labels
     (store name, operation): ``store_batch``, ``instances``, ``metadata``,
-    ``read``, ``search``, ``ready``, ``delete``, ``reject``, and ``chunk``
+    ``version``, ``read``, ``search``, ``ready``, ``delete``, ``reject``, and ``chunk``
     (the wait for each chunk of ``chunks``). Lifecycle calls and
     ``local_path`` (no I/O) are passed through untimed.
     """
@@ -231,6 +236,9 @@ class InstrumentedStore:
     async def metadata(self, study: str, series: str | None = None,
                        sop: str | None = None) -> list[bytes]:
         return await self._timed("metadata", self._store.metadata(study, series, sop))
+
+    async def version(self, study: str, series: str | None = None) -> str:
+        return await self._timed("version", self._store.version(study, series))
 
     async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes:
         return await self._timed("read", self._store.read(record, offset, length))
