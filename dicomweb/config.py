@@ -40,6 +40,7 @@ class Settings:
     workers: int = 1
     allow_remote: bool = False
     trust_forwarded: bool = False
+    changefeed_waiters: int = 100
     log_query_strings: bool = False
     no_sendfile: bool = False
     no_compression: bool = False

@@ -233,6 +233,8 @@ OPTIONS: tuple[Option, ...] = (
            "README \"Workers\"", parse=workers, default="1"),
     Option("config", "TOML config file with the same option names", short="c", field=None),
     Option("allow-remote", "Allow listening on non-loopback addresses without authentication", flag=True),
+    Option("changefeed-waiters", "Change-feed long-poll requests waiting at once at most (more: 503)",
+           parse=at_least(1), default="100"),
     Option("trust-forwarded", "Build public URLs from X-Forwarded-Proto/Host/Prefix", flag=True),
     Option("log-query-strings", "Put query strings (may hold patient names/IDs) in the access log", flag=True),
     Option("no-sendfile", "Send stored files through user space instead of os.sendfile (e.g. on a "

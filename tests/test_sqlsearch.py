@@ -268,8 +268,15 @@ def test_patient_counts_and_the_latest_studys_attributes() -> None:
     assert conn.execute("SELECT COUNT(*) FROM patients").fetchone() == (len(STUDIES),)
 
 
+def downgrade_to_4(conn: sqlite3.Connection) -> None:
+    """Make a current database what a version 4 server wrote (no change feed)."""
+    conn.execute("DROP TABLE changes")
+    conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+
+
 def downgrade_to_3(conn: sqlite3.Connection) -> None:
-    """Make a version 4 database what a version 3 server wrote."""
+    """Make a current database what a version 3 server wrote."""
+    downgrade_to_4(conn)
     conn.execute("DROP INDEX studies_by_patient")
     conn.execute("ALTER TABLE studies DROP COLUMN patient_key")
     conn.execute("DROP TABLE patients")
@@ -286,7 +293,7 @@ def test_a_version_3_database_gets_its_patients(tmp_path: Any) -> None:
     downgrade_to_3(conn)
     assert sqlsearch.search(conn, parse_query("study", [("limit", "1")]))  # a version 3 database
     sqlschema.migrate(conn)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(sqlschema.SCHEMA_VERSION),)
     assert sqlsearch.search(conn, parse_query("patient", [("includefield", "all")])) == before
     assert conn.execute("SELECT COUNT(*) FROM qido_keys").fetchone() == keys
     sqlschema.migrate(conn)  # idempotent

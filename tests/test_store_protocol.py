@@ -15,6 +15,7 @@ import pytest_twisted
 from dicomweb.dicom.query import Query, parse_query
 from dicomweb.store import base
 from dicomweb.store.base import InstanceRecord, Spool, Store, StoreItem, StoreOutcome
+from dicomweb.store.changes import Change
 from dicomweb.store.couch import CouchStore
 from dicomweb.store.embedded import EmbeddedStore
 from dicomweb.web.metrics import InstrumentedStore, Metrics
@@ -66,6 +67,9 @@ class _Fake:
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int: return 1
     async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int: return 1
     async def purge_rejected(self, older_than: float) -> int: return 2
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]: return []
+    async def latest_change(self, metadata: bool) -> Change | None: return None
+    async def wait_changes(self, offset: int, timeout: float) -> bool: return False
 
 
 @pytest_twisted.ensureDeferred

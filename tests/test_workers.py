@@ -167,6 +167,23 @@ def test_concurrent_stows_through_both_workers_keep_the_aggregates_exact(workers
     assert stored - stored_before == 24
 
 
+def test_a_change_feed_long_poll_on_one_worker_hears_a_stow_through_either(workers: ServerProcess) -> None:
+    latest = requests.get(workers.url + "/changefeed/latest", params={"includemetadata": "false"}, timeout=10).json()
+    offset = latest.get("Sequence", 0)
+    for _ in range(4):  # each time a new long-poll and a new STOW connection: both workers take part
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(requests.get, workers.url + "/changefeed", timeout=60, params={
+                "offset": str(offset), "timeout": "30", "includemetadata": "false"})
+            wait_for(lambda: samples(workers.url).get(("dicomweb_changefeed_waiters", ()), 0) >= 1, what="a waiter")
+            started = time.monotonic()
+            [part] = dicomgen.ct_series(1, size=16)
+            assert stow(workers.url, [part]).status_code == 200
+            events = waiting.result().json()
+        assert len(events) == 1 and events[0]["Action"] == "Create"
+        assert time.monotonic() - started < 15  # woken (or polling every second), not the 30 s timeout
+        offset = events[0]["Sequence"]
+
+
 def test_a_killed_worker_is_replaced_and_the_service_keeps_answering(workers: ServerProcess) -> None:
     assert workers.proc is not None
     parent = workers.proc.pid

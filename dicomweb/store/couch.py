@@ -67,8 +67,9 @@ from ..dicom.dicomjson import first_text, int_value
 from ..dicom.order import retrieval_key
 from ..dicom.query import PATIENT, Query
 from ..twistedtypes import IReactor
-from . import couchpatients, couchsearch
+from . import couchchanges, couchpatients, couchsearch
 from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
+from .changes import Change
 from .common import ATTEMPTS, gather
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import CouchDocs, instance_id
@@ -135,6 +136,7 @@ class CouchStore:
         self.aggregates = Aggregates(self.docs, reactor)
         self.removal = Removal(self.docs, self.aggregates)
         self.schema = Schema(self.docs, self.aggregates)
+        self.feed = couchchanges.ChangeNumbering(self.docs, reactor)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -156,11 +158,13 @@ class CouchStore:
             self._sweeper = LoopingCall(self._sweep_quietly)
             self._sweeper.clock = self.reactor
             self._sweeper.start(60, now=False)
+        await self.feed.open()
         log.info("CouchDB store ready at {url} (schema {version})", url=self.client.safe_url, version=SCHEMA_VERSION)
 
     async def close(self) -> None:
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        await self.feed.close()
         await self.client.close()
 
     async def ready(self) -> bool:
@@ -305,6 +309,8 @@ class CouchStore:
         await gather(run_group(g) for g in groups.values())
         # QIDO keys of the new versions, before the batch is acknowledged.
         await couchsearch.sync_instance_keys(self.docs, written)
+        # Change-feed events, before the batch is acknowledged (couchchanges).
+        await couchchanges.write_events(self.docs, couchchanges.created_events(d for d, _ in written))
         await self.aggregates.refresh(touched, _level_hints(items, outcomes))
         await self.docs.close_journal(journal)  # if that fails, the sweep removes it
         return [o or StoreOutcome("failed", "not processed", PROCESSING_FAILURE) for o in outcomes]
@@ -380,6 +386,7 @@ class CouchStore:
             "bulk": {k: list(v) for k, v in info.bulk.items()},
             "meta": info.metadata_bytes().decode("utf-8"),
             "stored_at": time.time(),
+            "ev": couchchanges.new_token(),  # names this change's feed event
             "_attachments": {att: {"stub": True, "digest": digest.md5, "content_type": "application/dicom",
                                    "length": size}},
         }
@@ -416,6 +423,8 @@ class CouchStore:
         # A delete/reject may have stopped before its instances' keys were removed.
         removed = await self.docs.get_docs({instance_id(sop) for j in journals for sop in j.get("removed", [])})
         await couchsearch.forget_instances(self.docs, [d for d in removed.values() if d.get("state") != "stored"])
+        # The change-feed events of those batches (ids known from the documents: no duplicates).
+        await couchchanges.write_events(self.docs, couchchanges.repair_events([*docs.values(), *removed.values()]))
         now = time.time()
         for j in journals:
             if not finish or now - float(j.get("at", now)) < grace:
@@ -433,6 +442,17 @@ class CouchStore:
             await self.sweep()
         except (StoreUnavailable, CouchError) as exc:
             log.warn("journal sweep postponed: {error}", error=type(exc).__name__)
+
+    # -- change feed (couchchanges) ---------------------------------------------------
+
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]:
+        return await self.feed.changes(offset, limit, metadata)
+
+    async def latest_change(self, metadata: bool) -> Change | None:
+        return await self.feed.latest(metadata)
+
+    async def wait_changes(self, offset: int, timeout: float) -> bool:
+        return await self.feed.wait(offset, timeout)
 
     # -- search ---------------------------------------------------------------------
 

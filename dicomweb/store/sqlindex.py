@@ -45,7 +45,7 @@ from twisted.logger import Logger
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
 from ..io.files import copy_range, read_at, start_writeback
-from . import sqlremove, sqlschema
+from . import sqlchanges, sqlremove, sqlschema
 from .base import InstanceRecord, StoreItem, StoreOutcome, not_found
 
 T = TypeVar("T")
@@ -350,6 +350,7 @@ class EmbeddedIndex:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
             sqlschema.upsert_instance(conn, info, rel)
             was_rejected = sqlremove.forget_rejected(conn, info.sop_uid)  # storing again restores it
+            sqlchanges.created(conn, info.sop_uid, info.series_uid, info.study_uid)
             conn.execute("RELEASE one")
         except sqlite3.Error as exc:
             try:

@@ -33,6 +33,7 @@ from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import NotFound, Store, StoreUnavailable
 from ..twistedtypes import IReactor
 from . import capabilities, negotiation, qido, wadouri
+from .changefeed import ChangeFeed
 from .compression import BodyCache, Coder
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
@@ -51,6 +52,7 @@ class WebSettings:
     base_url: str | None = None  # public URL used in RetrieveURL / BulkDataURI
     trust_forwarded: bool = False  # honour X-Forwarded-Proto/Host/Prefix
     qido_max_limit: int = DEFAULT_MAX_LIMIT  # answers per QIDO page at most (limit=0: this)
+    changefeed_waiters: int = 100  # change-feed long-poll waiters at most (then 503)
     compression: bool = True  # gzip/br for JSON and XML answers (README "Compression and caching")
     metadata_cache_size: int = 64 << 20  # bytes of compressed study/series metadata kept
 
@@ -58,7 +60,8 @@ class WebSettings:
     def from_settings(cls, settings: Settings) -> WebSettings:
         """The web layer's part of the service's settings."""
         return cls(base_url=settings.base_url, trust_forwarded=settings.trust_forwarded,
-                   compression=not settings.no_compression, metadata_cache_size=settings.metadata_cache_size)
+                   compression=not settings.no_compression, metadata_cache_size=settings.metadata_cache_size,
+                   changefeed_waiters=settings.changefeed_waiters)
 
 
 class DICOMwebApp:
@@ -73,6 +76,7 @@ class DICOMwebApp:
         self.settings = settings or WebSettings()
         self.coder = Coder(reactor, pool, self.settings.compression)
         self.wado = Wado(store, reactor, pool, self.coder, BodyCache(self.settings.metadata_cache_size, self.metrics))
+        self.changefeed = ChangeFeed(store, reactor, self.settings.changefeed_waiters, self.metrics.changefeed_waiters)
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -380,6 +384,17 @@ class DICOMwebApp:
         log.info("reject ({code}): {count} instances", code=str(rejection), count=count)
         request.setResponseCode(204)
         return b""
+
+    # -- change feed (README "Change feed"; the logic is in changefeed.py) -----
+
+    @app.route("/changefeed", methods=["GET", "HEAD"])
+    async def change_feed(self, request: Request) -> bytes:
+        body = await self.changefeed.feed(request, self.base_url(request))
+        return b"" if body is None else await self.coder.encode(request, body)  # None: an event stream, written
+
+    @app.route("/changefeed/latest", methods=["GET", "HEAD"])
+    async def change_feed_latest(self, request: Request) -> bytes:
+        return await self.coder.encode(request, await self.changefeed.latest(request, self.base_url(request)))
 
     # -- capabilities (PS3.18 8.9; the document is built in capabilities.py) ---
 

@@ -29,6 +29,7 @@ from twisted.web.http import Request
 
 from ..dicom.query import Query
 from ..store.base import InstanceRecord, Spool, Store, StoreItem, StoreOutcome
+from ..store.changes import Change
 from .stream import close_iterator
 
 T = TypeVar("T")
@@ -141,6 +142,8 @@ class Metrics:
         self.requests_in_flight = InFlight(self.in_flight)
         self.by_worker = Counter("dicomweb_worker_http_requests", "HTTP requests answered, by worker process",
                                  ["worker"], registry=self.registry).labels(str(worker))
+        self.changefeed_waiters = Gauge("dicomweb_changefeed_waiters", "Change-feed long-polls waiting now",
+                                        registry=self.registry, multiprocess_mode="livesum")
         self.cache_lookups = Counter("dicomweb_metadata_cache_lookups", "Lookups of compressed study/series metadata",
                                      ["result"], registry=self.registry)
         # Each worker process keeps a cache of its own: their sizes add up.
@@ -187,7 +190,7 @@ class InstrumentedStore:
 
     Histogram ``dicomweb_store_operation_duration_seconds`` with labels
     (store name, operation): ``store_batch``, ``instances``, ``metadata``,
-    ``version``, ``read``, ``search``, ``ready``, ``delete``, ``reject``, and ``chunk``
+    ``version``, ``read``, ``search``, ``ready``, ``delete``, ``reject``, ``changes``, and ``chunk``
     (the wait for each chunk of ``chunks``). Lifecycle calls and
     ``local_path`` (no I/O) are passed through untimed.
     """
@@ -273,3 +276,13 @@ class InstrumentedStore:
     async def purge_rejected(self, older_than: float) -> int:
         return await self._store.purge_rejected(older_than)
 
+
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]:
+        return await self._timed("changes", self._store.changes(offset, limit, metadata))
+
+    async def latest_change(self, metadata: bool) -> Change | None:
+        return await self._timed("changes", self._store.latest_change(metadata))
+
+    async def wait_changes(self, offset: int, timeout: float) -> bool:
+        # Untimed: its duration is how long a client chose to wait.
+        return await self._store.wait_changes(offset, timeout)
