@@ -40,6 +40,8 @@ setup(
         "pylibjpeg-libjpeg>=2.1",
         "pylibjpeg-openjpeg>=2.3",
         "pylibjpeg-rle>=2.0",
+        # HTJ2K encoding (OpenJPH): the release tested here, with htj2k_encode tlm/tilepart.
+        "imagecodecs>=2026.3.6",
         "bcrypt>=4.1",
         "pyjwt[crypto]>=2.8",
         "pynetdicom>=2.1",

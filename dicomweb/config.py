@@ -46,6 +46,8 @@ class Settings:
     no_compression: bool = False
     metadata_cache_size: int = 64 << 20
     no_http2: bool = False
+    derived_cache_mb: int = 1024
+    precompute: str = "none"
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)

@@ -244,6 +244,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("metadata-cache-size", "Memory kept for compressed study and series metadata, e.g. 64M (0: none)",
            parse=size, default="64M"),
     Option("no-http2", "Over TLS, offer HTTP/1.1 only (HTTP/2 is offered by ALPN by default)", flag=True),
+    Option("derived-cache-mb", "Disk (MiB) for transcoded frames kept under DATA-DIR/derived, least recently "
+           "used first out; 0 = off", parse=at_least(0), default="1024"),
+    Option("precompute", "After STOW, encode new frames in the background: none or htj2k",
+           parse=choice("none", "htj2k"), default="none"),
     # The CouchDB store (used when couchdb is set).  The URL may hold a password.
     Option("couchdb", "Use the CouchDB store at this URL (http://[user:password@]host:5984)", secret=True),
     Option("couchdb-db", "CouchDB database name", default="dicomweb"),

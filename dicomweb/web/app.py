@@ -7,6 +7,7 @@ turned into an HTTP answer in one place (``_http_error``).
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,10 @@ from ..twistedtypes import IReactor
 from . import capabilities, negotiation, qido, wadouri
 from .changefeed import ChangeFeed
 from .compression import BodyCache, Coder
+from .derived import DerivedCache
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
+from .precompute import Precompute
 from .stow import body_shape, store_body
 from .validators import CACHE_CONTROL, add_vary
 from .wado import Wado
@@ -52,6 +55,9 @@ class WebSettings:
     base_url: str | None = None  # public URL used in RetrieveURL / BulkDataURI
     trust_forwarded: bool = False  # honour X-Forwarded-Proto/Host/Prefix
     qido_max_limit: int = DEFAULT_MAX_LIMIT  # answers per QIDO page at most (limit=0: this)
+    derived_dir: str | None = None  # derived frame cache (transcoded frames kept); None = off
+    derived_cache_bytes: int = 0
+    precompute: str = "none"  # "htj2k": encode new instances' frames after STOW
     changefeed_waiters: int = 100  # change-feed long-poll waiters at most (then 503)
     compression: bool = True  # gzip/br for JSON and XML answers (README "Compression and caching")
     metadata_cache_size: int = 64 << 20  # bytes of compressed study/series metadata kept
@@ -61,7 +67,9 @@ class WebSettings:
         """The web layer's part of the service's settings."""
         return cls(base_url=settings.base_url, trust_forwarded=settings.trust_forwarded,
                    compression=not settings.no_compression, metadata_cache_size=settings.metadata_cache_size,
-                   changefeed_waiters=settings.changefeed_waiters)
+                   changefeed_waiters=settings.changefeed_waiters,
+                   derived_dir=os.path.join(settings.data_dir, "derived"),
+                   derived_cache_bytes=settings.derived_cache_mb << 20, precompute=settings.precompute)
 
 
 class DICOMwebApp:
@@ -75,7 +83,13 @@ class DICOMwebApp:
         self.pool = pool
         self.settings = settings or WebSettings()
         self.coder = Coder(reactor, pool, self.settings.compression)
-        self.wado = Wado(store, reactor, pool, self.coder, BodyCache(self.settings.metadata_cache_size, self.metrics))
+        derived = None
+        if self.settings.derived_dir and self.settings.derived_cache_bytes > 0:
+            derived = DerivedCache(self.settings.derived_dir, self.settings.derived_cache_bytes)
+        self.wado = Wado(store, reactor, pool, self.coder, BodyCache(self.settings.metadata_cache_size, self.metrics),
+                         derived, lambda result: self.metrics.derived.labels(result).inc())
+        self.precompute = Precompute(self.wado, self.settings.precompute) \
+            if self.settings.precompute != "none" else None
         self.changefeed = ChangeFeed(store, reactor, self.settings.changefeed_waiters, self.metrics.changefeed_waiters)
 
     def resource(self) -> IResource:
@@ -213,6 +227,8 @@ class DICOMwebApp:
         finally:
             body.close()
         failures = sum(1 for r in results if r.failure)
+        if self.precompute is not None:
+            self.precompute.submit((r.study_uid, r.series_uid, r.sop_uid) for r in results if not r.failure)
         self.metrics.instances.labels("stored").inc(len(results) - failures)
         self.metrics.instances.labels("failed").inc(failures)
         status, dataset = stowresponse.response(results, self.base_url(request), study)

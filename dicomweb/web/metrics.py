@@ -149,6 +149,8 @@ class Metrics:
         # Each worker process keeps a cache of its own: their sizes add up.
         self.cache_bytes = Gauge("dicomweb_metadata_cache_bytes", "Bytes of compressed metadata kept",
                                  registry=self.registry, multiprocess_mode="livesum")
+        self.derived = Counter("dicomweb_derived_frames", "Derived frame cache: hit, miss, precomputed", ["result"],
+                               registry=self.registry)
         # Route labels have fixed cardinality (see route_label), so this stays small.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 

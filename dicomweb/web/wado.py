@@ -32,6 +32,7 @@ from ..store import InstanceRecord, Store
 from ..twistedtypes import IReactor
 from . import negotiation, ranges
 from .compression import BodyCache, Coder, Made, compress_off_reactor, set_coded, worth_it
+from .derived import DerivedCache
 from .errors import bad_request, not_found
 from .sendfile import FileSlice, Piece, body_length
 from .sendfile import send as send_pieces
@@ -133,6 +134,12 @@ def render_options(args: dict[bytes, list[bytes]]) -> RenderOptions:
     if (text := last(b"quality")) is not None:
         quality = positive_int(text, "quality", 100)
     return RenderOptions(window, viewport, quality)
+
+
+def derived_family(target: str) -> str:
+    """The cache key syntax of ``target``: HTJ2K lossless and lossless RPCL
+    frames are the same codestream here (``htj2k`` writes RPCL always)."""
+    return pixels.HTJ2K_RPCL if target == pixels.HTJ2K_LOSSLESS else target
 
 
 def _producible(metadata: dict[str, Any] | None) -> Callable[[str, str], bool]:
@@ -246,13 +253,31 @@ class InstancePixels:
         return self.wado.part(self.record, offset, length)
 
     async def frame(self, index: int, target: str) -> bytes:
-        """Frame ``index`` (0-based) in ``target``: the stored bytes when possible."""
+        """Frame ``index`` (0-based) in ``target``: the stored bytes when
+        possible, else from the derived frame cache, else transcoded (and kept)."""
+        stored = self.stored
+        if self.record.frames is not None and (
+                target == stored or (target == EXPLICIT_LE and stored == pixels.IMPLICIT_VR_LE)):
+            fragments = await self.fragments(index)
+            return fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        cache = self.wado.derived
+        if cache is None or target in pixels.NATIVE:
+            # Native frames are large and cheap to make again: not kept.
+            return await self.derive(index, target)
+        key = cache.key(self.record, derived_family(target), index)
+        data = await self.wado.cpu(cache.get, key)
+        self.wado.count_derived("hit" if data is not None else "miss")
+        if data is None:
+            data = await self.derive(index, target)
+            await self.wado.cpu(cache.put, key, data)
+        return data
+
+    async def derive(self, index: int, target: str) -> bytes:
+        """Frame ``index`` transcoded to ``target`` (in the thread pool)."""
         stored = self.stored
         if self.record.frames is None:
             return await self.wado.cpu(transcode.frame_from_instance, await self.whole(), index, target)
         fragments = await self.fragments(index)
-        if target == stored or (target == EXPLICIT_LE and stored == pixels.IMPLICIT_VR_LE):
-            return fragments[0] if len(fragments) == 1 else b"".join(fragments)
         # Big endian native data is byte-swapped here (cheap, no decoding):
         # viewers read octet-stream frames as little endian.
         metadata = await self.metadata()
@@ -286,12 +311,20 @@ class InstancePixels:
 
 class Wado:
     def __init__(self, store: Store, reactor: IReactor, pool: ThreadPool, coder: Coder | None = None,
-                 cache: BodyCache | None = None) -> None:
+                 cache: BodyCache | None = None, derived: DerivedCache | None = None,
+                 on_derived: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.reactor = reactor
         self.pool = pool
         self.coder = coder if coder is not None else Coder(reactor, pool)
         self.cache = cache if cache is not None else BodyCache(0)
+        self.derived = derived if derived is not None and derived.enabled else None
+        self._on_derived = on_derived
+
+    def count_derived(self, result: str) -> None:
+        """Count a derived frame cache event (hit, miss, precomputed) in the metrics."""
+        if self._on_derived is not None:
+            self._on_derived(result)
 
     async def cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run decoding, transcoding or rendering in the thread pool, off the reactor."""
@@ -495,7 +528,7 @@ class Wado:
         when Accept names bare media types only; a single ``Range`` is
         honoured whenever the body can be laid out before it is sent (frames
         as stored, or one computed frame), see ranges.py."""
-        accept = request.getHeader(b"accept")
+        accept = _frame_accept(request)
         media, target = await source.negotiate_frames(negotiation.frame_ranges(accept))
         single = len(numbers) == 1 and negotiation.single_part(accept)
         add_vary(request, b"Accept")
@@ -703,6 +736,14 @@ class _Sink:
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
+
+
+def _frame_accept(request: Request) -> bytes | None:
+    """The Accept of a frames request: the ``accept`` query parameter wins
+    over the header (PS3.18 8.3.3.1), so a viewer that cannot set the header
+    can still ask for, e.g., ``multipart/related; type="image/jphc"``."""
+    query = _arg(request, b"accept")
+    return query.encode("latin-1", "replace") if query else request.getHeader(b"accept")
 
 
 def _arg(request: Request, name: bytes) -> str | None:
