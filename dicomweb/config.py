@@ -37,6 +37,7 @@ class Settings:
     base_url: str | None = None
     max_request_size: int = 4 << 30
     threads: int = 4
+    workers: int = 1
     allow_remote: bool = False
     trust_forwarded: bool = False
     changefeed_waiters: int = 100

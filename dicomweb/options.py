@@ -45,6 +45,7 @@ from 1 alone.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -123,6 +124,14 @@ def seconds(value: Any) -> float:
     if not number > 0:
         raise ValueError("must be a positive number of seconds")
     return number
+
+
+def workers(value: Any) -> int:
+    """A number of server processes: a positive integer, or ``auto`` for one
+    per CPU this process may run on."""
+    if str(value).strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return int(at_least(1)(value))
 
 
 def boolean(value: Any) -> bool:
@@ -220,6 +229,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("base-url", "Public base URL used in RetrieveURL and BulkDataURI (behind a proxy)"),
     Option("max-request-size", "Largest request body accepted, e.g. 500M, 4G", parse=size, default="4G"),
     Option("threads", "Worker threads for DICOM, image and SQLite work", parse=at_least(1), default="4"),
+    Option("workers", "Server processes sharing the listening socket(s), or auto (one per CPU); "
+           "README \"Workers\"", parse=workers, default="1"),
     Option("config", "TOML config file with the same option names", short="c", field=None),
     Option("allow-remote", "Allow listening on non-loopback addresses without authentication", flag=True),
     Option("changefeed-waiters", "Change-feed long-poll requests waiting at once at most (more: 503)",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
@@ -20,6 +23,8 @@ from .options import usage_flags, usage_handlers, usage_parameters
 from .twistedtypes import IReactor, global_reactor
 
 if TYPE_CHECKING:
+    from twisted.web.server import Site
+
     from .store.base import Store
     from .store.couch import CouchStore
 
@@ -84,11 +89,16 @@ def check_exposure(settings: Settings, authenticated: bool = False) -> None:
 
 
 class _StoreThenListen(service.MultiService):
-    """Start the thread pool, open the store, then start listening."""
+    """Start the thread pool, open the store, then start listening.
 
-    def __init__(self, store: Store, pool: ThreadPool, listener: service.Service) -> None:
+    Stopping: the listeners stop, then (with ``drain``, in a worker process:
+    :func:`dicomweb.workers.drain`) the requests in flight are answered, then
+    the store closes."""
+
+    def __init__(self, store: Store, pool: ThreadPool, listener: service.Service,
+                 drain: Callable[[], Deferred[None]] | None = None) -> None:
         super().__init__()
-        self.store, self.pool, self.listener = store, pool, listener
+        self.store, self.pool, self.listener, self.drain = store, pool, listener, drain
 
     def startService(self) -> None:
         super().startService()
@@ -110,19 +120,34 @@ class _StoreThenListen(service.MultiService):
             ensureDeferred(self.store.close())
             self.pool.stop()
 
+        if self.drain is not None:
+            drain = self.drain
+            d = (d or succeed(None)).addBoth(lambda _: drain())
         if d is None:
             _after(None)
             return None
         return d.addBoth(_after)
 
 
-def _couch_store(settings: Settings, reactor: IReactor, pool: ThreadPool) -> CouchStore:
+def build_store(settings: Settings, reactor: IReactor, pool: ThreadPool, worker: int | None = None) -> Store:
+    """The store of these settings; ``worker``: for that worker process of a
+    server with several (:mod:`dicomweb.workers`), which leaves the startup
+    and periodic maintenance to the supervising process."""
+    if settings.couchdb:
+        return _couch_store(settings, reactor, pool, maintenance=worker is None)
+    from .store.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings.data_dir, reactor, pool, worker=worker)
+
+
+def _couch_store(settings: Settings, reactor: IReactor, pool: ThreadPool, maintenance: bool = True) -> CouchStore:
     from .store.couch import CouchStore
 
     try:
         user, password = settings.couchdb_login()
         return CouchStore(settings.couchdb or "", settings.couchdb_db, reactor, pool, user=user, password=password,
-                          spool_dir=os.path.join(settings.data_dir, "spool"), ca_file=settings.couchdb_ca)
+                          spool_dir=os.path.join(settings.data_dir, "spool"), ca_file=settings.couchdb_ca,
+                          maintenance=maintenance)
     except (OSError, ValueError) as exc:
         raise usage.UsageError(f"CouchDB settings: {exc}") from None
 
@@ -137,23 +162,48 @@ def _tune_transports() -> None:
     tcp.Connection.bufferSize = 256 * 1024
 
 
-def makeService(options: Options | dict[str, Any], reactor: IReactor | None = None) -> service.MultiService:
+def http_listener(settings: Settings, site: Site, reactor: Any) -> service.Service:
+    """The HTTP listening service. ``reactor`` is the one its endpoint
+    listens with: in a worker process (:mod:`dicomweb.workers`) it adopts
+    the socket the supervising process opened instead of binding one, and
+    wraps it in TLS exactly as ``listenSSL`` would, so any endpoint built
+    here with that reactor works in workers too."""
+    return strports.service(endpoint_description(settings.port), site, reactor=reactor)
+
+
+def makeService(options: Options | dict[str, Any], reactor: IReactor | None = None) -> service.Service:
     if reactor is None:
         reactor = global_reactor()
-    from .store.embedded import EmbeddedStore
+    settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
+    if settings.workers > 1:
+        from .workers import Supervisor
+
+        return Supervisor(settings, reactor)
+    return build_service(settings, reactor)
+
+
+def build_service(settings: Settings, reactor: IReactor, worker: int | None = None,
+                  listen_reactor: Any = None, dimse_socket: socket.socket | None = None) -> service.MultiService:
+    """The server in this process; ``worker``/``listen_reactor``/``dimse_socket``:
+    as worker process ``worker`` of a supervising process
+    (:mod:`dicomweb.workers`), listening with ``listen_reactor`` (see
+    :func:`http_listener`) and serving DIMSE on the inherited ``dimse_socket``."""
+    from .web.metrics import Metrics
     from .web.site import build_site
 
-    settings: Settings = options.settings if isinstance(options, Options) else options["settings"]
     _tune_transports()
     from .web import sendfile
 
     sendfile.enabled = not settings.no_sendfile
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="dicomweb")
-    store: Store
-    if settings.couchdb:
-        store = _couch_store(settings, reactor, pool)
-    else:
-        store = EmbeddedStore(settings.data_dir, reactor, pool)
-    site = build_site(settings, store, reactor, pool)
-    listener = strports.service(endpoint_description(settings.port), site)
-    return _StoreThenListen(store, pool, dimse.with_dimse(listener, settings, store, reactor, pool))
+    store = build_store(settings, reactor, pool, worker)
+    metrics = Metrics(worker or 0)
+    site = build_site(settings, store, reactor, pool, metrics=metrics)
+    listener = http_listener(settings, site, listen_reactor or reactor)
+    drain = None
+    if worker is not None:
+        from .workers import drain_requests
+
+        drain = partial(drain_requests, metrics.requests_in_flight, reactor)
+    both = dimse.with_dimse(listener, settings, store, reactor, pool, dimse_socket)
+    return _StoreThenListen(store, pool, both, drain)

@@ -16,6 +16,7 @@ C-FIND, C-GET and C-MOVE in the Patient Root and Study Root models.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import tempfile
 from functools import partial
@@ -146,8 +147,11 @@ class DimseService(service.Service):
     name = "dimse"
 
     def __init__(self, settings: Settings, store: Store, reactor: IReactor, pool: ThreadPool,
-                 authenticator: Authenticator | None) -> None:
+                 authenticator: Authenticator | None, listening: socket.socket | None = None) -> None:
+        """``listening``: the DIMSE socket, already bound and listening (a
+        worker process of ``--workers``), instead of binding ``dimse_port``."""
         self.settings, self.store, self.reactor, self.pool = settings, store, reactor, pool
+        self.listening = listening
         self.bridge = Bridge(reactor)
         self.gate = Gate(settings.dimse_peers, settings.dimse_refuse_unknown, authenticator, self.bridge)
         self.server: Any = None
@@ -183,7 +187,7 @@ class DimseService(service.Service):
         configure_pynetdicom(getattr(self.store, "spool_dir", None))
         ae = build_ae(self.settings)
         host, port = bind(self.settings.dimse_port or "0")
-        self.server = start_server(ae, (host, port), self.handlers(), tls_context(self.settings))
+        self.server = start_server(ae, (host, port), self.handlers(), tls_context(self.settings), self.listening)
         self.port = self.server.server_address[1]
         log.info("DIMSE listener (AE {ae}{tls}) starting on {port}", ae=self.settings.ae_title,
                  tls=", TLS" if self.settings.dimse_tls_cert else "", port=self.port)
@@ -215,7 +219,8 @@ def _abort_all(server: Any) -> None:
         assoc.abort()
 
 
-def dimse_service(settings: Settings, store: Store, reactor: IReactor, pool: ThreadPool) -> DimseService | None:
+def dimse_service(settings: Settings, store: Store, reactor: IReactor, pool: ThreadPool,
+                  listening: socket.socket | None = None) -> DimseService | None:
     """The DIMSE service for these settings, or None when ``--dimse-port`` is unset."""
     if not settings.dimse_port:
         return None
@@ -226,13 +231,14 @@ def dimse_service(settings: Settings, store: Store, reactor: IReactor, pool: Thr
 
         agent = idp_agent(reactor, settings.oidc_ca_file) if settings.auth == "oidc" else None
         authenticator = build_authenticator(settings.auth, settings.auth_settings, reactor, agent, threadpool=pool)
-    return DimseService(settings, store, reactor, pool, authenticator)
+    return DimseService(settings, store, reactor, pool, authenticator, listening)
 
 
 def with_dimse(listener: service.Service, settings: Settings, store: Store, reactor: IReactor,
-               pool: ThreadPool) -> service.Service:
-    """``listener`` alone, or beside the DIMSE service when it is configured."""
-    dimse = dimse_service(settings, store, reactor, pool)
+               pool: ThreadPool, listening: socket.socket | None = None) -> service.Service:
+    """``listener`` alone, or beside the DIMSE service when it is configured
+    (on ``listening``, when given: see :class:`DimseService`)."""
+    dimse = dimse_service(settings, store, reactor, pool, listening)
     if dimse is None:
         return listener
     both = service.MultiService()

@@ -113,15 +113,36 @@ class TunedAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
+class _AdoptingAssociationServer(TunedAssociationServer):
+    """The tuned server on a listening socket opened by another process (the
+    supervisor of ``--workers``): ``adopted`` replaces the socket pynetdicom
+    made, with pynetdicom's own timeout on it, instead of binding that one."""
+
+    adopted: socket.socket
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self.adopted
+        if self.ae.network_timeout is not None:
+            self.socket.settimeout(self.ae.network_timeout)
+        self.server_address = self.socket.getsockname()
+
+
 def start_server(ae: Any, address: tuple[str, int], evt_handlers: list[Any],
-                 ssl_context: ssl.SSLContext | None) -> TunedAssociationServer:
+                 ssl_context: ssl.SSLContext | None, listening: socket.socket | None = None
+                 ) -> TunedAssociationServer:
     """``ae.start_server(address, block=False, ...)`` with the tuned server
     class: pynetdicom's ``make_server`` takes the class, then the server runs
-    in a daemon thread of its own, as ``start_server`` does."""
+    in a daemon thread of its own, as ``start_server`` does. ``listening``:
+    a socket already bound and listening to serve instead of binding ``address``."""
     if ssl_context is not None:
         ssl_context.sslsocket_class = QuickAckSSLSocket
+    server_class: type[TunedAssociationServer] = TunedAssociationServer
+    if listening is not None:
+        server_class = type("AdoptingAssociationServer", (_AdoptingAssociationServer,), {"adopted": listening})
     server: TunedAssociationServer = ae.make_server(address, ssl_context=ssl_context, evt_handlers=evt_handlers,
-                                                    server_class=TunedAssociationServer)
+                                                    server_class=server_class)
     stamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{stamp}", daemon=True)
     thread.start()

@@ -117,7 +117,12 @@ class CouchStore:
 
     def __init__(self, url: str, database: str, reactor: IReactor, pool: ThreadPool, *, user: str | None = None,
                  password: str | None = None, spool_dir: str | None = None, concurrency: int = 16,
-                 timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None) -> None:
+                 timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None,
+                 maintenance: bool = True) -> None:
+        """``maintenance``: this store runs the journal sweeps (at open and
+        every minute). A server with several worker processes
+        (:mod:`dicomweb.workers`) gives that job to its supervising process
+        alone; its workers' stores pass False."""
         self.client = CouchClient(url, database, reactor, user=user, password=password, concurrency=concurrency,
                                   timeout=timeout, retry_for=retry_for, ca_file=ca_file)
         self.reactor = reactor
@@ -126,6 +131,7 @@ class CouchStore:
         self._spool = Spool(spool_dir)
         self._uploads = DeferredSemaphore(max(2, concurrency // 2))
         self._sweeper: LoopingCall | None = None
+        self._maintenance = maintenance
         self.docs = CouchDocs(self.client)
         self.aggregates = Aggregates(self.docs, reactor)
         self.removal = Removal(self.docs, self.aggregates)
@@ -147,10 +153,11 @@ class CouchStore:
                          url=self.client.safe_url, delay=delay)
             await deferLater(self.reactor, delay)
             delay = min(delay * 2, 10)
-        await self.sweep(grace=0.0, finish=False)
-        self._sweeper = LoopingCall(self._sweep_quietly)
-        self._sweeper.clock = self.reactor
-        self._sweeper.start(60, now=False)
+        if self._maintenance:
+            await self.sweep(grace=0.0, finish=False)
+            self._sweeper = LoopingCall(self._sweep_quietly)
+            self._sweeper.clock = self.reactor
+            self._sweeper.start(60, now=False)
         await self.feed.open()
         log.info("CouchDB store ready at {url} (schema {version})", url=self.client.safe_url, version=SCHEMA_VERSION)
 

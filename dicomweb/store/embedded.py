@@ -6,8 +6,9 @@ puts it behind the asynchronous :class:`~dicomweb.store.base.Store`
 interface.
 
 Concurrency: SQLite work runs in the service's thread pool, one connection
-per thread; WAL lets readers run while one writer (serialised by a lock)
-commits. Small reads (QIDO, one instance's record or metadata) are first
+per thread; WAL lets readers run while one writer (serialised by a lock,
+across the worker processes too) commits, and a read sees every commit made
+before it began, whichever process made it. Small reads (QIDO, one instance's record or metadata) are first
 tried on the reactor thread, on a read-only connection that never waits for
 a lock and is interrupted after a fraction of a millisecond: a thread-pool
 round trip costs more than such a read, and a read that turns out to be big
@@ -58,18 +59,27 @@ class EmbeddedStore:
 
     name = "embedded"
 
-    def __init__(self, data_dir: str, reactor: IReactor, pool: ThreadPool) -> None:
-        self.index = EmbeddedIndex(data_dir)
+    def __init__(self, data_dir: str, reactor: IReactor, pool: ThreadPool, *, worker: int | None = None) -> None:
+        """``worker``: this store is one of the server's worker processes
+        (``--workers``, :mod:`dicomweb.workers`) on a data directory the
+        supervising process opened first (schema upgrade, spool cleared).
+        Its bodies are received in ``spool/worker-<n>/``, which only it
+        uses, so it clears that directory when it (re)starts, never the
+        spool of a sibling that may be receiving."""
+        self.index = EmbeddedIndex(data_dir, marks_clean=worker is None)
         self._reactor = reactor
         self._pool = pool
         self._reactor_conn: sqlite3.Connection | None = None  # used by _read on the reactor thread only
         self._slow_shapes: dict[Hashable, int] = {}  # read shape -> reads left to send to the pool
+        self._worker_spool = None if worker is None else os.path.join(self.index.spool_dir, f"worker-{worker}")
         # Request bodies are received in the store's spool directory (same
         # file system), and the part files of a split multipart body there
         # too, so ``store_batch`` renames them into place.
-        self._spool = Spool(self.index.spool_dir, parts_dir=self.index.spool_dir)
+        spool_dir = self._worker_spool or self.index.spool_dir
+        self._spool = Spool(spool_dir, parts_dir=spool_dir)
         # Change-feed waiters, woken after each write this process commits
-        # (and every second, for writers in other processes: dicomweb-admin).
+        # (and every second, for writers in other processes: the other
+        # workers of ``--workers``, dicomweb-admin).
         self._changed = ChangeSignal(reactor)
 
     @property
@@ -139,8 +149,12 @@ class EmbeddedStore:
         log.info("embedded store ready at {path}", path=self.index.data_dir)
 
     def _open_sync(self) -> None:
-        self.index.open()
-        self.index.clear_spool()
+        self.index.open()  # creates or upgrades the schema; a no-op check when it is current
+        if self._worker_spool is None:
+            self.index.clear_spool()
+        else:
+            os.makedirs(self._worker_spool, exist_ok=True)
+            self.index.clear_spool(self._worker_spool)
 
     async def close(self) -> None:
         self.index.close()

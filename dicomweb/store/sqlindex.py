@@ -3,6 +3,7 @@
 Layout under ``data_dir``::
 
     index.sqlite3           WAL mode, schema versioned in table ``meta``
+    write.lock              held (flock) by the one writer of the moment
     files/YYYYMMDD/HH/<uuid>.dcm  the Part 10 bytes exactly as received
     spool/                  request bodies being received (same file system)
 
@@ -15,8 +16,11 @@ that no index row points to: invisible, and listed by :meth:`EmbeddedIndex.orpha
 (``dicomweb-admin orphans``).
 
 Every method blocks (file and SQLite I/O) and may be called from any thread:
-each thread has its own connection, and one lock serialises the writers of
-this process (SQLite serialises them across processes). The server reaches
+each thread has its own connection. Writers are serialised by a thread lock
+within a process and by ``flock`` on ``write.lock`` across the processes of
+one server (``--workers``) and the command-line tools: SQLite would serialise
+them too, but its busy handler polls with sleeps of up to 100 ms, where a
+waiter on ``flock`` is woken the moment the lock is released. The server reaches
 this class through :class:`~dicomweb.store.embedded.EmbeddedStore`, which
 runs it in a thread pool; the command-line tools (``dicomweb-admin``,
 ``dicomweb-import --offline``) call it directly, with no reactor.
@@ -25,13 +29,16 @@ runs it in a thread pool; the command-line tools (``dicomweb-admin``,
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from twisted.logger import Logger
@@ -63,13 +70,18 @@ class DamagedIndex(RuntimeError):
 class EmbeddedIndex:
     """SQLite index + files, synchronous. See the module docstring for guarantees."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, *, marks_clean: bool = True) -> None:
+        """``marks_clean``: this process checks the index after a crash and
+        marks it closed cleanly (see :data:`CLEAN_MARK`); False in the worker
+        processes of ``--workers``, whose supervisor does it."""
         self.data_dir = os.path.abspath(data_dir)
+        self._marks_clean = marks_clean
         self.files_dir = os.path.join(self.data_dir, "files")
         self.spool_dir = os.path.join(self.data_dir, "spool")
         self.db_path = os.path.join(self.data_dir, "index.sqlite3")
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._lock_fd: int | None = None  # write.lock, opened on the first write
         self._connections: list[sqlite3.Connection] = []
         self._conn_lock = threading.Lock()
 
@@ -101,6 +113,21 @@ class EmbeddedIndex:
         with self._conn_lock:
             self._connections.append(conn)
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The right to write: this process's thread lock, then the data
+        directory's ``write.lock`` (module docstring). A ``flock`` belongs to
+        the open file, which every thread here shares, hence the thread lock
+        first."""
+        with self._write_lock:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(os.path.join(self.data_dir, "write.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
     # -- lifecycle ------------------------------------------------------------
 
     def open(self) -> None:
@@ -109,17 +136,21 @@ class EmbeddedIndex:
         index entry, without cross-checking every row against its index)."""
         for path in (self.data_dir, self.files_dir, self.spool_dir):
             os.makedirs(path, exist_ok=True)
+        # One process keeps the clean mark of a server with several
+        # (``marks_clean``): the supervisor of ``--workers``, open first and
+        # closed last; its workers neither check nor mark.
         mark = os.path.join(self.data_dir, CLEAN_MARK)
-        crashed = os.path.exists(self.db_path) and not os.path.exists(mark)
-        try:
-            os.unlink(mark)
-        except FileNotFoundError:
-            pass
+        crashed = self._marks_clean and os.path.exists(self.db_path) and not os.path.exists(mark)
+        if self._marks_clean:
+            try:
+                os.unlink(mark)
+            except FileNotFoundError:
+                pass
         try:
             conn = self.connection()
             if crashed:
                 self._check(conn)
-            with self._write_lock:
+            with self._writing():
                 sqlschema.migrate(conn)
         except sqlite3.DatabaseError as exc:
             self._close_connections()  # not marked clean: the next start checks again
@@ -137,20 +168,28 @@ class EmbeddedIndex:
             f"the index {self.db_path} is damaged ({detail}): restore it from a backup, or move it aside and "
             f"index the stored files again (dicomweb-import --offline); nothing was served from it")
 
-    def clear_spool(self) -> None:
-        """Remove bodies and part files left in the spool by a crash: they
-        were never acknowledged (a stored part was renamed out of it first).
-        Only for the server at its start, never while one may be receiving."""
-        for name in os.listdir(self.spool_dir):
+
+    def clear_spool(self, directory: str | None = None) -> None:
+        """Remove bodies and part files left in the spool (or in ``directory``,
+        one worker's part of it) by a crash: they were never acknowledged (a
+        stored part was renamed out of it first). Only where nobody may be
+        receiving: the whole spool when the server starts, a worker's own
+        directory when that worker starts."""
+        directory = directory or self.spool_dir
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
             try:
-                os.unlink(os.path.join(self.spool_dir, name))
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
             except OSError:
                 pass
 
     def close(self) -> None:
         """Close every connection opened so far (from any thread), and mark
         the index as closed cleanly if it was open."""
-        if self._close_connections() and os.path.exists(self.db_path):
+        if self._close_connections() and self._marks_clean and os.path.exists(self.db_path):
             try:
                 with open(os.path.join(self.data_dir, CLEAN_MARK), "w") as mark:
                     mark.write("the last run closed the index cleanly\n")
@@ -168,6 +207,10 @@ class EmbeddedIndex:
                     pass
             self._connections.clear()
         self._local = threading.local()
+        with self._write_lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
         return was_open
 
     def ready(self) -> bool:
@@ -206,7 +249,7 @@ class EmbeddedIndex:
         except OSError as exc:
             return _abandon(outcomes, written, _io_failure(exc))
         replaced_paths: list[str] = []
-        with self._write_lock:
+        with self._writing():
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for i, path in written.items():
@@ -365,7 +408,7 @@ class EmbeddedIndex:
     def _write(self, change: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``change`` in one serialised write transaction."""
         conn = self.connection()
-        with self._write_lock:
+        with self._writing():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = change(conn)

@@ -4,10 +4,19 @@ latency and stored instances.
 Labels never carry patient data: a request's route label is its path with
 every UID segment replaced by its role (``/studies/{study}/series/{series}``),
 which also keeps label cardinality fixed.
+
+Several worker processes (``--workers``, :mod:`dicomweb.workers`): the
+supervising process gives every worker the same ``PROMETHEUS_MULTIPROC_DIR``
+(before prometheus_client is imported there), where each process keeps its
+values in files of its own; ``/metrics``, whichever worker answers it, adds
+up the counters and histograms of all of them, live and dead, so totals never
+go back when a worker is restarted; the in-flight gauge sums the live ones.
+``dicomweb_worker_http_requests_total{worker}`` shows how requests spread.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -15,6 +24,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from twisted.internet.defer import Deferred, succeed
 from twisted.web.http import Request
 
 from ..dicom.query import Query
@@ -23,6 +33,11 @@ from ..store.changes import Change
 from .stream import close_iterator
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Request)
+
+#: The directory of the worker processes' metric files (prometheus_client's
+#: multiprocess mode); unset in a single-process server.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _UID_SEGMENT = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _ROLE_AFTER = {"studies": "{study}", "series": "{series}", "instances": "{instance}", "frames": "{frames}",
@@ -61,10 +76,56 @@ def _route_label(text: str) -> str:
     return "/" + "/".join(out)
 
 
-class Metrics:
-    """One registry per service (tests run several services in one process)."""
+class InFlight:
+    """Requests received and not yet answered (or abandoned by their client):
+    the ``dicomweb_http_requests_in_flight`` gauge, and what a worker that is
+    told to stop waits for (:meth:`idle`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gauge: Gauge) -> None:
+        self.count = 0
+        self._gauge = gauge
+        self._waiters: list[Deferred[None]] = []
+
+    def counting(self, request_class: type[R]) -> type[R]:
+        """``request_class``, counted from its creation (the request line
+        received) until it is finished or its connection is lost."""
+        track = self
+
+        def init(request: Any, *args: Any, **kwargs: Any) -> None:
+            request_class.__init__(request, *args, **kwargs)
+            track._started()
+            request.notifyFinish().addBoth(track._finished)
+
+        return type(request_class.__name__, (request_class,), {"__init__": init})
+
+    def _started(self) -> None:
+        self.count += 1
+        self._gauge.inc()
+
+    def _finished(self, _: object) -> None:
+        self.count -= 1
+        self._gauge.dec()
+        if not self.count:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires when no request is in flight (at once if none is)."""
+        if not self.count:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+
+class Metrics:
+    """One registry per service (tests run several services in one process).
+
+    ``worker``: this process's number among the server's worker processes
+    (0 when it is the only one)."""
+
+    def __init__(self, worker: int = 0) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("dicomweb_http_requests", "HTTP requests", ["route", "method", "status"],
                                 registry=self.registry)
@@ -76,13 +137,18 @@ class Metrics:
                                  registry=self.registry)
         self.store_latency = Histogram("dicomweb_store_operation_duration_seconds", "Store call latency",
                                        ["store", "operation"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.in_flight = Gauge("dicomweb_http_requests_in_flight", "Requests being processed", registry=self.registry)
+        self.in_flight = Gauge("dicomweb_http_requests_in_flight", "Requests being processed", registry=self.registry,
+                               multiprocess_mode="livesum")
+        self.requests_in_flight = InFlight(self.in_flight)
+        self.by_worker = Counter("dicomweb_worker_http_requests", "HTTP requests answered, by worker process",
+                                 ["worker"], registry=self.registry).labels(str(worker))
         self.changefeed_waiters = Gauge("dicomweb_changefeed_waiters", "Change-feed long-polls waiting now",
-                                        registry=self.registry)
+                                        registry=self.registry, multiprocess_mode="livesum")
         self.cache_lookups = Counter("dicomweb_metadata_cache_lookups", "Lookups of compressed study/series metadata",
                                      ["result"], registry=self.registry)
+        # Each worker process keeps a cache of its own: their sizes add up.
         self.cache_bytes = Gauge("dicomweb_metadata_cache_bytes", "Bytes of compressed metadata kept",
-                                 registry=self.registry)
+                                 registry=self.registry, multiprocess_mode="livesum")
         self.derived = Counter("dicomweb_derived_frames", "Derived frame cache: hit, miss, precomputed", ["result"],
                                registry=self.registry)
         # Route labels have fixed cardinality (see route_label), so this stays small.
@@ -101,6 +167,7 @@ class Metrics:
                 self.bytes_in.labels(route), self.bytes_out.labels(route))
         count, latency, bytes_in, bytes_out = children
         count.inc()
+        self.by_worker.inc()
         started = getattr(request, "received_at", None)
         if started is not None:
             latency.observe(time.monotonic() - started)
@@ -108,7 +175,16 @@ class Metrics:
         bytes_out.inc(request.sentLength or 0)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: this registry's, or with several worker
+        processes every process's values added up (module docstring)."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)
 
 
 class InstrumentedStore:

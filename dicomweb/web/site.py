@@ -58,7 +58,8 @@ def build_site(settings: Settings, store: Store, reactor: IReactor, pool: Thread
     root = secure_root(app.resource(), settings, reactor, pool)
     site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings),
                        http2=not settings.no_http2)
-    site.requestFactory = request_factory(settings.max_request_size, spool or store.spool)
+    site.requestFactory = metrics.requests_in_flight.counting(
+        request_factory(settings.max_request_size, spool or store.spool))
     site.displayTracebacks = False
     site.protocol = limited_channel  # type: ignore[method-assign]  # 414/431 for over-long request heads
     return site
