@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
@@ -100,7 +101,15 @@ class _StoreThenListen(service.MultiService):
         d.addErrback(self._failed, reactor)
 
     def _failed(self, failure: Failure, reactor: IReactorCore) -> None:
-        log.failure("cannot open the store", failure)
+        """The store cannot be opened: stop, and exit with status 1 so that
+        a supervisor (systemd ``Restart=on-failure``, an orchestrator) sees
+        the failure and restarts the frontend. twistd itself always exits 0
+        once its reactor stops, so the status is set after the shutdown."""
+        if failure.check(RuntimeError):
+            log.critical("cannot open the store: {reason}", reason=str(failure.value))
+        else:
+            log.failure("cannot open the store", failure)
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
         reactor.stop()
 
     def stopService(self) -> Any:
@@ -116,13 +125,22 @@ class _StoreThenListen(service.MultiService):
         return d.addBoth(_after)
 
 
+def _exit_failed() -> None:
+    """End the process with status 1 (after the reactor stopped and every
+    service was stopped; log files are flushed line by line)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def _couch_store(settings: Settings, reactor: IReactor, pool: ThreadPool) -> CouchStore:
     from .store.couch import CouchStore
 
     try:
         user, password = settings.couchdb_login()
         return CouchStore(settings.couchdb or "", settings.couchdb_db, reactor, pool, user=user, password=password,
-                          spool_dir=os.path.join(settings.data_dir, "spool"), ca_file=settings.couchdb_ca)
+                          spool_dir=os.path.join(settings.data_dir, "spool"), ca_file=settings.couchdb_ca,
+                          start_wait=settings.couchdb_wait)
     except (OSError, ValueError) as exc:
         raise usage.UsageError(f"CouchDB settings: {exc}") from None
 

@@ -116,12 +116,14 @@ class CouchStore:
 
     def __init__(self, url: str, database: str, reactor: IReactor, pool: ThreadPool, *, user: str | None = None,
                  password: str | None = None, spool_dir: str | None = None, concurrency: int = 16,
-                 timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None) -> None:
+                 timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None,
+                 start_wait: float = 60.0) -> None:
         self.client = CouchClient(url, database, reactor, user=user, password=password, concurrency=concurrency,
                                   timeout=timeout, retry_for=retry_for, ca_file=ca_file)
         self.reactor = reactor
         self._pool = pool
         self.spool_dir = spool_dir
+        self.start_wait = start_wait
         self._spool = Spool(spool_dir)
         self._uploads = DeferredSemaphore(max(2, concurrency // 2))
         self._sweeper: LoopingCall | None = None
@@ -136,12 +138,16 @@ class CouchStore:
         if self.spool_dir:
             os.makedirs(self.spool_dir, exist_ok=True)
         delay = 0.5
+        deadline = self.reactor.seconds() + self.start_wait
         while True:
             try:
                 await self.schema.open()
                 break
             except StoreUnavailable:
-                log.warn("CouchDB at {url} is not reachable yet; retrying in {delay:.0f}s",
+                if self.reactor.seconds() + delay > deadline:
+                    raise RuntimeError(f"CouchDB at {self.client.safe_url} did not answer within "
+                                       f"{self.start_wait:g}s") from None
+                log.warn("CouchDB at {url} is not reachable yet; retrying in {delay:.1f}s",
                          url=self.client.safe_url, delay=delay)
             await deferLater(self.reactor, delay)
             delay = min(delay * 2, 10)
