@@ -52,9 +52,9 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import LoopingCall, deferLater
@@ -69,7 +69,7 @@ from ..dicom.query import PATIENT, Query
 from ..twistedtypes import IReactor
 from . import couchpatients, couchsearch
 from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
-from .common import ATTEMPTS, gather
+from .common import ATTEMPTS, READ_ATTEMPTS, READ_BACKOFF, gather
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import CouchDocs, instance_id
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
@@ -77,6 +77,7 @@ from .couchremove import Removal
 from .couchschema import SCHEMA_VERSION, Schema
 
 log = Logger()
+T = TypeVar("T")
 
 JOURNAL_GRACE = 120.0  # seconds before another frontend may finish a batch's journal
 
@@ -177,8 +178,30 @@ class CouchStore:
 
     # -- queries ----------------------------------------------------------------
 
+    async def _read(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """Run a read, again (with backoff) when the database answers with an
+        error that a retry may not see (see ``common.READ_ATTEMPTS``); when
+        it persists, :class:`StoreUnavailable` (503 with Retry-After)."""
+        delay = READ_BACKOFF
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return await read()
+            except (Missing, Conflict):
+                raise
+            except CouchError as exc:
+                if exc.status in (401, 403) or attempt == READ_ATTEMPTS - 1:
+                    log.warn("CouchDB {what} failed: {status} {error}", what=what, status=exc.status, error=exc.error)
+                    raise StoreUnavailable(f"CouchDB {what} failed") from None
+                log.debug("CouchDB {what} failed ({status}); retrying", what=what, status=exc.status)
+            await deferLater(self.reactor, random.uniform(delay / 2, delay))
+            delay *= 2
+        raise AssertionError("not reached")
+
     async def instances(self, study: str, series: str | None = None,
                         sop: str | None = None) -> list[InstanceRecord]:
+        return await self._read("instance read", lambda: self._instances(study, series, sop))
+
+    async def _instances(self, study: str, series: str | None, sop: str | None) -> list[InstanceRecord]:
         docs = await self._select(study, series, sop, ["study", "series", "sop", "sop_class", "ts", "size",
                                                        "frames", "bulk", "att", "series_number", "instance_number"])
         return [
@@ -194,7 +217,8 @@ class CouchStore:
 
     async def metadata(self, study: str, series: str | None = None,
                        sop: str | None = None) -> list[bytes]:
-        docs = await self._select(study, series, sop, ["meta", "series", "sop", "series_number", "instance_number"])
+        docs = await self._read("metadata read", lambda: self._select(
+            study, series, sop, ["meta", "series", "sop", "series_number", "instance_number"]))
         return [d["meta"].encode("utf-8") for d in docs]
 
     async def _select(self, study: str, series: str | None, sop: str | None, fields: list[str]) -> list[dict[str, Any]]:
@@ -429,8 +453,8 @@ class CouchStore:
         """QIDO answers from Mango indexes (see :mod:`couchsearch`; the
         patient level: :mod:`couchpatients`)."""
         if query.level == PATIENT:
-            return await couchpatients.search(self.docs, query)
-        return await couchsearch.search(self.docs, query)
+            return await self._read("search", lambda: couchpatients.search(self.docs, query))
+        return await self._read("search", lambda: couchsearch.search(self.docs, query))
 
 
 def _level_hints(items: list[StoreItem], outcomes: list[StoreOutcome | None]) -> LevelHints:
