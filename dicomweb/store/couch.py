@@ -72,6 +72,7 @@ from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, Stor
 from .common import ATTEMPTS, READ_ATTEMPTS, READ_BACKOFF, gather
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import CouchDocs, instance_id
+from .couchfollow import Follower
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 from .couchremove import Removal
 from .couchschema import SCHEMA_VERSION, Schema
@@ -79,7 +80,18 @@ from .couchschema import SCHEMA_VERSION, Schema
 log = Logger()
 T = TypeVar("T")
 
+HEARTBEAT_DOC = "_local/dicomweb-frontend-"
+
 JOURNAL_GRACE = 120.0  # seconds before another frontend may finish a batch's journal
+#: Every frontend writes ``_local/dicomweb-frontend-<id>`` this often (seconds);
+#: one not written for DEAD_AFTER seconds belongs to a frontend that died, and
+#: the journals it left are finished at once instead of after JOURNAL_GRACE.
+HEARTBEAT = 5.0
+DEAD_AFTER = 20.0
+#: Seconds between two journal sweeps, and the age after which a live
+#: frontend's journal is repaired anyway (its own repair may have failed).
+SWEEP_EVERY = 10.0
+REPAIR_AFTER = 60.0
 
 
 @dataclass
@@ -132,6 +144,9 @@ class CouchStore:
         self.aggregates = Aggregates(self.docs, reactor)
         self.removal = Removal(self.docs, self.aggregates)
         self.schema = Schema(self.docs, self.aggregates)
+        self.follower = Follower(self.docs, self.aggregates, reactor)
+        self._heartbeat: LoopingCall | None = None
+        self._heartbeat_rev: str | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -152,16 +167,43 @@ class CouchStore:
                          url=self.client.safe_url, delay=delay)
             await deferLater(self.reactor, delay)
             delay = min(delay * 2, 10)
+        self.docs.site = await self.schema.site()
+        await self._beat()
+        self._heartbeat = LoopingCall(self._beat_quietly)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(HEARTBEAT, now=False)
         await self.sweep(grace=0.0, finish=False)
         self._sweeper = LoopingCall(self._sweep_quietly)
         self._sweeper.clock = self.reactor
-        self._sweeper.start(60, now=False)
-        log.info("CouchDB store ready at {url} (schema {version})", url=self.client.safe_url, version=SCHEMA_VERSION)
+        self._sweeper.start(SWEEP_EVERY, now=False)
+        await self.follower.start(fresh_database=self.schema.found_version == 0)
+        log.info("CouchDB store ready at {url} (schema {version}, site {site})", url=self.client.safe_url,
+                 version=SCHEMA_VERSION, site=self.docs.site)
 
     async def close(self) -> None:
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        for loop in (self._sweeper, self._heartbeat):
+            if loop is not None and loop.running:
+                loop.stop()
+        await self.follower.stop()
         await self.client.close()
+
+    async def _beat(self) -> None:
+        """Say that this frontend is alive (see HEARTBEAT)."""
+        body: dict[str, Any] = {"at": time.time(), "site": self.docs.site}
+        if self._heartbeat_rev:
+            body["_rev"] = self._heartbeat_rev
+        path = HEARTBEAT_DOC + self.docs.frontend
+        try:
+            self._heartbeat_rev = (await self.docs.put(path, body)).get("rev")
+        except Conflict:
+            current = await self.docs.get(path)
+            self._heartbeat_rev = current["_rev"] if current else None
+
+    async def _beat_quietly(self) -> None:
+        try:
+            await self._beat()
+        except (StoreUnavailable, CouchError) as exc:
+            log.warn("heartbeat postponed: {error}", error=type(exc).__name__)
 
     async def ready(self) -> bool:
         try:
@@ -353,7 +395,8 @@ class CouchStore:
             except CouchError as exc:
                 log.error("CouchDB refused an attachment: {status} {error}", status=exc.status, error=exc.error)
                 return StoreOutcome("failed", "storage write failed", PROCESSING_FAILURE)
-            doc = self._instance_doc(info, digest, item.length, att, doc_id, result["rev"])
+            self.docs.remember(doc_id, result["rev"])
+            doc = self._instance_doc(info, digest, item.length, att, doc_id, result["rev"], self.docs.site)
             try:
                 await self.docs.put(doc_id, doc)
             except Conflict:
@@ -368,12 +411,14 @@ class CouchStore:
         return StoreOutcome("failed", "too many concurrent writes", PROCESSING_FAILURE)
 
     @staticmethod
-    def _instance_doc(info: InstanceInfo, digest: _Digest, size: int, att: str, doc_id: str, rev: str) -> dict[str, Any]:
+    def _instance_doc(info: InstanceInfo, digest: _Digest, size: int, att: str, doc_id: str, rev: str,
+                      site: str) -> dict[str, Any]:
         return {
             "_id": doc_id,
             "_rev": rev,
             "doctype": "instance",
             "state": "stored",
+            "site": site,
             "study": info.study_uid,
             "series": info.series_uid,
             "sop": info.sop_uid,
@@ -413,11 +458,23 @@ class CouchStore:
     async def sweep(self, grace: float = JOURNAL_GRACE, finish: bool = True) -> int:
         """Redo the aggregates of batches whose frontend may have died.
 
-        Every journal is repaired (recomputing is idempotent and safe next to a
-        live writer); journals older than ``grace`` are also finished: their
-        never-stored instance docs are deleted and the journal removed.
+        Only this site's journals (a journal replicated from another site is
+        that site's business). With ``finish`` (the periodic sweep): the
+        journals of a frontend whose heartbeat stopped (DEAD_AFTER), and any
+        older than REPAIR_AFTER, are repaired (recomputing is idempotent and
+        safe next to a live writer); those of a dead frontend, and any older
+        than ``grace``, are also finished: their never-stored instance docs
+        are deleted and the journal removed. Without ``finish`` (on start):
+        every journal of the site is repaired, none finished.
         """
-        journals = await self.docs.journals()
+        journals = [j for j in await self.docs.journals() if j.get("site", self.docs.site) == self.docs.site]
+        now = time.time()
+        if finish:
+            dead = await self._dead_frontends({str(j["fe"]) for j in journals if j.get("fe")})
+            journals = [j for j in journals if j.get("fe") in dead
+                        or now - float(j.get("at", now)) >= min(REPAIR_AFTER, grace)]
+        else:
+            dead = set()
         if not journals:
             return 0
         studies = {s for j in journals for s in j.get("studies", [])}
@@ -429,17 +486,28 @@ class CouchStore:
         # A delete/reject may have stopped before its instances' keys were removed.
         removed = await self.docs.get_docs({instance_id(sop) for j in journals for sop in j.get("removed", [])})
         await couchsearch.forget_instances(self.docs, [d for d in removed.values() if d.get("state") != "stored"])
-        now = time.time()
+        finished = 0
         for j in journals:
-            if not finish or now - float(j.get("at", now)) < grace:
+            if not finish or (j.get("fe") not in dead and now - float(j.get("at", now)) < grace):
                 continue
             for doc_id in j.get("docs", []):
                 doc = await self.docs.get(doc_id)
                 if doc and doc.get("state") != "stored":
                     await self.docs.discard(doc_id, doc["_rev"])
             await self.docs.discard(j["_id"], j["_rev"])
-        log.info("repaired the aggregates of {n} interrupted STOW batches", n=len(journals))
+            finished += 1
+        log.info("repaired the aggregates of {n} interrupted batches ({m} finished)", n=len(journals), m=finished)
         return len(journals)
+
+    async def _dead_frontends(self, frontends: set[str]) -> set[str]:
+        """Those of ``frontends`` whose heartbeat is older than DEAD_AFTER (or gone)."""
+        dead = set()
+        now = time.time()
+        for fe in frontends - {self.docs.frontend}:
+            beat = await self.docs.get(HEARTBEAT_DOC + fe)
+            if beat is None or now - float(beat.get("at", 0)) > DEAD_AFTER:
+                dead.add(fe)
+        return dead
 
     async def _sweep_quietly(self) -> None:
         try:

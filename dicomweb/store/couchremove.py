@@ -57,11 +57,11 @@ class Removal:
 
     async def delete(self, study: str, series: str | None, sop: str | None) -> int:
         """Replace the instance documents (stored or rejected) by stubs without bytes."""
-        return await self._remove(study, series, sop, frozenset({"stored", "rejected"}), deleted)
+        return await self._remove(study, series, sop, frozenset({"stored", "rejected"}), deleted(self.docs.site))
 
     async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
         """Mark the stored instances ``rejected`` (bytes kept until deleted or purged)."""
-        return await self._remove(study, series, sop, frozenset({"stored"}), rejected(code, scheme))
+        return await self._remove(study, series, sop, frozenset({"stored"}), rejected(code, scheme, self.docs.site))
 
     async def purge_rejected(self, older_than: float) -> int:
         """Delete the instance documents rejected more than ``older_than`` s ago.
@@ -78,7 +78,7 @@ class Removal:
                 "rejected_at": {"$lt": cutoff}}, ["_id", "_rev"], limit=PAGE)
             if not page:
                 return purged
-            result = await self.docs.bulk([deleted(d) for d in page])
+            result = await self.docs.bulk([deleted(self.docs.site)(d) for d in page])
             changed = sum(1 for row in result if not row.get("error"))
             purged += changed
             if not changed:
@@ -137,17 +137,25 @@ class Removal:
         return done
 
 
-def deleted(doc: dict[str, Any]) -> dict[str, Any]:
-    """The stub that replaces a deleted instance (see the module docstring)."""
-    return {"_id": doc["_id"], "_rev": doc["_rev"], "doctype": "instance", "state": "deleted",
-            "deleted_at": time.time()}
+def deleted(site: str) -> Change:
+    """The stub that replaces a deleted instance (see the module docstring).
+    It names its study and the site that deleted it, so that another site
+    the deletion replicates to recomputes that study (``couchfollow``)."""
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        stub = {"_id": doc["_id"], "_rev": doc["_rev"], "doctype": "instance", "state": "deleted",
+                "deleted_at": time.time(), "site": site}
+        if doc.get("study"):
+            stub["study"] = doc["study"]
+        return stub
+
+    return change
 
 
-def rejected(code: str, scheme: str) -> Change:
+def rejected(code: str, scheme: str, site: str) -> Change:
     def change(doc: dict[str, Any]) -> dict[str, Any]:
         # The whole document (attachment stubs included) is written back:
         # a document written without its stubs would lose the bytes.
         return {**doc, "state": "rejected", "rejection": {"code": code, "scheme": scheme},
-                "rejected_at": time.time()}
+                "rejected_at": time.time(), "site": site}
 
     return change

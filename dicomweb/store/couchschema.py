@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from typing import Any
 
 from twisted.internet.task import deferLater
@@ -43,6 +44,7 @@ log = Logger()
 
 SCHEMA_VERSION = 4
 SCHEMA_DOC = "_local/dicomweb-schema"
+SITE_DOC = "_local/dicomweb-site"
 #: Indexes of version 1 and 2, removed by the upgrade to 3 (in STORE_DDOC).
 OBSOLETE_INDEXES = ("studies-by-date", "studies-by-patient")
 #: Fields of version 1 and 2 study documents, removed by the upgrade to 3.
@@ -56,6 +58,8 @@ class Schema:
         self.docs = docs
         self.client = docs.client
         self.aggregates = aggregates
+        #: The schema version the database had when it was opened (0: new).
+        self.found_version: int | None = None
 
     async def open(self) -> None:
         """Create the database if needed, ensure the indexes, upgrade.
@@ -99,6 +103,8 @@ class Schema:
         version = int(schema.get("version", 0)) if schema else 0
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"the CouchDB database has schema {version}, newer than this server ({SCHEMA_VERSION})")
+        if self.found_version is None:
+            self.found_version = version
         for name, index in INDEXES.items():
             await self._ensure_index(name, index.fields, index.ddoc)
         if 0 < version < 2:
@@ -113,6 +119,20 @@ class Schema:
                 body["_rev"] = schema["_rev"]
             await self.docs.put(SCHEMA_DOC, body)  # Conflict: another frontend recorded it first
             log.info("CouchDB schema upgraded from {old} to {new}", old=version, new=SCHEMA_VERSION)
+
+    async def site(self) -> str:
+        """This database's site id (``_local/dicomweb-site``, created by the
+        first frontend; local documents are not replicated, so every
+        replica of the database is a site of its own)."""
+        for _ in range(ATTEMPTS):
+            doc = await self.docs.get(SITE_DOC)
+            if doc is not None:
+                return str(doc["site"])
+            try:
+                await self.docs.put(SITE_DOC, {"site": uuid.uuid4().hex[:16], "created_at": time.time()})
+            except Conflict:
+                pass  # another frontend created it: read that one
+        raise RuntimeError("could not read the site id of the CouchDB database")
 
     async def _ensure_index(self, name: str, fields: tuple[str, ...], ddoc: str) -> None:
         """Create a Mango index (a no-op when it exists). Two frontends
