@@ -230,3 +230,36 @@ def _key_docs(site: couchdb.CouchServer, db: str, sop: str) -> list[dict[str, An
         "selector": {"doctype": "qkey", "u": sop}, "limit": 1000})
     docs: list[dict[str, Any]] = response.json()["docs"]
     return docs
+
+
+def test_admin_status_shows_the_sequence_the_follower_and_the_replications(pair: Pair) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.server import REPO
+
+    pair.replicate()
+    study = generate_uid()
+    assert stow(pair.a.url, list(dicomgen.ct_series(2, study_uid=study, size=16))).status_code == 200
+    pair.settled(lambda: _count(pair.b, study) == 2)
+
+    def admin(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "dicomweb.admin", "--couchdb", pair.sites.b.url,
+                               "--couchdb-db", pair.db, "status", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def follower_caught_up() -> bool:
+        found = json.loads(admin("--json"))
+        return bool(found["follower"]["seq"] is not None and found["follower"]["lag"] == 0)
+
+    wait_for(follower_caught_up, REPLICATION_DEADLINE)
+    found = json.loads(admin("--json"))
+    assert found["update_seq"] and found["site"] and found["schema"] >= 4
+    assert {(r["source"], r["target"], r["continuous"]) for r in found["replications"]} == {
+        (f"{pair.sites.b.url}/{pair.db}", f"{pair.sites.a.url}/{pair.db}", True)}
+    assert found["replications"][0]["state"] == "triggered"
+    text = admin()
+    assert "0 changes behind" in text and f"-> {pair.sites.a.url}/{pair.db}" in text

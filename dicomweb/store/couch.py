@@ -67,15 +67,15 @@ from ..dicom.dicomjson import first_text, int_value
 from ..dicom.order import retrieval_key
 from ..dicom.query import PATIENT, Query
 from ..twistedtypes import IReactor
-from . import couchpatients, couchsearch
+from . import couchfollow, couchpatients, couchsearch
 from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
 from .common import ATTEMPTS, READ_ATTEMPTS, READ_BACKOFF, gather
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import CouchDocs, instance_id
-from .couchfollow import Follower
+from .couchfollow import CHECKPOINT_DOC, Follower
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 from .couchremove import Removal
-from .couchschema import SCHEMA_VERSION, Schema
+from .couchschema import SCHEMA_DOC, SCHEMA_VERSION, SITE_DOC, Schema
 
 log = Logger()
 T = TypeVar("T")
@@ -177,8 +177,8 @@ class CouchStore:
         self._sweeper.clock = self.reactor
         self._sweeper.start(SWEEP_EVERY, now=False)
         await self.follower.start(fresh_database=self.schema.found_version == 0)
-        log.info("CouchDB store ready at {url} (schema {version}, site {site})", url=self.client.safe_url,
-                 version=SCHEMA_VERSION, site=self.docs.site)
+        log.info("CouchDB store ready at {url} (schema {version}, site {site}, frontend {frontend})",
+                 url=self.client.safe_url, version=SCHEMA_VERSION, site=self.docs.site, frontend=self.docs.frontend)
 
     async def close(self) -> None:
         for loop in (self._sweeper, self._heartbeat):
@@ -514,6 +514,30 @@ class CouchStore:
             await self.sweep()
         except (StoreUnavailable, CouchError) as exc:
             log.warn("journal sweep postponed: {error}", error=type(exc).__name__)
+        except Exception:  # the next sweep runs anyway; say why this one did not
+            log.failure("journal sweep failed")
+
+    # -- operations -------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """Replication and change-follower status of this database, for
+        ``dicomweb-admin status`` (needs no :meth:`open`; reads only)."""
+        info = await self.client.request("GET")
+        site, schema, checkpoint = await gather([self.docs.get(SITE_DOC), self.docs.get(SCHEMA_DOC),
+                                                 self.docs.get(CHECKPOINT_DOC)])
+        journals = await self.docs.journals()
+        mine = (site or {}).get("site")
+        follower: dict[str, Any] = {"seq": None}
+        if checkpoint:
+            follower = {"seq": checkpoint.get("seq"), "at": checkpoint.get("at"), "frontend": checkpoint.get("frontend"),
+                        "lag": _seq_number(info.get("update_seq")) - _seq_number(checkpoint.get("seq"))}
+        return {
+            "database": self.client.safe_url, "update_seq": info.get("update_seq"), "doc_count": info.get("doc_count"),
+            "schema": (schema or {}).get("version"), "site": mine, "follower": follower,
+            "journals": {"this_site": sum(1 for j in journals if j.get("site", mine) == mine),
+                         "other_sites": sum(1 for j in journals if j.get("site", mine) != mine)},
+            "replications": await couchfollow.replications(self.client),
+        }
 
     # -- search ---------------------------------------------------------------------
 
@@ -523,6 +547,15 @@ class CouchStore:
         if query.level == PATIENT:
             return await self._read("search", lambda: couchpatients.search(self.docs, query))
         return await self._read("search", lambda: couchsearch.search(self.docs, query))
+
+
+def _seq_number(seq: Any) -> int:
+    """The number in a change sequence: PouchDB's is one, a CouchDB 3
+    cluster's starts with one (``"1234-g1AAAA..."``, summed over shards)."""
+    try:
+        return int(str(seq).split("-", 1)[0])
+    except ValueError:
+        return 0
 
 
 def _level_hints(items: list[StoreItem], outcomes: list[StoreOutcome | None]) -> LevelHints:

@@ -132,7 +132,8 @@ class CouchDocs:
         params: dict[str, Any] = {"since": since, "limit": limit, "style": "all_docs"}
         if wait > 0:
             params.update(feed="longpoll", timeout=int(wait * 1000))
-        result = await self.client.request("GET", "_changes", params=params, timeout=wait + 30, retry=wait <= 0)
+        result = await self.client.request("GET", "_changes", params=params, timeout=wait + 5 if wait > 0 else None,
+                                           retry=wait <= 0, quiet=wait > 0)
         rows = [Change(r["id"], r.get("seq"), tuple(c["rev"] for c in r.get("changes", [])), bool(r.get("deleted")))
                 for r in result.get("results", [])]
         return ChangesPage(rows, result.get("last_seq", since))
@@ -210,7 +211,9 @@ class CouchDocs:
         result = await self.client.post("_find", body)
         if result.get("warning") and "index" in str(result["warning"]).lower():
             log.warn("CouchDB _find on {index} did not use the index: {warning}", index=index, warning=result["warning"])
-        docs: list[dict[str, Any]] = result.get("docs", [])
+        # pouchdb-server answers null for a document deleted while the
+        # query ran: it is gone, so it is left out.
+        docs: list[dict[str, Any]] = [d for d in result.get("docs", []) if d]
         return docs
 
     async def instances(self, study: str | None, series: str | None, state: str,

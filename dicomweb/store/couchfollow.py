@@ -42,6 +42,7 @@ arrives), else from the current position.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -55,7 +56,7 @@ from . import couchsearch
 from .base import StoreUnavailable
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import Change, CouchDocs
-from .couchhttp import CouchError, Missing, doc_path
+from .couchhttp import CouchClient, CouchError, Missing, doc_path
 from .couchpatients import patient_key
 
 log = Logger()
@@ -67,6 +68,7 @@ PAGE = 200
 LONG_POLL = 10.0
 #: Seconds between two writes of the position (it is also written on stop).
 CHECKPOINT_EVERY = 2.0
+CAUGHT_UP_SAVE = 0.5
 
 
 class Follower:
@@ -115,6 +117,7 @@ class Follower:
     async def _run(self) -> None:
         delay = 0.5
         while self._running:
+            asked = self.reactor.seconds()
             try:
                 wait: Deferred[Any] = ensureDeferred(self.docs.changes(self.since, PAGE, wait=LONG_POLL))
                 self._wait = wait
@@ -122,12 +125,18 @@ class Follower:
                 self._wait = None
                 await self.process(page.changes)
                 self.since = page.last_seq
-                await self._save()
+                await self._save(caught_up=len(page.changes) < PAGE)
                 delay = 0.5
             except Exception as exc:  # the loop must outlive any one failure
                 self._wait = None
                 if not self._running:
                     return
+                if isinstance(exc, StoreUnavailable) and self.reactor.seconds() - asked >= LONG_POLL:
+                    # The long poll ran out without an answer: pouchdb-server
+                    # 4.2 ignores ``timeout`` and holds it while nothing
+                    # changes (CouchDB answers an empty page). Ask again.
+                    await self._save(caught_up=True)
+                    continue
                 if isinstance(exc, StoreUnavailable | CouchError):
                     log.warn("change follower paused: {error}", error=type(exc).__name__)
                 else:
@@ -186,10 +195,12 @@ class Follower:
             self.resolved_conflicts += 1
             log.info("resolved a replication conflict on a {kind} document", kind=doc_id.split(":", 1)[0])
 
-    async def _save(self, force: bool = False) -> None:
-        """Write the position (at most every CHECKPOINT_EVERY seconds)."""
+    async def _save(self, force: bool = False, caught_up: bool = False) -> None:
+        """Write the position: at most every CHECKPOINT_EVERY seconds while
+        changes stream in, within CAUGHT_UP_SAVE once the feed is caught up."""
         now = self.reactor.seconds()
-        if self.since == self._saved or (not force and now - self._checkpoint_at < CHECKPOINT_EVERY):
+        every = CAUGHT_UP_SAVE if caught_up else CHECKPOINT_EVERY
+        if self.since == self._saved or (not force and now - self._checkpoint_at < every):
             return
         body: dict[str, Any] = {"seq": self.since, "at": time.time(), "frontend": self.docs.frontend}
         if self._checkpoint_rev:
@@ -229,3 +240,54 @@ def _note(doc: dict[str, Any], studies: set[str], patients: set[str]) -> None:
         studies.add(doc["study"])
         if doc.get("doctype") == "study":
             patients.add(patient_key(doc.get("attrs") or {}))
+
+
+def _without_credentials(url: str) -> str:
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _endpoint(value: Any) -> str:
+    """A replication's source or target: a URL, or ``{"url": ...}`` (CouchDB 3)."""
+    url = value.get("url", "") if isinstance(value, dict) else str(value or "")
+    return _without_credentials(url)
+
+
+async def replications(client: CouchClient) -> list[dict[str, Any]]:
+    """The replications of ``client``'s database the server knows about:
+    ``_replicator`` documents naming it as source or target, with their
+    state (``_replication_state`` on the document; CouchDB 3:
+    ``/_scheduler/docs``) and, where the server reports it, progress from
+    ``/_active_tasks`` (``changes_pending``, the source sequence reached).
+    Servers that allow none of this to the user answer an empty list."""
+    try:
+        rows = (await client.request("GET", "_replicator/_all_docs", params={"include_docs": "true"},
+                                     root=True)).get("rows", [])
+    except CouchError:
+        return []
+    try:
+        tasks = await client.request("GET", "_active_tasks", root=True)
+    except CouchError:
+        tasks = []
+    by_doc = {t.get("doc_id"): t for t in tasks if isinstance(t, dict) and t.get("type") == "replication"}
+    out = []
+    for row in rows:
+        doc = row.get("doc") or {}
+        if row["id"].startswith("_design/"):
+            continue
+        source, target = _endpoint(doc.get("source")), _endpoint(doc.get("target"))
+        if client.database not in (source.rstrip("/").rsplit("/", 1)[-1], target.rstrip("/").rsplit("/", 1)[-1]):
+            continue
+        entry: dict[str, Any] = {"id": row["id"], "source": source, "target": target,
+                                 "continuous": bool(doc.get("continuous")), "state": doc.get("_replication_state")}
+        try:
+            scheduler = await client.request("GET", f"_scheduler/docs/_replicator/{doc_path(row['id'])}", root=True)
+            entry["state"] = scheduler.get("state", entry["state"])
+            entry["info"] = scheduler.get("info")
+        except CouchError:
+            pass  # not CouchDB 3
+        task = by_doc.get(row["id"])
+        if task:
+            entry.update({k: task.get(k) for k in ("changes_pending", "source_seq", "checkpointed_source_seq",
+                                                   "docs_written", "updated_on")})
+        out.append(entry)
+    return out
