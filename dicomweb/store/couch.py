@@ -11,10 +11,14 @@ Documents (see README "Running on CouchDB")::
                          and the aggregates NumberOfStudyRelatedSeries/-Instances,
                          ModalitiesInStudy, SOPClassesInStudy.
     se:<SeriesInstanceUID> one per series: series attributes and its count.
-    j:<random>           a journal entry per STOW batch in flight (crash repair).
+    j:<random>           a journal entry per STOW batch in flight (crash repair),
+                         naming its site and frontend.
     q:<hash>             QIDO match keys, one per (level, owner, generation,
                          path, key): see :mod:`couchsearch`.
-    _local/dicomweb-schema  the schema version (see :mod:`couchschema`).
+    _local/dicomweb-schema  the schema version (see :mod:`couchschema`); also
+                         ``-site`` (this replica's id), ``-follower`` (the
+                         change follower's position), ``-frontend-<id>``
+                         (heartbeats). Local documents are not replicated.
 
 Write order for one instance (nothing acknowledged is lost, nothing half
 stored is visible):
@@ -33,7 +37,12 @@ stored is visible):
 
 A crash between 2 and 3 leaves correct instances but stale aggregates; the
 batch's journal document, written before 1 and deleted after 3, lets any
-frontend redo 3 (on start and every minute).
+frontend of the site redo 3 (on start, and within about 30 s once the
+frontend's heartbeat stops: see :meth:`CouchStore.sweep`).
+
+Replication between sites brings documents no frontend of this site wrote;
+the change follower (:mod:`couchfollow`) recomputes what they affect and
+resolves replication conflicts.
 
 Collaborators, each with a public interface, composed here:
 :class:`~dicomweb.store.couchdocs.CouchDocs` (document access, paging,
