@@ -12,7 +12,8 @@ database's ``_changes`` feed (long poll) and, for
 - an instance document written at another site (its ``site`` is not ours)
   or one with conflicting revisions: recomputes that instance's study, its
   series, their QIDO keys and the patient (the refresh a STOW runs, with
-  ``ensure_keys``);
+  ``ensure_keys``) when this site has a document of that study (else the
+  study is new here, and the documents its own site computed follow);
 - a study, series, patient or instance document with conflicting revisions:
   resolves the conflict. CouchDB and PouchDB pick the same winning revision
   at every replica (highest revision number, then highest revision id), so
@@ -169,9 +170,14 @@ class Follower:
             elif conflicted and change.id.startswith(("s:", "se:", "p:")):
                 await self._resolve(change.id, studies, patients)
         if foreign:
-            for doc in (await self.docs.get_docs(foreign)).values():
-                if doc.get("study") and doc.get("site") != self.docs.site:
-                    studies.add(doc["study"])
+            arrived = {doc["study"] for doc in (await self.docs.get_docs(foreign)).values()
+                       if doc.get("study") and doc.get("site") != self.docs.site}
+            # A study this site has no document of yet is new here: its
+            # documents, computed where it was written, follow its instances
+            # (they were written after them). Recomputing it now would only
+            # create a second version of them, a conflict to resolve later.
+            known = await self.docs.revisions("s:" + study for study in arrived - studies)
+            studies |= {study for study in arrived if "s:" + study in known}
         if studies:
             await self.aggregates.refresh(studies, LevelHints(ensure_keys=True))
             self.repaired_studies += len(studies)
