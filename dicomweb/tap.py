@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from twisted.application import service, strports
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from .store.couch import CouchStore
 
 log = Logger()
+
+#: Seconds shutdown waits for the store to close.
+CLOSE_TIMEOUT = 5.0
 
 
 class Options(usage.Options):
@@ -113,15 +116,24 @@ class _StoreThenListen(service.MultiService):
         reactor.stop()
 
     def stopService(self) -> Any:
+        """Stop listening, then close the store (shutdown waits for it, at
+        most CLOSE_TIMEOUT seconds: a CouchDB store says goodbye to its
+        database, so that other frontends know at once it is gone), then
+        stop the thread pool."""
+        from twisted.internet import reactor
+
         d = super().stopService()
 
-        def _after(_: Any) -> None:
-            ensureDeferred(self.store.close())
-            self.pool.stop()
+        def _after(_: Any) -> Deferred[None]:
+            closing = ensureDeferred(self.store.close())
+            closing.addTimeout(CLOSE_TIMEOUT, reactor)
+            closing.addErrback(lambda f: log.warn("the store did not close cleanly: {error}",
+                                                  error=f.type.__name__ if f.type else "?"))
+            closing.addBoth(lambda _: self.pool.stop())
+            return closing
 
         if d is None:
-            _after(None)
-            return None
+            return _after(None)
         return d.addBoth(_after)
 
 

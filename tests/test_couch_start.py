@@ -5,6 +5,7 @@ supervisor restarts it."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -53,6 +54,11 @@ def test_four_frontends_started_at_once_on_a_new_database_all_become_ready(
             front.stop()
     for front in fronts:
         assert "Traceback" not in front.log(), front.log()[-3000:]
+        # A frontend stopped cleanly takes its heartbeat with it.
+        frontend = re.search(r"frontend ([0-9a-f]+)\)", front.log())
+        assert frontend
+        beat = requests.get(f"{couch_server.url}/{db}/_local/dicomweb-frontend-{frontend.group(1)}", timeout=10)
+        assert beat.status_code == 404
 
 
 def test_a_frontend_whose_database_does_not_answer_exits_with_status_1(tmp_path: os.PathLike[str]) -> None:

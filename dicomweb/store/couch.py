@@ -194,6 +194,12 @@ class CouchStore:
             if loop is not None and loop.running:
                 loop.stop()
         await self.follower.stop()
+        if self._heartbeat_rev:  # stopped: journals it left are finished by the others at once
+            try:
+                await self.client.request("DELETE", doc_path(HEARTBEAT_DOC + self.docs.frontend),
+                                          params={"rev": self._heartbeat_rev}, retry=False, timeout=5)
+            except (StoreUnavailable, CouchError):
+                pass
         await self.client.close()
 
     async def _beat(self) -> None:
