@@ -108,6 +108,11 @@ class Fleet:
                 if found.status_code >= 500:
                     client.errors.append(f"QIDO {found.status_code}")
                     return
+                by_name = requests.get(f"{front.url}/studies", timeout=30,
+                                       params={"PatientName": "doe*", "StudyDate": "20240101-20241231", "limit": "5"})
+                if by_name.status_code != 200 or not by_name.json():
+                    client.errors.append(f"QIDO by name {by_name.status_code}")
+                    return
                 count = found.json()[0]["00201208"]["Value"][0] if found.json() else 0
                 if count != len(client.acked):  # only this client writes its study
                     client.errors.append(f"count {count} != {len(client.acked)}")
