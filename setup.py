@@ -26,7 +26,7 @@ setup(
     # py.typed: the package's annotations are meant for type checkers of its users (PEP 561)
     package_data={"dicomweb": ["py.typed"], "twisted.plugins": ["dicomweb_plugin.py"]},
     install_requires=[
-        "twisted[tls]>=24.7",
+        "twisted[tls,http2]>=24.7",  # http2: the h2 package, HTTP/2 over TLS by ALPN
         "klein>=24.8",
         "treq>=24.9",
         "pydicom>=3.0,<4",
@@ -40,9 +40,14 @@ setup(
         "pylibjpeg-libjpeg>=2.1",
         "pylibjpeg-openjpeg>=2.3",
         "pylibjpeg-rle>=2.0",
+        # HTJ2K encoding (OpenJPH): the release tested here, with htj2k_encode tlm/tilepart.
+        "imagecodecs>=2026.3.6",
         "bcrypt>=4.1",
         "pyjwt[crypto]>=2.8",
         "pynetdicom>=2.1",
+        "defusedxml>=0.7",
+        # brotli compression of JSON/XML answers (dicomweb/web/compression.py); gzip alone without it
+        "brotli>=1.1",
     ],
     entry_points={
         "console_scripts": ["dicomweb-import = dicomweb.importer:main", "dicomweb-admin = dicomweb.admin:main"],
@@ -59,9 +64,11 @@ setup(
             # each release supports a bounded range of mypy, so both are pinned together
             "mypy>=2.4,<2.5",
             "mypy-zope>=1.0.17",
+            "types-defusedxml>=0.7",
             "ruff>=0.17,<0.18",  # tests/test_lint.py runs it: a new release may add rules
             # drives Debian's /usr/bin/chromium in tests/e2e (its driver ships in the wheel)
             "playwright>=1.45",
+            "httpx[http2]>=0.27",  # a real HTTP/2 client in tests/test_http2.py
         ],
     },
 )

@@ -6,6 +6,7 @@ One command, from the repository root::
     python bench/dimse.py --quick     # 120 instances (< 1 min)
     python bench/dimse.py --stores embedded,couch
     python bench/dimse.py --quick --client-nodelay   # dcmtk's tools with Nagle off
+    python bench/dimse.py --big       # only: RSS growth while one 1 GB instance arrives
 
 What is measured (dcmtk's tools as clients, ``storescp --ignore`` as the
 C-MOVE destination, everything on 127.0.0.1):
@@ -15,6 +16,9 @@ C-MOVE destination, everything on 127.0.0.1):
 - C-FIND: ``findscu`` at STUDY level with a name wildcard and a date range
   (the QIDO benchmark's search): median latency, association included;
 - C-MOVE: a 60-instance study (40 with --quick) into the sink: instances/s.
+- ``--big``: each server's RSS growth (sampled every 50 ms) while ``storescu``
+  sends it one 1 GiB instance (64 frames of 4096 x 2048 x 16 bits), and the
+  time it took.
 
 Orthanc 1.10 (Debian) runs with its defaults and a private configuration
 naming the benchmark's AEs; our server with ``--dimse-port`` and the sink as
@@ -173,6 +177,92 @@ def measure(target: Target, corpus: Corpus, tmp: Path, samples: int) -> dict[str
             "move_size": len(next(iter(studies.values())))}
 
 
+def big_instance(folder: Path, mib: int = 1024) -> tuple[Path, str]:
+    """A CT instance of ``mib`` MiB of native pixel data, written to disk
+    frame by frame (never whole in this process's memory)."""
+    import io
+
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    sys.path.insert(0, str(REPO))
+    from tests.dicomgen import ct_instance
+
+    frame = 4096 * 2048 * 2
+    frames = max(1, (mib << 20) // frame)
+    ds = dcmread(io.BytesIO(ct_instance(generate_uid(), generate_uid(), 1, size=16)))
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 2048, 4096, frames
+    ds.PixelData = b""
+    head = io.BytesIO()
+    ds.save_as(head, enforce_file_format=True)
+    data = head.getvalue()
+    # The empty Pixel Data element closes the header: its 4-byte length
+    # becomes the real one and the frames follow.
+    assert data[-12:-8] == b"\xe0\x7f\x10\x00" and data[-4:] == b"\0\0\0\0", "Pixel Data must end the file"
+    path = folder / "big.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as out:
+        out.write(data[:-4] + (frame * frames).to_bytes(4, "little"))
+        chunk = bytes(range(256)) * (frame // 256)
+        for _ in range(frames):
+            out.write(chunk)
+    return path, str(ds.SOPInstanceUID)
+
+
+def stored(target: Target, sop: str) -> bool:
+    import requests
+
+    if target.name.startswith("Orthanc"):
+        found = requests.post(target.server.url + "/tools/lookup", data=sop, timeout=30).json()
+    else:
+        found = requests.get(target.server.url + "/instances", params={"SOPInstanceUID": sop}, timeout=30).json()
+    return bool(found)
+
+
+def rss_growth(target: Target, path: Path) -> tuple[float, float]:
+    """(MiB of RSS growth, seconds) while ``target`` receives ``path``."""
+    sampler = servers.RSSSampler([target.server])
+    try:
+        with sampler.window() as (start, peak):
+            began = time.perf_counter()
+            c_store(target, [str(path)], 1)
+            took = time.perf_counter() - began
+        name = target.server.name
+        return (peak[name] - start[name]) / (1 << 20), took
+    finally:
+        sampler.stop()
+
+
+def big(stores: list[str], orthanc: bool, tmp: Path, sink_port: int) -> None:
+    path, sop = big_instance(tmp / "big")
+    size = path.stat().st_size / (1 << 20)
+    rows = []
+    for store in stores:
+        pouch = servers.start_pouchdb(REPO, tmp / f"pouch-{store}") if store == "couch" else None
+        ours = start_ours(tmp / f"ours-{store}", store, sink_port, pouch)
+        try:
+            rows.append((ours.name, *rss_growth(ours, path)))
+            assert stored(ours, sop), f"{ours.name} did not store the instance"
+        finally:
+            ours.server.stop()
+            if pouch is not None:
+                pouch.stop()
+    if orthanc:
+        peer = start_orthanc(tmp / "orthanc", sink_port)
+        try:
+            rows.append((peer.name, *rss_growth(peer, path)))
+            assert stored(peer, sop), f"{peer.name} did not store the instance"
+        finally:
+            peer.server.stop()
+    say("")
+    say(f"`python bench/dimse.py --big --stores {','.join(stores)}`: one {size:.0f} MiB instance over C-STORE")
+    say("")
+    say("| server | RSS growth (MiB) | time (s) |")
+    say("|---|---|---|")
+    for name, growth, took in rows:
+        say(f"| {name} | {growth:.0f} | {took:.1f} |")
+
+
 def table(results: dict[str, dict[str, float]], n: int) -> str:
     names = list(results)
     lines = [f"| operation | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
@@ -197,6 +287,7 @@ def main() -> None:
     parser.add_argument("--stores", default="embedded")
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--no-orthanc", action="store_true", help="our server only (while tuning it)")
+    parser.add_argument("--big", action="store_true", help="only the 1 GiB C-STORE memory figure")
     parser.add_argument("--client-nodelay", action="store_true",
                         help="TCP_NODELAY=1 for dcmtk's tools: clients and sink with Nagle off")
     args = parser.parse_args()
@@ -204,10 +295,17 @@ def main() -> None:
         TOOL_ENV["TCP_NODELAY"] = "1"
     if shutil.which("Orthanc") is None:
         raise SystemExit("Orthanc is missing: apt-get install orthanc (DIMSE needs no plugin)")
-    corpus = ensure_corpus(QUICK if args.quick else FULL, say)
-    n = len(corpus.group("main"))
     tmp = Path(tempfile.mkdtemp(prefix="dimse-bench-"))
     sink, sink_port = start_sink(tmp)
+    if args.big:
+        try:
+            big(args.stores.split(","), not args.no_orthanc, tmp, sink_port)
+        finally:
+            sink.terminate()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    corpus = ensure_corpus(QUICK if args.quick else FULL, say)
+    n = len(corpus.group("main"))
     results: dict[str, dict[str, float]] = {}
     try:
         for store in args.stores.split(","):

@@ -39,8 +39,14 @@ class Settings:
     threads: int = 4
     allow_remote: bool = False
     trust_forwarded: bool = False
+    changefeed_waiters: int = 100
     log_query_strings: bool = False
     no_sendfile: bool = False
+    no_compression: bool = False
+    metadata_cache_size: int = 64 << 20
+    no_http2: bool = False
+    derived_cache_mb: int = 1024
+    precompute: str = "none"
     auth: str = "none"
     auth_settings: AuthSettings = field(default_factory=AuthSettings)
     cors_origins: tuple[str, ...] = ("*",)

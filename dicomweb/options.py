@@ -222,10 +222,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("threads", "Worker threads for DICOM, image and SQLite work", parse=at_least(1), default="4"),
     Option("config", "TOML config file with the same option names", short="c", field=None),
     Option("allow-remote", "Allow listening on non-loopback addresses without authentication", flag=True),
+    Option("changefeed-waiters", "Change-feed long-poll requests waiting at once at most (more: 503)",
+           parse=at_least(1), default="100"),
     Option("trust-forwarded", "Build public URLs from X-Forwarded-Proto/Host/Prefix", flag=True),
     Option("log-query-strings", "Put query strings (may hold patient names/IDs) in the access log", flag=True),
     Option("no-sendfile", "Send stored files through user space instead of os.sendfile (e.g. on a "
            "network filesystem that mishandles it)", flag=True),
+    Option("no-compression", "Never compress JSON and XML answers (gzip, br), even when the client accepts it",
+           flag=True),
+    Option("metadata-cache-size", "Memory kept for compressed study and series metadata, e.g. 64M (0: none)",
+           parse=size, default="64M"),
+    Option("no-http2", "Over TLS, offer HTTP/1.1 only (HTTP/2 is offered by ALPN by default)", flag=True),
+    Option("derived-cache-mb", "Disk (MiB) for transcoded frames kept under DATA-DIR/derived, least recently "
+           "used first out; 0 = off", parse=at_least(0), default="1024"),
+    Option("precompute", "After STOW, encode new frames in the background: none or htj2k",
+           parse=choice("none", "htj2k"), default="none"),
     # The CouchDB store (used when couchdb is set).  The URL may hold a password.
     Option("couchdb", "Use the CouchDB store at this URL (http://[user:password@]host:5984)", secret=True),
     Option("couchdb-db", "CouchDB database name", default="dicomweb"),

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
+import treq
 from requests.structures import CaseInsensitiveDict
 from treq.client import HTTPClient
 from twisted.internet import task
@@ -50,6 +51,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.test import iosim
 from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -311,14 +313,18 @@ class Client:
     def __init__(self, server: InProcessServer) -> None:
         self.server = server
         agent = Agent.usingEndpointFactory(server.reactor, _Endpoints(server.reactor))
+        self._agent = agent
         self._treq = HTTPClient(agent, data_to_body_producer=BodyProducer)
 
     def request(self, method: str, url: str, params: Any = None, headers: Mapping[str, str] | None = None,
                 data: Any = None, auth: tuple[str, str] | None = None, let_time_pass: bool = False,
-                **_ignored: Any) -> Response:
+                raw: bool = False, **_ignored: Any) -> Response:
         """``url`` is a path (``/studies``) or a full URL on this server.
         Headers given as None are not sent (as with ``requests``).
-        ``let_time_pass``: see :meth:`InProcessNetwork.run`."""
+        ``let_time_pass``: see :meth:`InProcessNetwork.run`. ``raw``: send
+        exactly these headers and keep the body as it came (by default, as
+        with ``requests``, ``Accept-Encoding: gzip`` is added and a gzip
+        body is decoded)."""
         if url.startswith("/"):
             url = self.server.url + url
         if params:
@@ -329,12 +335,19 @@ class Client:
             import base64
 
             sent["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        return self.server.network.run(ensureDeferred(self._request(method, url, sent, data)), let_time_pass)
+        return self.server.network.run(ensureDeferred(self._request(method, url, sent, data, raw)), let_time_pass)
 
-    async def _request(self, method: str, url: str, headers: dict[str, str], data: Any) -> Response:
+    async def _request(self, method: str, url: str, headers: dict[str, str], data: Any, raw: bool = False) -> Response:
         sent: dict[bytes | str, list[bytes | str]] = {k: [v] for k, v in headers.items()}
-        response = await self._treq.request(method, url, headers=sent, data=data)
-        content = await response.content()
+        response: Any
+        if raw:
+            response = await self._agent.request(
+                method.encode(), url.encode(), Headers({k.encode(): [v.encode()] for k, v in headers.items()}),
+                None if data is None else BodyProducer(data))
+            content = await treq.content(response)
+        else:
+            response = await self._treq.request(method, url, headers=sent, data=data)
+            content = await response.content()
         out: CaseInsensitiveDict[str] = CaseInsensitiveDict()
         for name, values in response.headers.getAllRawHeaders():
             if values == [b""] and name.lower() == b"content-encoding":

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomweb.dicom.analyze import InvalidInstance, analyze
+from dicomweb.dicom.transcode import element_value
 from tests import dicomgen
 
 NATIVE = ["CT_small.dcm", "MR_small_bigendian.dcm", "rtdose.dcm", "SC_rgb_2frame.dcm", "US1_UNCR.dcm"]
@@ -62,3 +66,23 @@ def test_a_file_without_the_dicm_prefix_is_refused() -> None:
     with open(dicomgen.sample_file("no_meta.dcm"), "rb") as fp, pytest.raises(InvalidInstance) as info:
         analyze(fp)
     assert info.value.failure == 0xC000
+
+
+def test_a_deflated_object_keeps_its_bulk_data_uris_without_byte_ranges(tmp_path) -> None:
+    """Offsets into a deflated file mean nothing (the data set is compressed):
+    the bulk values keep their URIs and are read from the inflated object."""
+    path = get_testdata_file("CT_small.dcm")
+    assert isinstance(path, str)
+    ds = pydicom.dcmread(path)
+    ds.add_new(0x00091010, "LO", "private creator")
+    ds.add_new(0x00091011, "OB", bytes(range(256)) * 20)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    info = analyze(io.BytesIO(buffer.getvalue()))
+    assert info.bulk == {} and info.frames is None
+    assert info.metadata["00091011"]["BulkDataURI"].endswith("/bulk/00091011")
+    assert info.metadata["7FE00010"] == {"vr": "OW", "BulkDataURI": info.metadata["7FE00010"]["BulkDataURI"]}
+    assert element_value(buffer.getvalue(), "00091011") == bytes(range(256)) * 20
+    assert element_value(buffer.getvalue(), "7FE00010") == ds.PixelData
+    assert element_value(buffer.getvalue(), "00100010/0/00100010") is None

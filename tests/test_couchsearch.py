@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomweb.dicom.query import build_filter
+from dicomweb.store.couchschema import SCHEMA_VERSION
 from dicomweb.store.couchsearch import encode_asc, encode_desc, encode_number, mango_regex
 from tests import couchdb
 from tests.httpclient import stow
@@ -273,7 +274,7 @@ def test_a_schema_2_database_is_upgraded_at_start(servers: dict[str, Any]) -> No
         rows = requests.get(f"{couch}/{db}/_all_docs", params={"include_docs": "true", "startkey": '"s:"',
                                                              "endkey": '"s:\ufff0"'}, timeout=60).json()["rows"]
         assert rows and not [r["id"] for r in rows if {"od", "ot", "pid"} & set(r["doc"])]
-        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == 4
+        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == SCHEMA_VERSION
         _compare({"embedded": servers["procs"]["embedded"], "couch": upgraded})
         _compare({"embedded": servers["procs"]["embedded"], "couch-capped": servers["procs"]["couch-capped"]})
     assert "Traceback" not in upgraded.log()
@@ -306,7 +307,7 @@ def test_a_schema_3_database_gets_its_patients_at_start(servers: dict[str, Any])
     upgraded = ServerProcess(str(base / "couch4"), str(base / "couch4.log"), "--couchdb", couch, "--couchdb-db", db)
     with upgraded:
         assert "schema 3 -> 4" in upgraded.log()
-        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == 4
+        assert requests.get(f"{couch}/{db}/_local/dicomweb-schema", timeout=10).json()["version"] == SCHEMA_VERSION
         _compare({"embedded": servers["procs"]["embedded"], "couch": upgraded})
         _compare({"embedded": servers["procs"]["embedded"], "couch-capped": servers["procs"]["couch-capped"]})
     assert "Traceback" not in upgraded.log()

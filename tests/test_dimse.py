@@ -128,6 +128,16 @@ def test_storing_again_follows_the_stow_policy(dimse_server: DimseServer) -> Non
     assert found[0]["00201208"]["Value"] == [1]
 
 
+def test_a_cstore_is_a_create_in_the_change_feed(dimse_server: DimseServer) -> None:
+    url = dimse_server.url
+    start = requests.get(f"{url}/changefeed/latest", timeout=30).json().get("Sequence", 0)
+    data = ct_instance(generate_uid(), generate_uid(), 1)
+    assert c_store(dimse_server.dimse_port, data).Status == 0
+    entries = requests.get(f"{url}/changefeed", params={"offset": start}, timeout=30).json()
+    assert [(e["SopInstanceUid"], e["Action"], e["State"]) for e in entries] == [
+        (dcmread(io.BytesIO(data)).SOPInstanceUID, "Create", "Current")]
+
+
 def test_cstore_without_sop_instance_uid_is_refused(dimse_server: DimseServer, tmp_path: Path) -> None:
     study = generate_uid()
     ds = dcmread(io.BytesIO(ct_instance(study, generate_uid(), 1)))

@@ -7,13 +7,9 @@ Orthanc is not installed (``apt-get install orthanc``)."""
 from __future__ import annotations
 
 import io
-import json
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -22,54 +18,9 @@ from pydicom.uid import generate_uid
 
 from tests.conftest import STORES, store_args
 from tests.dicomgen import ct_series
-from tests.dimse_helpers import DimseServer, free_port, pydicom_file, run_dcmtk
+from tests.dimse_helpers import DimseServer, pydicom_file, run_dcmtk
 from tests.httpclient import stow
-
-
-class Orthanc:
-    """Orthanc with a private configuration naming the server as modality ``dicomweb``."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.http_port, self.dicom_port = free_port(), free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self, server_dimse_port: int) -> Orthanc:
-        config = {
-            "Name": "test-orthanc", "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port, "StorageDirectory": str(self.base / "storage"),
-            "IndexDirectory": str(self.base / "index"), "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "SaveJobs": False, "Plugins": [],
-            "DicomModalities": {"dicomweb": ["DICOMWEB", "127.0.0.1", server_dimse_port]},
-        }
-        path = self.base / "orthanc.json"
-        path.write_text(json.dumps(config))
-        with open(self.base / "orthanc.log", "wb") as log:
-            self.proc = subprocess.Popen(["Orthanc", str(path)], cwd=self.base, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(self.url + "/system", timeout=2).raise_for_status()
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("Orthanc did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
-
-    def post(self, path: str, body: Any) -> Any:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        response = requests.post(self.url + path, data=data, timeout=60)
-        response.raise_for_status()
-        return response.json()
+from tests.orthanc import Orthanc
 
 
 @pytest.fixture(scope="module", params=STORES)

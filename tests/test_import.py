@@ -72,3 +72,62 @@ def test_offline_import_indexes_files_in_place(tmp_path: Path, folder: tuple[Pat
 
 def test_import_needs_a_url_or_offline(tmp_path: Path) -> None:
     assert _run(str(tmp_path)).returncode == 2
+
+
+def _mixed(root: Path, study: str) -> None:
+    """Add what real folders hold: a file with no Study UID, a truncated one,
+    and one whose data set contradicts its transfer syntax (pydicom warns)."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(next(iter(dicomgen.ct_series(1, study_uid=study)))))
+    del ds.StudyInstanceUID
+    ds.save_as(root / "no-study.dcm", enforce_file_format=True)
+    cut = next(iter(dicomgen.ct_series(1, study_uid=study)))
+    (root / "a" / "truncated.dcm").write_bytes(cut[:len(cut) // 2])
+    ds = pydicom.dcmread(io.BytesIO(next(iter(dicomgen.ct_series(1, study_uid=study)))))
+    # Implicit VR data under an Explicit VR transfer syntax: readable, with a warning.
+    pydicom.dcmwrite(root / "warns.dcm", ds, implicit_vr=True, little_endian=True, force_encoding=True)
+
+
+def test_the_summary_says_why_and_progress_never_counts_past_the_total(url: str, folder: tuple[Path, str]) -> None:
+    root, study = folder
+    _mixed(root, study)
+    result = subprocess.run([sys.executable, "-m", "dicomweb.importer", "--url", url, "--batch", "2",
+                             str(root)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("7 stored, 1 already present, 2 failed, 2 not DICOM (skipped), 12 files seen"), \
+        result.stdout + result.stderr
+    assert "  already present: 1 x same SOP Instance UID as another file of this import " \
+           "(a/IMG0001 = copy-of-img1.dcm)" in lines
+    assert "  failed: 1 x no StudyInstanceUID (no-study.dcm)" in lines
+    assert any(line.startswith("  failed: 1 x cannot understand: ") and "(a/truncated.dcm)" in line for line in lines)
+    assert "  warning: 1 x Expected explicit VR, but found implicit VR - using implicit VR for reading (warns.dcm)" \
+        in lines
+    assert result.returncode == 1  # something failed
+    progress = [line for line in result.stderr.splitlines() if " instances, " in line]
+    assert progress, result.stderr  # not a terminal: plain lines, the last one at the end
+    assert progress[-1].startswith("8/8 instances") and progress[-1].endswith("done")
+    assert "Expected explicit VR" not in result.stderr  # warnings are summarised, not printed per file
+
+
+def test_on_a_terminal_progress_is_one_bar_redrawn_in_place() -> None:
+    import io
+
+    from dicomweb.importer import Progress, Summary
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    summary = Summary(done=5, bytes_done=500)
+    progress = Progress(10, 1000, True, stream=out)
+    progress.update(summary, force=True)
+    summary.done, summary.bytes_done = 10, 1000
+    progress.finish(summary)
+    text = out.getvalue()
+    assert text.startswith("\r[###############               ] 5/10 instances, 0.0/0.0 MB")
+    assert "\r[##############################] 10/10 instances" in text and text.endswith("done   \n")

@@ -150,3 +150,55 @@ def test_a_part_moved_away_is_not_missed_on_close(spool: Path, tmp_path_factory:
     splitter.close()
     assert os.listdir(spool) == []
     assert kept.read_bytes() == b"a" * 10
+
+
+def _counted(payloads: list[bytes], lengths: list[int | str] | None = None, boundary: str = "bb") -> bytes:
+    """A body whose parts carry their own Content-Length (``lengths`` may lie)."""
+    out = b""
+    for i, payload in enumerate(payloads):
+        length = len(payload) if lengths is None else lengths[i]
+        out += (b"\r\n" if i else b"") + f"--{boundary}\r\nContent-Type: application/dicom\r\n".encode()
+        out += f"Content-Length: {length}\r\n\r\n".encode() + payload
+    return out + f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 31, 1 << 20])
+def test_a_part_with_its_own_content_length_keeps_a_delimiter_look_alike_inside(spool: Path, size: int) -> None:
+    payloads = [b"head\r\n--bb\r\nfake headers\r\n\r\ntail", b"", b"\r\n--bb--\r\n"]
+    body = _counted(payloads)
+    assert _reader(body, "bb") == [({"content-type": "application/dicom", "content-length": str(len(p))}, p)
+                                   for p in payloads]
+    splitter = _feed(body, "bb", spool, [size])
+    assert splitter.complete
+    assert _outcome(splitter, "bb") == _reader(body, "bb")
+    splitter.close()
+
+
+@pytest.mark.parametrize(("lengths", "reason"), [
+    ([3, 4], "does not end at a boundary delimiter"),  # too short
+    ([9, 4], "does not end at a boundary delimiter"),  # too long
+    ([400, 4], "does not end at a boundary delimiter"),  # beyond the body
+    (["4x", 4], "is not a number"),
+])
+@pytest.mark.parametrize("size", [1, 3, 1 << 20])
+def test_a_content_length_that_contradicts_the_body_is_an_error(spool: Path, lengths: list[int | str], reason: str,
+                                                                size: int) -> None:
+    body = _counted([b"DATA", b"MORE"], lengths)
+    splitter = _feed(body, "bb", spool, [size])
+    assert not splitter.complete
+    outcome = _outcome(splitter, "bb")
+    assert isinstance(outcome, str) and reason in outcome
+    splitter.close()
+    assert os.listdir(spool) == []
+
+
+@given(st.lists(st.binary(max_size=200), min_size=1, max_size=3),
+       st.lists(st.integers(min_value=1, max_value=40), max_size=5), st.integers(min_value=-3, max_value=3))
+def test_counted_parts_split_as_the_reader_reads_them_whatever_the_chunks(payloads: list[bytes], sizes: list[int],
+                                                                         error: int) -> None:
+    lengths: list[int | str] = [max(0, len(p) + (error if i == 0 else 0)) for i, p in enumerate(payloads)]
+    body = _counted(payloads, lengths)
+    with tempfile.TemporaryDirectory() as directory:
+        splitter = _feed(body, "bb", Path(directory), sizes)
+        assert _outcome(splitter, "bb") == _reader(body, "bb")
+        splitter.close()

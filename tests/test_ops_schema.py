@@ -25,6 +25,6 @@ def test_version_2_is_upgraded_in_place(tmp_path: Path) -> None:
     conn.execute("INSERT INTO metadata VALUES ('1.2.3', x'7b7d')")
     sqlschema.migrate(conn)
     assert {"rejected", "patients"} <= _tables(conn)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(sqlschema.SCHEMA_VERSION),)
     assert conn.execute("SELECT COUNT(*) FROM metadata").fetchone() == (1,)
     sqlschema.migrate(conn)  # idempotent

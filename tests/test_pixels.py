@@ -21,6 +21,8 @@ from dicomweb.dicom.analyze import InstanceInfo, analyze
 from dicomweb.dicom.pixels import (
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
+    HTJ2K_LOSSLESS,
+    HTJ2K_RPCL,
     J2K_LOSSLESS,
     JPEG_BASELINE,
     JPEG_LOSSLESS_SV1,
@@ -155,7 +157,7 @@ def test_frame_as_explicit_little_endian(path: Path, info: InstanceInfo) -> None
         np.testing.assert_array_equal(got, pixel_array(str(path), index=index))
 
 
-LOSSLESS_TARGETS = [RLE_LOSSLESS, J2K_LOSSLESS]
+LOSSLESS_TARGETS = [RLE_LOSSLESS, J2K_LOSSLESS, HTJ2K_LOSSLESS, HTJ2K_RPCL]
 #: Encoding a 2k x 2k radiograph takes seconds: one large file stands for the others.
 ROUND_TRIP = [(p, i) for p, i in FILES if p.stat().st_size < BIG or p.name == "RG3_UNCR.dcm"]
 
@@ -247,7 +249,7 @@ def test_unproducible_syntaxes_are_not_acceptable() -> None:
     path, info = next((p, i) for p, i in FILES if p.name == "MR_small.dcm")
     assert info.frames
     fragments = _fragments(path, info.frames[0])
-    for target in (JPEG_LOSSLESS_SV1, "1.2.840.10008.1.2.4.201", EXPLICIT_VR_BE, "1.2.3.4"):
+    for target in (JPEG_LOSSLESS_SV1, "1.2.840.10008.1.2.4.92", EXPLICIT_VR_BE, "1.2.3.4"):
         with pytest.raises(NotAcceptable):
             frame_bytes_to_target(fragments, info.metadata, info.transfer_syntax_uid, target)
     if not encoder_available(JPEG_LS_LOSSLESS):  # pyjpegls is optional

@@ -69,6 +69,7 @@ def test_a_listed_origin_is_echoed_and_responses_vary_on_origin(basic_inprocess:
     assert got.headers["Access-Control-Allow-Origin"] == VIEWER
     assert {"content-type", "content-location", "location", "warning", "www-authenticate"} <= _names(
         got.headers["Access-Control-Expose-Headers"])
+    assert got.headers["Timing-Allow-Origin"] == VIEWER  # a viewer may measure its own loads
 
 
 def test_an_unlisted_origin_gets_no_cors_headers(basic_inprocess: InProcessSecure) -> None:
@@ -78,6 +79,7 @@ def test_an_unlisted_origin_gets_no_cors_headers(basic_inprocess: InProcessSecur
     got = basic_inprocess.client.get("/studies", headers={"Origin": "http://evil.example"}, timeout=10)
     assert got.status_code == 401
     assert "Access-Control-Allow-Origin" not in got.headers
+    assert "Timing-Allow-Origin" not in got.headers
 
 
 def test_a_refusal_is_readable_by_the_browser(basic_inprocess: InProcessSecure,

@@ -77,6 +77,8 @@ ROUTES = [
     Route("GET", "/wado?requestType=WADO&studyUID={st}&seriesUID={se}&objectUID={i}"),
     Route("OPTIONS", "/studies"),  # not a preflight: capabilities, read access
     Route("GET", "/metrics"),
+    Route("GET", "/changefeed?offset=0&limit=5"),
+    Route("GET", "/changefeed/latest"),
     Route("POST", "/studies", write=True),
     Route("POST", "/studies/{absent}", write=True),
     Route("POST", "/studies/{absent}/series/{se}/reject/113001%5EDCM", write=True),

@@ -268,8 +268,15 @@ def test_patient_counts_and_the_latest_studys_attributes() -> None:
     assert conn.execute("SELECT COUNT(*) FROM patients").fetchone() == (len(STUDIES),)
 
 
+def downgrade_to_4(conn: sqlite3.Connection) -> None:
+    """Make a current database what a version 4 server wrote (no change feed)."""
+    conn.execute("DROP TABLE changes")
+    conn.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+
+
 def downgrade_to_3(conn: sqlite3.Connection) -> None:
-    """Make a version 4 database what a version 3 server wrote."""
+    """Make a current database what a version 3 server wrote."""
+    downgrade_to_4(conn)
     conn.execute("DROP INDEX studies_by_patient")
     conn.execute("ALTER TABLE studies DROP COLUMN patient_key")
     conn.execute("DROP TABLE patients")
@@ -286,7 +293,7 @@ def test_a_version_3_database_gets_its_patients(tmp_path: Any) -> None:
     downgrade_to_3(conn)
     assert sqlsearch.search(conn, parse_query("study", [("limit", "1")]))  # a version 3 database
     sqlschema.migrate(conn)
-    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(sqlschema.SCHEMA_VERSION),)
     assert sqlsearch.search(conn, parse_query("patient", [("includefield", "all")])) == before
     assert conn.execute("SELECT COUNT(*) FROM qido_keys").fetchone() == keys
     sqlschema.migrate(conn)  # idempotent
@@ -324,3 +331,45 @@ def test_a_newer_schema_is_refused(tmp_path: Any) -> None:
                        "INSERT INTO meta VALUES ('schema_version', '99');")
     with pytest.raises(RuntimeError, match="newer"):
         sqlschema.migrate(conn)
+
+
+def _paged_corpus(studies: int) -> list[InstanceInfo]:
+    """Studies of 0 to 6 series of 0 to 4 instances, dates shared by several studies (ties in the order)."""
+    import random
+
+    rng = random.Random(7)
+    out = []
+    for s in range(studies):
+        uid = f"2.25.{s + 1}"
+        study = {"0020000D": el("UI", uid), "00080020": el("DA", f"2020010{s % 4 + 1}"),
+                 "00100010": el("PN", {"Alphabetic": f"P{s}"})}
+        for n in range(rng.randint(1, 6)):
+            series = {"0020000E": el("UI", f"{uid}.{n}"), "00080060": el("CS", "CT"), "00200011": el("IS", n)}
+            for k in range(rng.randint(1, 4)):
+                instance = {"00080016": el("UI", "1.2.3"), "00080018": el("UI", f"{uid}.{n}.{k}"),
+                            "00200013": el("IS", k)}
+                out.append(info(study, series, instance))
+    return out
+
+
+@pytest.mark.parametrize("level", ["series", "instance"])
+def test_deep_pages_skip_whole_studies_and_give_the_same_rows(level: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unfiltered page far into the order starts from the study its first
+    row is in (found by the studies' counts): the same rows as stepping over
+    every row before it, at every offset, the last page and past the end."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    sqlschema.migrate(conn)
+    store_all(conn, _paged_corpus(120))
+    tag = {"series": "0020000E", "instance": "00080018"}[level]
+    total = conn.execute(f"SELECT COUNT(*) FROM {'series' if level == 'series' else 'instances'}").fetchone()[0]
+
+    def page(offset: int, limit: int) -> list[str]:
+        query = parse_query(level, [("limit", str(limit)), ("offset", str(offset))])
+        return [r[tag]["Value"][0] for r in sqlsearch.search(conn, query)]
+
+    monkeypatch.setattr(sqlsearch, "SKIP_FROM", 1 << 40)
+    stepped = {(o, n): page(o, n) for o in (*range(0, total + 3, 7), total - 1, total) for n in (1, 5, 40)}
+    monkeypatch.setattr(sqlsearch, "SKIP_FROM", 1)
+    skipped = {(o, n): page(o, n) for o, n in stepped}
+    assert skipped == stepped
+    assert stepped[(total, 5)] == [] and len(stepped[(total - 1, 5)]) == 1

@@ -15,6 +15,7 @@ import pytest_twisted
 from dicomweb.dicom.query import Query, parse_query
 from dicomweb.store import base
 from dicomweb.store.base import InstanceRecord, Spool, Store, StoreItem, StoreOutcome
+from dicomweb.store.changes import Change
 from dicomweb.store.couch import CouchStore
 from dicomweb.store.embedded import EmbeddedStore
 from dicomweb.web.metrics import InstrumentedStore, Metrics
@@ -56,6 +57,7 @@ class _Fake:
     async def instances(self, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRecord]:
         raise base.not_found(series, sop)
     async def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[bytes]: return []
+    async def version(self, study: str, series: str | None = None) -> str: return "v1"
     async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes: return b""
     async def chunks(self, record: InstanceRecord, chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
         yield b"a"
@@ -65,6 +67,9 @@ class _Fake:
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int: return 1
     async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int: return 1
     async def purge_rejected(self, older_than: float) -> int: return 2
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]: return []
+    async def latest_change(self, metadata: bool) -> Change | None: return None
+    async def wait_changes(self, offset: int, timeout: float) -> bool: return False
 
 
 @pytest_twisted.ensureDeferred
@@ -76,10 +81,11 @@ async def test_the_instrumented_store_forwards_and_times_calls() -> None:
     assert await store.search(parse_query("study", [])) == []
     assert [c async for c in store.chunks(record)] == [b"a", b"b"]
     assert await store.purge_rejected(1.0) == 2
+    assert await store.version("1") == "v1"
     with pytest.raises(base.NotFound, match="no such study"):
         await store.instances("1")
     text = metrics.exposition().decode()
-    for operation, count in (("search", 1), ("chunk", 2), ("instances", 1)):
+    for operation, count in (("search", 1), ("chunk", 2), ("instances", 1), ("version", 1)):
         assert (f'dicomweb_store_operation_duration_seconds_count{{operation="{operation}",store="fake"}} '
                 f"{count}.0") in text
     assert 'operation="store_batch"' not in text  # an operation never called is not exposed

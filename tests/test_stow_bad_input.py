@@ -56,7 +56,8 @@ def test_a_truncated_body_is_a_bad_request_and_stores_nothing(http: Client) -> N
     ("application/json", 415),
     ("application/dicom", 409),  # one instance as the body: this one is not DICOM
     ('multipart/related; type="application/dicom+json"; boundary=x', 400),
-    ('multipart/related; type="application/dicom+xml"; boundary=x', 415),
+    ('multipart/related; type="application/dicom+xml"; boundary=x', 400),
+    ('multipart/related; type="application/xml"; boundary=x', 415),
     ("", 415),
     ("multipart/related; boundary", 400),
 ])

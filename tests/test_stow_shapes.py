@@ -14,6 +14,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from dicomweb.dicom import analyze as az
+from dicomweb.dicom.dicomxml import to_xml
 from tests import badfiles, dicomgen
 from tests.httpclient import failed, json_of, referenced, split_multipart
 
@@ -85,6 +86,17 @@ def _json_body(metadata: list[dict[str, Any]], bulk: list[tuple[str, str, bytes]
         out.write(data)
     out.write(f"\r\n--{boundary}--\r\n".encode())
     return out.getvalue(), f'multipart/related; type="application/dicom+json"; boundary={boundary}'
+
+
+def _xml_body(metadata: list[dict[str, Any]], bulk: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """The same body with each data set as a PS3.19 XML part of its own."""
+    boundary = uuid.uuid4().hex
+    parts = [(b"application/dicom+xml", b"", to_xml(meta)) for meta in metadata]
+    parts += [(ctype.encode(), f"Content-Location: {location}\r\n".encode(), data) for location, ctype, data in bulk]
+    out = b"".join((b"\r\n" if i else b"") + f"--{boundary}\r\n".encode() + b"Content-Type: " + ctype + b"\r\n"
+                   + extra + b"\r\n" + data for i, (ctype, extra, data) in enumerate(parts))
+    return out + f"\r\n--{boundary}--\r\n".encode(), \
+        f'multipart/related; type="application/dicom+xml"; boundary={boundary}'
 
 
 def _metadata(data: bytes, base: str) -> tuple[dict[str, Any], bytes]:
@@ -190,3 +202,85 @@ def test_quoted_and_unquoted_parameters_and_no_crlf_after_close(url: str, ctype:
     response = _post(url, body, ctype.format(b=b))
     assert response.status_code == 200, response.text
     assert _retrieve(url, data) == data
+
+
+def _with_private_text(data: bytes, text: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.add_new(0x00091010, "LO", "dicomweb tests")
+    ds.add_new(0x00091011, "OB", text)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_chunked_parts_with_their_own_content_length_are_read_by_it(url: str) -> None:
+    """A part's Content-Length frames it exactly: the boundary appearing inside
+    the instance's bytes does not cut it short (without the header it would)."""
+    b = uuid.uuid4().hex
+    study = generate_uid()
+    data = [_with_private_text(dicomgen.ct_instance(study, generate_uid(), n), f"x\r\n--{b}\r\nx".encode())
+            for n in (1, 2)]
+    body = b"".join((b"\r\n" if i else b"") + f"--{b}\r\nContent-Type: application/dicom\r\n".encode()
+                    + f"Content-Length: {len(d)}\r\n\r\n".encode() + d for i, d in enumerate(data))
+    body += f"\r\n--{b}--\r\n".encode()
+
+    def chunks() -> Any:  # requests sends a generator with Transfer-Encoding: chunked
+        for i in range(0, len(body), 1000):
+            yield body[i:i + 1000]
+    response = requests.post(url + "/studies", data=chunks(), timeout=60, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={b}', **ACCEPT})
+    assert response.status_code == 200, response.text
+    assert len(referenced(json_of(response))) == 2
+    assert [_retrieve(url, d) for d in data] == data
+
+
+def test_a_part_content_length_that_contradicts_the_body_is_a_clear_400(url: str) -> None:
+    b = uuid.uuid4().hex
+    data = dicomgen.ct_instance(generate_uid(), generate_uid(), 1)
+    body = (f"--{b}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data) - 1}\r\n\r\n".encode()
+            + data + f"\r\n--{b}--\r\n".encode())
+    response = _post(url, body, f'multipart/related; type="application/dicom"; boundary={b}')
+    assert response.status_code == 400
+    assert "Content-Length" in response.text
+
+
+def test_xml_metadata_and_bulk_data_parts_build_the_same_instance(url: str) -> None:
+    """PS3.18 10.5.1.2.2 with application/dicom+xml: every attribute, sequences,
+    person names and numbers included, comes back as it was."""
+    source = open(dicomgen.sample_file("CT_small.dcm"), "rb").read()
+    ds = pydicom.dcmread(io.BytesIO(source))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.add_new(0x00081115, "SQ", [pydicom.Dataset()])
+    ds.ReferencedSeriesSequence[0].SeriesInstanceUID = generate_uid()
+    data = badfiles.save(ds)
+    meta, pixels = _metadata(data, "urn:xml")
+    body, ctype = _xml_body([meta], [(meta[PIXEL]["BulkDataURI"], "application/octet-stream", pixels)])
+    response = _post(url, body, ctype)
+    assert response.status_code == 200, response.text
+    stored = pydicom.dcmread(io.BytesIO(_retrieve(url, data)))
+    for element in ds:
+        assert stored[element.tag].value == element.value, element.keyword
+    assert _frame(url, data) == pixels
+
+
+@pytest.mark.parametrize(("xml", "reason"), [
+    (b"<NativeDicomModel><DicomAttribute", "not well-formed"),
+    (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><NativeDicomModel>&a;</NativeDicomModel>',
+     "declares entities"),
+    (b"<Other/>", "not a NativeDicomModel"),
+    (b'<NativeDicomModel><DicomAttribute tag="0008001" vr="UI"/></NativeDicomModel>', "no valid tag"),
+    (b'<NativeDicomModel><DicomAttribute tag="00280010" vr="US"><Value number="1">x</Value>'
+     b"</DicomAttribute></NativeDicomModel>", "not a number"),
+])
+def test_bad_xml_metadata_fails_with_a_reason_and_spares_the_others(url: str, xml: bytes, reason: str) -> None:
+    good = dicomgen.ct_instance(generate_uid(), generate_uid(), 1)
+    meta, pixels = _metadata(good, "urn:good")
+    body, ctype = _xml_body([meta], [(meta[PIXEL]["BulkDataURI"], "application/octet-stream", pixels)])
+    boundary = ctype.rpartition("=")[2]
+    bad_part = f"--{boundary}\r\nContent-Type: application/dicom+xml\r\n\r\n".encode() + xml + b"\r\n"
+    response = _post(url, bad_part + body, ctype)
+    assert response.status_code == 202, response.text
+    result = json_of(response)
+    assert len(referenced(result)) == 1
+    (failure,) = result["00081198"]["Value"]
+    assert reason in failure["00091001"]["Value"][0]

@@ -184,3 +184,19 @@ def test_other_bulk_data_and_bad_paths(url: str, stored: dict[str, Sample]) -> N
     for bad in ("7FE0001", "7FE00010/x", "../7FE00010", "7FE00010/0/"):
         assert requests.get(f"{base}/{bad}", timeout=30).status_code in (400, 404), bad
     assert requests.get(f"{base}/00100010", timeout=30).status_code == 404
+
+
+def test_deflated_objects_serve_their_bulk_data_inflated(url: str, stored: dict[str, Sample]) -> None:
+    """A deflated data set is compressed as a whole (PS3.5 A.5): its bulk data
+    has no byte range in the stored file, yet its BulkDataURIs answer with the
+    values, Pixel Data included, read from the inflated object."""
+    sample = stored["image_dfl.dcm"]
+    ds = sample.dataset()
+    (meta,) = requests.get(f"{sample.url(url)}/metadata", timeout=30).json()
+    uri = meta["7FE00010"]["BulkDataURI"]
+    (headers, body), = split_multipart(requests.get(uri, timeout=30))
+    assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    assert body == ds.PixelData
+    part = requests.get(uri, headers={"Accept": "application/octet-stream", "Range": "bytes=0-99"}, timeout=30)
+    assert part.status_code == 206 and part.content == ds.PixelData[:100]
+    assert requests.get(f"{sample.url(url)}/bulk/00091011", timeout=30).status_code == 404

@@ -165,6 +165,8 @@ def analyze_pydicom(fp: IO[bytes], offset: int, length: int) -> InstanceInfo:
         if implicit is None or little is None:
             implicit, little = tsuid == "1.2.840.10008.1.2", tsuid != "1.2.840.10008.1.2.2"
         metadata = dataset_to_json(ds, window, prefix, bulk, [], warnings, little=bool(little))
+        if tsuid == DEFLATED:
+            _deflated_bulk(metadata, bulk, window, prefix)
         eot = ds.get_item(0x7FE00001, keep_deferred=True)
         return _build(metadata, bulk, warnings, ds.get, read, lambda: _read_offsets(window, eot, "<Q"),
                       pixel_pos, length, tsuid, study_uid, series_uid, sop_uid, sop_class, prefix,
@@ -175,6 +177,21 @@ def analyze_pydicom(fp: IO[bytes], offset: int, length: int) -> InstanceInfo:
     except Exception as exc:  # pydicom raises many types on values it cannot decode
         raise InvalidInstance(f"cannot decode the data set ({type(exc).__name__})", CANNOT_UNDERSTAND,
                               sop_class, sop_uid) from None
+
+
+def _deflated_bulk(metadata: dict[str, Any], bulk: dict[str, Range], window: BinaryIO, prefix: str) -> None:
+    """Bulk data of a deflated object has no byte range in the stored file
+    (the data set is compressed as a whole, PS3.5 A.5): its BulkDataURIs stay
+    and are answered by inflating the object on request. Pixel Data, which the
+    header read stopped before, gets its URI here."""
+    bulk.clear()
+    window.seek(0)
+    ds = pydicom.dcmread(window, specific_tags=list(PIXEL_TAGS))
+    for tag in PIXEL_TAGS:
+        element = ds.get(tag)
+        if element is not None:
+            key = f"{tag:08X}"
+            metadata[key] = {"vr": str(element.VR).split()[0], "BulkDataURI": prefix + key}
 
 
 def _uids_of_broken(window: BinaryIO) -> tuple[str, str]:

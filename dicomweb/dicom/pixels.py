@@ -57,7 +57,7 @@ RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 NATIVE = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE, DEFLATED_LE, EXPLICIT_VR_BE})
 
 #: Syntaxes whose pixel data may have lost information.
-LOSSY = frozenset({JPEG_BASELINE, JPEG_EXTENDED, JPEG_LS_NEAR, J2K, J2K_PART2, HTJ2K_RPCL, HTJ2K})
+LOSSY = frozenset({JPEG_BASELINE, JPEG_EXTENDED, JPEG_LS_NEAR, J2K, J2K_PART2, HTJ2K})
 
 OCTET_STREAM = "application/octet-stream"
 DICOM = "application/dicom"

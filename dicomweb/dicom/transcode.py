@@ -9,11 +9,13 @@ produced (see :func:`can_transcode`):
   with pydicom's encoders (pylibjpeg-openjpeg);
 - native -> JPEG-LS, only when pyjpegls is installed (pydicom's only plugin);
 - native 8-bit -> JPEG Baseline with Pillow (lossy; the client must name it);
+- anything decodable of at most 16 bits -> HTJ2K (4.201 lossless, 4.202
+  lossless RPCL, 4.203 lossy) with OpenJPH through imagecodecs (``htj2k``);
 - compressed -> another compressed syntax by decoding first.
 
 Not produced (NotAcceptable): JPEG Lossless (4.57/4.70: no maintained
-encoder in pydicom/pylibjpeg/Pillow), JPEG Extended 12-bit, JPEG 2000 Part 2
-and HTJ2K, implicit VR or big endian (PS3.18 8.7.3 forbids them on the web).
+encoder in pydicom/pylibjpeg/Pillow), JPEG Extended 12-bit, JPEG 2000 Part 2,
+implicit VR or big endian (PS3.18 8.7.3 forbids them on the web).
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from pydicom.pixels import get_decoder, get_encoder
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID
 
+from . import htj2k
 from .dicomjson import first_value
 from .pixels import (
     DEFLATED_LE,
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
+    HTJ2K,
     IMPLICIT_VR_LE,
     J2K,
     J2K_LOSSLESS,
@@ -55,8 +59,8 @@ from .pixels import (
 #: Syntaxes pydicom's encoders write (availability is checked at run time).
 _PYDICOM_ENCODED = (RLE_LOSSLESS, J2K_LOSSLESS, J2K, JPEG_LS_LOSSLESS, JPEG_LS_NEAR)
 #: Syntaxes we can write at all.
-PRODUCIBLE = frozenset({EXPLICIT_VR_LE, JPEG_BASELINE, *_PYDICOM_ENCODED})
-LOSSY_TARGETS = frozenset({JPEG_BASELINE, J2K, JPEG_LS_NEAR})
+PRODUCIBLE = frozenset({EXPLICIT_VR_LE, JPEG_BASELINE, *_PYDICOM_ENCODED, *htj2k.SYNTAXES})
+LOSSY_TARGETS = frozenset({JPEG_BASELINE, J2K, JPEG_LS_NEAR, HTJ2K})
 
 DEFAULT_JPEG_QUALITY = 90
 #: Compression ratio of lossy JPEG 2000 output: visually lossless for most CT/MR.
@@ -70,6 +74,8 @@ def encoder_available(tsuid: str) -> bool:
     """Whether an encoder for ``tsuid`` is installed (Pillow counts for JPEG Baseline)."""
     if tsuid in (EXPLICIT_VR_LE, JPEG_BASELINE):
         return True
+    if tsuid in htj2k.SYNTAXES:
+        return htj2k.available()
     if tsuid not in _PYDICOM_ENCODED:
         return False
     try:
@@ -123,6 +129,8 @@ def _limits(metadata: dict[str, Any], target: str) -> str | None:
         return "JPEG 2000 encoding is limited to 24 bits per sample"
     if target in (JPEG_LS_LOSSLESS, JPEG_LS_NEAR) and stored > 16:
         return "JPEG-LS holds at most 16 bits per sample"
+    if target in htj2k.SYNTAXES:
+        return htj2k.why_not(allocated, stored)
     return None
 
 
@@ -209,6 +217,8 @@ def encode_array(arr: np.ndarray, ds: Dataset, target_tsuid: str, *, quality: in
         return _encode_jpeg_baseline(arr, ds, quality)
     if target_tsuid in _PYDICOM_ENCODED:
         return _encode_pydicom(arr, ds, target_tsuid)
+    if target_tsuid in htj2k.SYNTAXES:
+        return htj2k.encode(arr, _pixel_options(arr, ds), target_tsuid)
     raise NotAcceptable(f"transfer syntax {target_tsuid} is not produced by this server")
 
 
@@ -306,6 +316,25 @@ def transcode_instance(part10_bytes: bytes, target_tsuid: str, *, quality: int |
     return out.getvalue()
 
 
+def element_value(part10_bytes: bytes, path: str) -> bytes | None:
+    """The value of the element at a bulk data ``path`` (a tag, then item
+    index/tag pairs) as Explicit VR Little Endian bytes, or None if absent.
+
+    For objects whose bulk data has no byte range in the stored file
+    (deflated ones): the object is inflated and read whole."""
+    ds = _read(part10_bytes)
+    _to_native(ds, str(ds.file_meta.get("TransferSyntaxUID", "")))
+    steps = path.split("/")
+    node: Any = ds
+    try:
+        for i in range(0, len(steps) - 1, 2):
+            node = node[int(steps[i], 16)].value[int(steps[i + 1])]
+        value = node[int(steps[-1], 16)].value
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return value if isinstance(value, bytes) else None
+
+
 def _read(part10_bytes: bytes) -> Dataset:
     try:
         return dcmread(io.BytesIO(part10_bytes))
@@ -381,6 +410,8 @@ _RGB_ENCODED_AS = {J2K_LOSSLESS: "YBR_RCT", J2K: "YBR_ICT", JPEG_BASELINE: "YBR_
 
 def encoded_photometric(decoded: str, target: str) -> str:
     """Photometric Interpretation of decoded ``decoded`` data once encoded in ``target``."""
+    if target in htj2k.SYNTAXES:
+        return htj2k.encoded_photometric(decoded, target)
     return _RGB_ENCODED_AS.get(target, decoded) if decoded == "RGB" else decoded
 
 
@@ -407,7 +438,8 @@ def frame_attributes(metadata: dict[str, Any], stored_tsuid: str, target_tsuid: 
     return {"PhotometricInterpretation": photometric, "PlanarConfiguration": 0}
 
 
-_LOSSY_METHOD = {JPEG_BASELINE: "ISO_10918_1", J2K: "ISO_15444_1", JPEG_LS_NEAR: "ISO_14495_1"}
+_LOSSY_METHOD = {JPEG_BASELINE: "ISO_10918_1", J2K: "ISO_15444_1", JPEG_LS_NEAR: "ISO_14495_1",
+                 HTJ2K: "ISO_15444_15"}
 
 
 def _mark_lossy(ds: Dataset, tsuid: str, ratio: float) -> None:

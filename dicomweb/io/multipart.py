@@ -74,6 +74,20 @@ def _parse_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
+def part_length(headers: dict[str, str]) -> int | None:
+    """A part's own ``Content-Length`` (RFC 2046 allows any header in a part;
+    some clients send it). When given, the part is exactly that many bytes and
+    a delimiter must follow them: a delimiter look-alike inside the part then
+    does not cut it short. Raises ``MultipartError`` for a value that is not a
+    number."""
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 15:
+        raise MultipartError("a part's Content-Length is not a number")
+    return int(value)
+
+
 class _Scanner:
     """Finds byte patterns in a file without reading it whole."""
 
@@ -190,10 +204,16 @@ def _parts(scanner: _Scanner, boundary: str) -> Iterator[Part]:
                 raise MultipartError("part headers are unterminated or too long")
             header_end, body_start = found, found + 4
         headers = _parse_headers(scanner.read(header_start, header_end - header_start))
-        scanner.pos = body_start
-        next_delim = scanner.find(delimiter)
-        if next_delim < 0:
-            raise MultipartError("truncated body: no closing boundary delimiter")
+        length = part_length(headers)
+        if length is not None:
+            next_delim = body_start + length
+            if scanner.read(next_delim, len(delimiter)) != delimiter:
+                raise MultipartError("a part's Content-Length does not end at a boundary delimiter")
+        else:
+            scanner.pos = body_start
+            next_delim = scanner.find(delimiter)
+            if next_delim < 0:
+                raise MultipartError("truncated body: no closing boundary delimiter")
         count += 1
         if count > MAX_PARTS:
             raise MultipartError(f"more than {MAX_PARTS} parts")
@@ -226,7 +246,7 @@ MAX_PREAMBLE = 64 * 1024
 #: rebuild the body if it has to hand it to the reader after all.
 MAX_FRAMING_BYTES = 1 << 20
 
-_PREAMBLE, _DELIMITER, _HEADERS, _BODY, _EPILOGUE, _RAW = range(6)
+_PREAMBLE, _DELIMITER, _HEADERS, _BODY, _EPILOGUE, _RAW, _COUNTED_END = range(7)
 
 
 @dataclass(frozen=True)
@@ -275,6 +295,7 @@ class PartSplitter:
         self._path = ""
         self._written = 0
         self._headers: dict[str, str] = {}
+        self._remaining: int | None = None  # bytes left of a part with a Content-Length
         self._segments: list[bytes | _Span] = []  # the body so far, for materialize
         self._framing_kept = 0
         self._received = 0
@@ -387,14 +408,27 @@ class PartSplitter:
                     end, start = found, found + 4
                 try:
                     headers = _parse_headers(bytes(buf[pos:end]))
+                    self._remaining = part_length(headers)
                 except MultipartError:
                     return self._give_up(buf, pos), False
                 if len(self.parts) >= self._max_parts or self._framing_kept + start - pos > MAX_FRAMING_BYTES:
                     return self._give_up(buf, pos), False
-                pos = self._consume(buf, pos, start - pos, _BODY)
+                pos = self._consume(buf, pos, start - pos, _COUNTED_END if self._remaining == 0 else _BODY)
                 self._headers = headers
                 self._open_file("part-")
+                if self._state == _COUNTED_END:
+                    continue  # an empty counted part: its delimiter follows at once
                 return pos, False
+            elif self._state == _COUNTED_END:
+                # A counted part ends here: the delimiter must follow exactly.
+                size = len(self._delimiter)
+                got = bytes(buf[pos:pos + size])
+                if not self._delimiter.startswith(got):
+                    return self._give_up(buf, pos), False
+                if len(got) < size:
+                    return pos, True
+                self._end_part()
+                pos += size
             else:
                 return pos, False
 
@@ -427,6 +461,13 @@ class PartSplitter:
         The search runs over each chunk in place; only the last
         ``len(delimiter) - 1`` bytes are held back, as they may be the start
         of a delimiter split across chunks."""
+        if self._remaining is not None:
+            take = min(self._remaining, len(data) - pos)
+            self._write_file(memoryview(data)[pos:pos + take])
+            self._remaining -= take
+            if not self._remaining:
+                self._state = _COUNTED_END
+            return pos + take
         delim = self._delimiter
         size = len(delim)
         keep = size - 1

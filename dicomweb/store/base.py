@@ -27,6 +27,7 @@ from typing import IO, Any, Literal, Protocol
 
 from ..dicom.analyze import InstanceInfo, Range
 from ..dicom.query import Query
+from .changes import Change
 
 Outcome = Literal["stored", "replaced", "unchanged", "failed"]
 
@@ -137,6 +138,15 @@ class Store(Protocol):
         """Stored DICOM JSON texts (relative BulkDataURIs), same order as
         ``instances``. Raises NotFound when there are none."""
 
+    async def version(self, study: str, series: str | None = None) -> str:
+        """A short opaque token of the current state of a study's (or a
+        series') instances: it changes whenever ``metadata(study, series)``
+        would answer differently (an instance stored, replaced, moved,
+        rejected, deleted or restored), and only then. Cheaper than the
+        metadata: the web layer names its cached answers with it
+        (``ETag``). It is at least as old as what a ``metadata`` call made
+        after it returns. Raises NotFound when there are no instances."""
+
     async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes:
         """``length`` bytes of the stored Part 10 object from ``offset``."""
 
@@ -178,3 +188,19 @@ class Store(Protocol):
         """Delete, bytes included, the instances rejected more than
         ``older_than`` seconds ago (README "Delete and reject"); returns how
         many were purged."""
+
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]:
+        """The change feed (README "Change feed"): the events with a sequence
+        greater than ``offset``, oldest first, at most ``limit``; each with
+        its state as of now and, when ``metadata`` and the state is Current,
+        the instance's stored DICOM JSON. Sequences are dense and never
+        renumbered: asking again with the last sequence seen never misses or
+        repeats an event."""
+
+    async def latest_change(self, metadata: bool) -> Change | None:
+        """The newest event of the change feed; None when there is none."""
+
+    async def wait_changes(self, offset: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for an event with a sequence greater
+        than ``offset``; whether there is one. Waiters share what wakes them
+        (no poll per waiter)."""

@@ -41,7 +41,7 @@ frontend of the site redo 3 (on start, and within about 30 s once the
 frontend's heartbeat stops: see :meth:`CouchStore.sweep`).
 
 Replication between sites brings documents no frontend of this site wrote;
-the change follower (:mod:`couchfollow`) recomputes what they affect and
+the repair follower (:mod:`couchrepair`) recomputes what they affect and
 resolves replication conflicts.
 
 Collaborators, each with a public interface, composed here:
@@ -76,14 +76,15 @@ from ..dicom.dicomjson import first_text, int_value
 from ..dicom.order import retrieval_key
 from ..dicom.query import PATIENT, Query
 from ..twistedtypes import IReactor
-from . import couchfollow, couchpatients, couchsearch
+from . import couchchanges, couchpatients, couchrepair, couchsearch
 from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
+from .changes import Change
 from .common import ATTEMPTS, READ_ATTEMPTS, READ_BACKOFF, gather
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import CouchDocs, instance_id
-from .couchfollow import CHECKPOINT_DOC, Follower
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 from .couchremove import Removal
+from .couchrepair import CHECKPOINT_DOC, Follower
 from .couchschema import SCHEMA_DOC, SCHEMA_VERSION, SITE_DOC, Schema
 
 log = Logger()
@@ -153,6 +154,7 @@ class CouchStore:
         self.aggregates = Aggregates(self.docs, reactor)
         self.removal = Removal(self.docs, self.aggregates)
         self.schema = Schema(self.docs, self.aggregates)
+        self.feed = couchchanges.ChangeNumbering(self.docs, reactor)
         self.follower = Follower(self.docs, self.aggregates, reactor)
         self._heartbeat: LoopingCall | None = None
         self._heartbeat_rev: str | None = None
@@ -185,6 +187,7 @@ class CouchStore:
         self._sweeper = LoopingCall(self._sweep_quietly)
         self._sweeper.clock = self.reactor
         self._sweeper.start(SWEEP_EVERY, now=False)
+        await self.feed.open()
         await self.follower.start(fresh_database=self.schema.found_version == 0)
         log.info("CouchDB store ready at {url} (schema {version}, site {site}, frontend {frontend})",
                  url=self.client.safe_url, version=SCHEMA_VERSION, site=self.docs.site, frontend=self.docs.frontend)
@@ -194,6 +197,7 @@ class CouchStore:
             if loop is not None and loop.running:
                 loop.stop()
         await self.follower.stop()
+        await self.feed.close()
         if self._heartbeat_rev:  # stopped: journals it left are finished by the others at once
             try:
                 await self.client.request("DELETE", doc_path(HEARTBEAT_DOC + self.docs.frontend),
@@ -277,6 +281,16 @@ class CouchStore:
         docs = await self._read("metadata read", lambda: self._select(
             study, series, sop, ["meta", "series", "sop", "series_number", "instance_number"]))
         return [d["meta"].encode("utf-8") for d in docs]
+
+    async def version(self, study: str, series: str | None = None) -> str:
+        """The study document's revision, for a series too: every STOW that
+        stores or replaces an instance of the study rewrites that document
+        (its ``at`` changes), every reject or delete changes its counts, and
+        it is written after the instance documents it describes."""
+        doc = await self.docs.get("s:" + study)
+        if not doc:
+            raise not_found(series)
+        return str(doc["_rev"])
 
     async def _select(self, study: str, series: str | None, sop: str | None, fields: list[str]) -> list[dict[str, Any]]:
         if sop is not None:
@@ -375,6 +389,8 @@ class CouchStore:
         await gather(run_group(g) for g in groups.values())
         # QIDO keys of the new versions, before the batch is acknowledged.
         await couchsearch.sync_instance_keys(self.docs, written)
+        # Change-feed events, before the batch is acknowledged (couchchanges).
+        await couchchanges.write_events(self.docs, couchchanges.created_events(d for d, _ in written))
         await self.aggregates.refresh(touched, _level_hints(items, outcomes))
         await self.docs.close_journal(journal)  # if that fails, the sweep removes it
         return [o or StoreOutcome("failed", "not processed", PROCESSING_FAILURE) for o in outcomes]
@@ -453,6 +469,7 @@ class CouchStore:
             "bulk": {k: list(v) for k, v in info.bulk.items()},
             "meta": info.metadata_bytes().decode("utf-8"),
             "stored_at": time.time(),
+            "ev": couchchanges.new_token(),  # names this change's feed event
             "_attachments": {att: {"stub": True, "digest": digest.md5, "content_type": "application/dicom",
                                    "length": size}},
         }
@@ -501,6 +518,8 @@ class CouchStore:
         # A delete/reject may have stopped before its instances' keys were removed.
         removed = await self.docs.get_docs({instance_id(sop) for j in journals for sop in j.get("removed", [])})
         await couchsearch.forget_instances(self.docs, [d for d in removed.values() if d.get("state") != "stored"])
+        # The change-feed events of those batches (ids known from the documents: no duplicates).
+        await couchchanges.write_events(self.docs, couchchanges.repair_events([*docs.values(), *removed.values()]))
         finished = 0
         for j in journals:
             if not finish or (j.get("fe") not in dead and now - float(j.get("at", now)) < grace):
@@ -551,8 +570,19 @@ class CouchStore:
             "schema": (schema or {}).get("version"), "site": mine, "follower": follower,
             "journals": {"this_site": sum(1 for j in journals if j.get("site", mine) == mine),
                          "other_sites": sum(1 for j in journals if j.get("site", mine) != mine)},
-            "replications": await couchfollow.replications(self.client),
+            "replications": await couchrepair.replications(self.client),
         }
+
+    # -- change feed (couchchanges) ---------------------------------------------------
+
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]:
+        return await self.feed.changes(offset, limit, metadata)
+
+    async def latest_change(self, metadata: bool) -> Change | None:
+        return await self.feed.latest(metadata)
+
+    async def wait_changes(self, offset: int, timeout: float) -> bool:
+        return await self.feed.wait(offset, timeout)
 
     # -- search ---------------------------------------------------------------------
 

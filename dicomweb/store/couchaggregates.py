@@ -138,13 +138,16 @@ class Aggregates:
 def _received_at(study: str, study_doc: dict[str, Any] | None, docs: list[dict[str, Any]],
                  hints: LevelHints) -> float:
     """When the study last received an instance: when this batch stored one
-    (``hints.received``); else as recorded; else (a document of schema 3 or older) the newest
-    ``stored_at`` of its instances."""
+    (``hints.received``); else as recorded, or the newest ``stored_at`` of its
+    instances when that is later (a frontend stopped between an instance
+    write and this document's: the repair then changes ``at``, and so the
+    study's ``version``) or nothing is recorded (a document of schema 3 or older)."""
     if study in hints.received:
         return hints.received[study]
+    newest = max((float(d.get("stored_at") or 0) for d in docs), default=0.0)
     if study_doc is not None and study_doc.get("at") is not None:
-        return float(study_doc["at"])
-    return max((float(d.get("stored_at") or 0) for d in docs), default=0.0)
+        return max(float(study_doc["at"]), newest)
+    return newest
 
 
 def _changed(writes: list[dict[str, Any]], old: dict[str, Any] | None, new: dict[str, Any]) -> None:

@@ -71,29 +71,6 @@ def instance_id(sop: str) -> str:
     return "i:" + sop
 
 
-@dataclass(frozen=True)
-class Change:
-    """One row of the database's ``_changes`` feed.
-
-    ``revs`` are the document's leaf revisions (``style=all_docs``): more
-    than one means replication (or a cluster) left conflicting revisions,
-    or deleted branches of a conflict resolved earlier. ``seq`` is opaque
-    (an integer on PouchDB, a string in a CouchDB 3 cluster).
-    """
-
-    id: str
-    seq: Any
-    revs: tuple[str, ...]
-    deleted: bool
-
-
-@dataclass(frozen=True)
-class ChangesPage:
-    changes: list[Change]
-    #: Ask with ``since=last_seq`` for what follows.
-    last_seq: Any
-
-
 class CouchDocs:
     """Documents of one CouchDB database (see the module docstring)."""
 
@@ -122,21 +99,7 @@ class CouchDocs:
         """Whether ``rev`` of ``doc_id`` is the last one this frontend wrote."""
         return self._own.get(doc_id) == rev
 
-    # -- the change feed ----------------------------------------------------------
-
-    async def changes(self, since: Any, limit: int = 500, wait: float = 0.0) -> ChangesPage:
-        """One page of ``GET /db/_changes`` after ``since`` (``0``: from the
-        start, ``"now"``: from here on), ids and leaf revisions only, no
-        documents. With ``wait`` > 0 a long poll: the server answers as soon
-        as there is a change, or after ``wait`` seconds with none."""
-        params: dict[str, Any] = {"since": since, "limit": limit, "style": "all_docs"}
-        if wait > 0:
-            params.update(feed="longpoll", timeout=int(wait * 1000))
-        result = await self.client.request("GET", "_changes", params=params, timeout=wait + 5 if wait > 0 else None,
-                                           retry=wait <= 0, quiet=wait > 0)
-        rows = [Change(r["id"], r.get("seq"), tuple(c["rev"] for c in r.get("changes", [])), bool(r.get("deleted")))
-                for r in result.get("results", [])]
-        return ChangesPage(rows, result.get("last_seq", since))
+    # -- the database ---------------------------------------------------------------
 
     async def update_seq(self) -> Any:
         """The database's current sequence (``GET /db``)."""

@@ -7,8 +7,8 @@ Instance documents ``i:<sop>`` change state; nothing else needs a new document:
   rejected instance leaves search and retrieval at once; its attachment
   stays for a restore (storing it again) until it is deleted or purged.
 - **delete**: each instance document is replaced by a stub ``{"doctype":
-  "instance", "state": "deleted"}``: no attachment, no metadata, no UIDs
-  but the one in its id. The bytes go with the old revision (CouchDB
+  "instance", "state": "deleted"}``: no attachment, no metadata (only the
+  UIDs and token of its change-feed event, see :mod:`couchchanges`). The bytes go with the old revision (CouchDB
   returns the space at compaction). A stub rather than a CouchDB deletion
   (``_deleted``): pouchdb-server refuses an attachment PUT on a deleted
   document (404, even with its revision), so the same SOP Instance UID could
@@ -38,8 +38,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import couchsearch
+from . import couchchanges, couchsearch
 from .base import not_found
+from .changes import DELETE
 from .common import ATTEMPTS, PAGE
 from .couchaggregates import Aggregates
 from .couchdocs import CouchDocs, instance_id
@@ -91,7 +92,13 @@ class Removal:
         if not ids:
             raise not_found(series, sop)
         journal = await self.docs.open_journal([study], removed=[i[2:] for i in ids])
-        done = await self._apply(study, ids, states, change)
+        pairs = await self._apply(study, ids, states, change)
+        done = [before for before, _after in pairs]
+        # A Delete event per instance that was visible (a rejected one had its
+        # Delete when it was rejected), before the request is answered.
+        await couchchanges.write_events(self.docs, [
+            couchchanges.event_doc(DELETE, before, after["ev"]) for before, after in pairs
+            if before.get("state") == "stored"])
         await self.aggregates.refresh({study})
         await couchsearch.forget_instances(self.docs, done)
         await self.docs.close_journal(journal)
@@ -111,11 +118,12 @@ class Removal:
             ids.extend(d["_id"] for d in await self.docs.instances(study, series, state, ["_id"]))
         return ids
 
-    async def _apply(self, study: str, ids: list[str], states: frozenset[str], change: Change) -> list[dict[str, Any]]:
+    async def _apply(self, study: str, ids: list[str], states: frozenset[str],
+                     change: Change) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Apply ``change`` to each document still in ``states``; retry conflicts
         on fresh revisions. Returns the documents changed by this call, as they
-        were before."""
-        done: list[dict[str, Any]] = []
+        were before and as written."""
+        done: list[tuple[dict[str, Any], dict[str, Any]]] = []
         pending = ids
         for _ in range(ATTEMPTS):
             if not pending:
@@ -124,7 +132,8 @@ class Removal:
             docs = [d for d in found.values() if d.get("state") in states and d.get("study") == study]
             if not docs:
                 break
-            result = await self.docs.bulk([change(d) for d in docs])
+            changed = {d["_id"]: change(d) for d in docs}
+            result = await self.docs.bulk(list(changed.values()))
             by_id = {d["_id"]: d for d in docs}
             pending = []
             for row in result:
@@ -133,18 +142,23 @@ class Removal:
                 elif row.get("error"):
                     raise CouchError(500, str(row.get("error")), str(row.get("reason", "")))
                 else:
-                    done.append(by_id[row["id"]])
+                    done.append((by_id[row["id"]], changed[row["id"]]))
         return done
 
 
 def deleted(site: str) -> Change:
     """The stub that replaces a deleted instance (see the module docstring).
-    It names its study and the site that deleted it, so that another site
-    the deletion replicates to recomputes that study (``couchfollow``)."""
+
+    The stub names the site that deleted it and its study, so that another
+    site the deletion replicates to recomputes that study (``couchrepair``);
+    the stub of a visible instance also names its change-feed event (``ev``)
+    and the UIDs that event needs, so the crash-repair sweep can write it."""
     def change(doc: dict[str, Any]) -> dict[str, Any]:
         stub = {"_id": doc["_id"], "_rev": doc["_rev"], "doctype": "instance", "state": "deleted",
                 "deleted_at": time.time(), "site": site}
-        if doc.get("study"):
+        if doc.get("state") == "stored":
+            stub.update(ev=couchchanges.new_token(), study=doc["study"], series=doc["series"], sop=doc["sop"])
+        elif doc.get("study"):
             stub["study"] = doc["study"]
         return stub
 
@@ -156,6 +170,6 @@ def rejected(code: str, scheme: str, site: str) -> Change:
         # The whole document (attachment stubs included) is written back:
         # a document written without its stubs would lose the bytes.
         return {**doc, "state": "rejected", "rejection": {"code": code, "scheme": scheme},
-                "rejected_at": time.time(), "site": site}
+                "rejected_at": time.time(), "ev": couchchanges.new_token(), "site": site}
 
     return change

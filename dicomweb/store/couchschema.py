@@ -20,6 +20,10 @@ Versions:
    they last received an instance (``at``); patient documents ``p:<key>``
    with their QIDO key documents (``couchpatients``) and two indexes
    (``studies-by-patient-key``, ``patients-by-order``).
+5. the change feed (:mod:`couchchanges`): event documents ``e:`` and feed
+   entries ``c:``; instance documents name their latest event (``ev``). A
+   database upgraded from an older version starts its feed with one Create
+   per stored instance (ids from :func:`couchchanges.token_of`).
 
 Only this module knows what older versions stored.
 """
@@ -34,7 +38,8 @@ from typing import Any
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from . import couchsearch
+from . import couchchanges, couchsearch
+from .changes import CREATE
 from .common import ATTEMPTS
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import CHUNK, INDEXES, STORE_DDOC, CouchDocs
@@ -42,7 +47,7 @@ from .couchhttp import Conflict, CouchError
 
 log = Logger()
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_DOC = "_local/dicomweb-schema"
 SITE_DOC = "_local/dicomweb-site"
 #: Indexes of version 1 and 2, removed by the upgrade to 3 (in STORE_DDOC).
@@ -113,6 +118,8 @@ class Schema:
             await self._upgrade_2_to_3()
         if 1 < version < 4:  # the upgrade to 2 already wrote them
             await self._upgrade_3_to_4()
+        if 0 < version < 5:
+            await self._upgrade_4_to_5()
         if version < SCHEMA_VERSION:
             body: dict[str, Any] = {"version": SCHEMA_VERSION, "indexes": sorted(INDEXES), "upgraded_at": time.time()}
             if schema:
@@ -179,6 +186,22 @@ class Schema:
         studies = [doc_id[2:] for doc_id in await self.docs.ids_with_prefix("s:")]
         await self.aggregates.refresh(studies, LevelHints(ensure_keys=True))
         log.info("CouchDB schema 3 -> 4: patients of {m} studies indexed", m=len(studies))
+
+    async def _upgrade_4_to_5(self) -> None:
+        """A Create event for every stored instance, in (study, SOP UID) order.
+        Creating an event twice changes nothing, so an interrupted upgrade is redone whole."""
+        log.info("CouchDB schema 4 -> 5: writing change-feed events of the stored instances")
+        done = 0
+        while True:
+            page = await self.docs.find("instances-by-study", {
+                "doctype": "instance", "state": "stored", "study": {"$gt": None}, "sop": {"$gt": None}},
+                fields=["_id", "_rev", "study", "series", "sop", "ev"], limit=CHUNK, skip=done)
+            await couchchanges.write_events(self.docs, [
+                couchchanges.event_doc(CREATE, d, couchchanges.token_of(d)) for d in page])
+            done += len(page)
+            if len(page) < CHUNK:
+                break
+        log.info("CouchDB schema 4 -> 5: {n} events written", n=done)
 
     async def _drop_indexes(self, ddoc: str, names: tuple[str, ...]) -> None:
         """Remove Mango indexes by rewriting their design document without

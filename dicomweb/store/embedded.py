@@ -28,8 +28,9 @@ from twisted.python.threadpool import ThreadPool
 
 from ..dicom.query import Query
 from ..twistedtypes import IReactor
-from . import sqlindex, sqlsearch
+from . import sqlchanges, sqlindex, sqlsearch
 from .base import InstanceRecord, Spool, StoreItem, StoreOutcome
+from .changes import Change, ChangeSignal
 from .sqlindex import EmbeddedIndex
 from .sqlremove import Target
 
@@ -67,6 +68,9 @@ class EmbeddedStore:
         # file system), and the part files of a split multipart body there
         # too, so ``store_batch`` renames them into place.
         self._spool = Spool(self.index.spool_dir, parts_dir=self.index.spool_dir)
+        # Change-feed waiters, woken after each write this process commits
+        # (and every second, for writers in other processes: dicomweb-admin).
+        self._changed = ChangeSignal(reactor)
 
     @property
     def spool(self) -> Spool:
@@ -149,22 +153,42 @@ class EmbeddedStore:
     # -- store, delete, reject ----------------------------------------------
 
     async def store_batch(self, items: Sequence[StoreItem]) -> list[StoreOutcome]:
-        result: list[StoreOutcome] = await self._run(self.index.store_batch, list(items))
+        try:
+            result: list[StoreOutcome] = await self._run(self.index.store_batch, list(items))
+        finally:
+            self._changed.notify()
         return result
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
         """Remove the instances (visible or rejected) and reclaim their files."""
-        count: int = await self._run(self.index.delete, Target(study, series, sop))
+        try:
+            count: int = await self._run(self.index.delete, Target(study, series, sop))
+        finally:
+            self._changed.notify()
         return count
 
     async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
         """Move the visible instances to the rejected area (files kept)."""
-        count: int = await self._run(self.index.reject, Target(study, series, sop), code, scheme)
+        try:
+            count: int = await self._run(self.index.reject, Target(study, series, sop), code, scheme)
+        finally:
+            self._changed.notify()
         return count
 
     async def purge_rejected(self, older_than: float) -> int:
         count: int = await self._run(self.index.purge_rejected, older_than)
         return count
+
+    # -- change feed (sqlchanges) ----------------------------------------------
+
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]:
+        return await self._read(sqlchanges.page, offset, limit, metadata, shape=metadata)
+
+    async def latest_change(self, metadata: bool) -> Change | None:
+        return await self._read(sqlchanges.latest, metadata)
+
+    async def wait_changes(self, offset: int, timeout: float) -> bool:
+        return await self._changed.wait(offset, timeout, lambda: self._read(sqlchanges.last_sequence))
 
     # -- retrieve -----------------------------------------------------------
 
@@ -177,6 +201,11 @@ class EmbeddedStore:
                        sop: str | None = None) -> list[bytes]:
         rows = await self._select_rows(sqlindex.METADATA_COLUMN, study, series, sop)
         return [bytes(r[3]) for r in rows]
+
+    async def version(self, study: str, series: str | None = None) -> str:
+        # A primary-key lookup: on the reactor thread (see _read).
+        token: str = await self._read(sqlindex.version, study, series)
+        return token
 
     async def _select_rows(self, columns: str, study: str, series: str | None,
                            sop: str | None) -> list[tuple[Any, ...]]:

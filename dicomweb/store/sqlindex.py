@@ -38,7 +38,7 @@ from twisted.logger import Logger
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
 from ..io.files import copy_range, read_at, start_writeback
-from . import sqlremove, sqlschema
+from . import sqlchanges, sqlremove, sqlschema
 from .base import InstanceRecord, StoreItem, StoreOutcome, not_found
 
 T = TypeVar("T")
@@ -48,6 +48,16 @@ log = Logger()
 RECORD_COLUMNS = "path, size, frames, bulk, sop_class_uid, transfer_syntax_uid"
 #: The stored DICOM JSON of an instance, after the three UIDs.
 METADATA_COLUMN = "(SELECT json FROM metadata m WHERE m.sop_uid=i.sop_uid)"
+
+
+#: Written when the store closes cleanly, removed when it opens: its absence
+#: at open means the last run ended in a crash, so the index is checked.
+CLEAN_MARK = "index.closed-cleanly"
+
+
+class DamagedIndex(RuntimeError):
+    """The SQLite index cannot be trusted: the store refuses to start on it
+    rather than serve wrong answers."""
 
 
 class EmbeddedIndex:
@@ -94,11 +104,38 @@ class EmbeddedIndex:
     # -- lifecycle ------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the directories and create or upgrade the schema."""
+        """Create the directories and create or upgrade the schema; after a
+        crash, check the index first (``PRAGMA quick_check``: every page and
+        index entry, without cross-checking every row against its index)."""
         for path in (self.data_dir, self.files_dir, self.spool_dir):
             os.makedirs(path, exist_ok=True)
-        with self._write_lock:
-            sqlschema.migrate(self.connection())
+        mark = os.path.join(self.data_dir, CLEAN_MARK)
+        crashed = os.path.exists(self.db_path) and not os.path.exists(mark)
+        try:
+            os.unlink(mark)
+        except FileNotFoundError:
+            pass
+        try:
+            conn = self.connection()
+            if crashed:
+                self._check(conn)
+            with self._write_lock:
+                sqlschema.migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            self._close_connections()  # not marked clean: the next start checks again
+            raise self._damaged(str(exc)) from None
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        started = time.monotonic()
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        log.info("index checked after an unclean stop in {seconds:.1f} s", seconds=time.monotonic() - started)
+        if problems != ["ok"]:
+            raise self._damaged("; ".join(problems)[:300])
+
+    def _damaged(self, detail: str) -> DamagedIndex:
+        return DamagedIndex(
+            f"the index {self.db_path} is damaged ({detail}): restore it from a backup, or move it aside and "
+            f"index the stored files again (dicomweb-import --offline); nothing was served from it")
 
     def clear_spool(self) -> None:
         """Remove bodies and part files left in the spool by a crash: they
@@ -111,8 +148,19 @@ class EmbeddedIndex:
                 pass
 
     def close(self) -> None:
-        """Close every connection opened so far (from any thread)."""
+        """Close every connection opened so far (from any thread), and mark
+        the index as closed cleanly if it was open."""
+        if self._close_connections() and os.path.exists(self.db_path):
+            try:
+                with open(os.path.join(self.data_dir, CLEAN_MARK), "w") as mark:
+                    mark.write("the last run closed the index cleanly\n")
+            except OSError:
+                pass  # the next start checks the index: slower, not wrong
+
+    def _close_connections(self) -> bool:
+        """Close every connection; whether any was open."""
         with self._conn_lock:
+            was_open = bool(self._connections)
             for conn in self._connections:
                 try:
                     conn.close()
@@ -120,6 +168,7 @@ class EmbeddedIndex:
                     pass
             self._connections.clear()
         self._local = threading.local()
+        return was_open
 
     def ready(self) -> bool:
         try:
@@ -170,7 +219,7 @@ class EmbeddedIndex:
             except sqlite3.Error as exc:
                 conn.execute("ROLLBACK") if conn.in_transaction else None
                 log.error("index commit failed: {error}", error=str(exc))
-                return _abandon(outcomes, written, StoreOutcome("failed", "index write failed", PROCESSING_FAILURE))
+                return _abandon(outcomes, written, _index_failure(exc))
         for path in replaced_paths:
             _unlink(path)
         return [o or StoreOutcome("failed", "not processed", PROCESSING_FAILURE) for o in outcomes]
@@ -258,12 +307,18 @@ class EmbeddedIndex:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
             sqlschema.upsert_instance(conn, info, rel)
             was_rejected = sqlremove.forget_rejected(conn, info.sop_uid)  # storing again restores it
+            sqlchanges.created(conn, info.sop_uid, info.series_uid, info.study_uid)
             conn.execute("RELEASE one")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK TO one")
-            conn.execute("RELEASE one")
+            try:
+                conn.execute("ROLLBACK TO one")
+                conn.execute("RELEASE one")
+            except sqlite3.Error:
+                # SQLite rolled the whole transaction back (it does on
+                # SQLITE_FULL, among others): the batch fails with this cause.
+                raise exc from None
             log.error("indexing one instance failed: {error}", error=str(exc))
-            return StoreOutcome("failed", "index write failed", PROCESSING_FAILURE)
+            return _index_failure(exc)
         if was_rejected is not None and self._owned(os.path.join(self.files_dir, was_rejected)):
             replaced_paths.append(os.path.join(self.files_dir, was_rejected))
         if old is not None:
@@ -380,6 +435,23 @@ def select(conn: sqlite3.Connection, columns: str, study: str, series: str | Non
     return rows
 
 
+def version(conn: sqlite3.Connection, study: str, series: str | None) -> str:
+    """The :meth:`~dicomweb.store.base.Store.version` token of a study or
+    series: its ``updated_at`` and instance count. Every store or replace in
+    it sets ``updated_at`` to a new time (``upsert_instance``); a reject or
+    delete lowers the count and leaves the time; so no state comes back
+    with a token an earlier state had. The index commits both with the
+    instances they describe, in one transaction."""
+    if series is None:
+        row = conn.execute("SELECT updated_at, num_instances FROM studies WHERE study_uid=?", (study,)).fetchone()
+    else:
+        row = conn.execute("SELECT updated_at, num_instances FROM series WHERE series_uid=? AND study_uid=?",
+                           (series, study)).fetchone()
+    if row is None:
+        raise not_found(series)
+    return f"{row[0]!r}/{row[1]}"
+
+
 def record(row: tuple[Any, ...]) -> InstanceRecord:
     """The :class:`InstanceRecord` of a :func:`select` row of :data:`RECORD_COLUMNS`."""
     return InstanceRecord(
@@ -402,6 +474,13 @@ def _abandon(outcomes: list[StoreOutcome | None], written: dict[int, str],
         _unlink(path)
         outcomes[i] = failure
     return [o or failure for o in outcomes]
+
+
+def _index_failure(exc: sqlite3.Error) -> StoreOutcome:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL:
+        return StoreOutcome("failed", "out of storage space", OUT_OF_RESOURCES)
+    return StoreOutcome("failed", "index write failed", PROCESSING_FAILURE)
 
 
 def _io_failure(exc: OSError) -> StoreOutcome:

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from . import sqlschema
+from . import sqlchanges, sqlschema
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ def delete(conn: sqlite3.Connection, target: Target) -> tuple[int, list[str]]:
     Returns (how many, stored paths of their files)."""
     rows = _visible(conn, target)
     _unindex(conn, rows)
+    # One Delete per visible instance; a rejected one had its Delete when rejected.
+    sqlchanges.deleted(conn, [r[:3] for r in rows])
     where, args = target.where()
     rejected = conn.execute(f"SELECT path FROM rejected WHERE {where}", args).fetchall()
     conn.execute(f"DELETE FROM rejected WHERE {where}", args)
@@ -87,6 +89,7 @@ def reject(conn: sqlite3.Connection, target: Target, code: str, scheme: str) -> 
             (instance["sop_uid"], instance["series_uid"], instance["study_uid"], instance["path"], code, scheme,
              now, json.dumps(instance, separators=(",", ":")), values[-3], values[-2], values[-1]))
     _unindex(conn, rows)
+    sqlchanges.deleted(conn, [r[:3] for r in rows])  # rejected: out of search and retrieval
     return len(rows)
 
 

@@ -17,10 +17,11 @@ from ..dicom.analyze import InstanceInfo
 from ..dicom.dicomjson import dumps, first_text, int_value
 from ..dicom.order import LEVEL_UIDS, NO_NUMBER, sort_number, study_sort_date
 from ..dicom.query import MODALITIES_IN_STUDY, Level, index_entries
+from . import sqlchanges
 
 SOP_CLASSES_IN_STUDY = "00080062"
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Level numbers stored in ``qido_keys.level``.
 STUDY, SERIES, INSTANCE, PATIENT = 0, 1, 2, 3
@@ -155,7 +156,12 @@ def migrate(conn: sqlite3.Connection) -> None:
             _upgrade_1_to_2(conn)
         if version < 3:
             _script(conn, _REJECTED_V3)  # 0, 1 and 2 all lack it
-        _upgrade_to_4(conn)
+        if version < 4:
+            _upgrade_to_4(conn)
+        # Version 5: the change feed (sqlchanges). A store upgraded from an
+        # older version starts its feed with one Create per instance it holds.
+        _script(conn, sqlchanges.SCHEMA_V5)
+        sqlchanges.seed(conn)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:

@@ -67,8 +67,18 @@ class SqlQuery:
     args: list[Any]
 
 
-def build_sql(query: Query) -> SqlQuery:
-    """The SELECT for ``query`` (see the module docstring)."""
+#: From this offset on, an unfiltered series or instance page first skips
+#: whole studies by their counts (see :func:`_study_skip`).
+SKIP_FROM = 1000
+#: Rows a study contributes to an unfiltered page of each level.
+_WEIGHT = {"series": "num_series", "instance": "num_instances"}
+
+
+def build_sql(query: Query, start: tuple[str, str, int] | None = None) -> SqlQuery:
+    """The SELECT for ``query`` (see the module docstring).
+
+    ``start``: (sort_date, study_uid, offset) of an unfiltered page that
+    begins in that study, at that offset within it (:func:`_study_skip`)."""
     if query.level == PATIENT:
         return _patient_sql(query)
     depth = LEVELS.index(query.level) + 1
@@ -93,10 +103,16 @@ def build_sql(query: Query) -> SqlQuery:
         order[0] = "+" + order[0]
     columns = ", ".join(_COLUMNS[level] for level in used)
     sql = f"SELECT {columns} FROM {tables}"
+    offset = query.offset
+    if start is not None:
+        # The studies from ``start`` on, in the search order (date descending, then UID).
+        where.append("(st.sort_date < ? OR (st.sort_date = ? AND st.study_uid >= ?))")
+        args.extend([start[0], start[0], start[1]])
+        offset = start[2]
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
-    return SqlQuery(sql, [*args, query.limit, query.offset])
+    return SqlQuery(sql, [*args, query.limit, offset])
 
 
 def _patient_sql(query: Query) -> SqlQuery:
@@ -174,8 +190,42 @@ def search(conn: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
 
 def fetch(conn: sqlite3.Connection, query: Query) -> list[tuple[Any, ...]]:
     """The result rows of ``query`` (the SQL part of :func:`search`)."""
-    plan = build_sql(query)
-    return conn.execute(plan.sql, plan.args).fetchall()
+    if not _skips(query):
+        plan = build_sql(query)
+        return conn.execute(plan.sql, plan.args).fetchall()
+    # Both statements read one snapshot, so the counts match the rows.
+    outer = not conn.in_transaction
+    if outer:
+        conn.execute("BEGIN")
+    try:
+        start = _study_skip(conn, query)
+        if start is None:
+            return []
+        plan = build_sql(query, start)
+        return conn.execute(plan.sql, plan.args).fetchall()
+    finally:
+        if outer and conn.in_transaction:  # an interrupted read may have ended it already
+            conn.execute("COMMIT")
+
+
+def _skips(query: Query) -> bool:
+    return (query.level in _WEIGHT and query.offset >= SKIP_FROM
+            and all(f.kind == "universal" for f in query.filters))
+
+
+def _study_skip(conn: sqlite3.Connection, query: Query) -> tuple[str, str, int] | None:
+    """Where an unfiltered page deep in the order begins: the study holding
+    its first row and the offset within that study, found from the studies'
+    exact counts (a running sum over the ~20,000 studies of a million
+    instances) instead of by stepping over every row before it (an offset
+    of 500,000 instances cost 500,000 index steps). None: past the end."""
+    weight = _WEIGHT[query.level]
+    row = conn.execute(
+        f"SELECT sort_date, study_uid, ? - (total - {weight}) FROM ("
+        f"  SELECT sort_date, study_uid, {weight}, SUM({weight}) OVER ("
+        f"    ORDER BY sort_date DESC, study_uid ROWS UNBOUNDED PRECEDING) AS total FROM studies"
+        f") WHERE total > ? LIMIT 1", (query.offset, query.offset)).fetchone()
+    return None if row is None else (row[0], row[1], int(row[2]))
 
 
 def answers(conn: sqlite3.Connection, query: Query, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:

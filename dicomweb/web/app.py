@@ -7,9 +7,10 @@ turned into an HTTP answer in one place (``_http_error``).
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from klein import Klein
@@ -33,10 +34,18 @@ from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import NotFound, Store, StoreUnavailable
 from ..twistedtypes import IReactor
 from . import capabilities, negotiation, qido, wadouri
+from .changefeed import ChangeFeed
+from .compression import BodyCache, Coder
+from .derived import DerivedCache
 from .errors import HTTPError, bad_request
 from .metrics import Metrics
+from .precompute import Precompute
 from .stow import body_shape, store_body
+from .validators import CACHE_CONTROL, add_vary
 from .wado import Wado
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 log = Logger()
 
@@ -46,6 +55,21 @@ class WebSettings:
     base_url: str | None = None  # public URL used in RetrieveURL / BulkDataURI
     trust_forwarded: bool = False  # honour X-Forwarded-Proto/Host/Prefix
     qido_max_limit: int = DEFAULT_MAX_LIMIT  # answers per QIDO page at most (limit=0: this)
+    derived_dir: str | None = None  # derived frame cache (transcoded frames kept); None = off
+    derived_cache_bytes: int = 0
+    precompute: str = "none"  # "htj2k": encode new instances' frames after STOW
+    changefeed_waiters: int = 100  # change-feed long-poll waiters at most (then 503)
+    compression: bool = True  # gzip/br for JSON and XML answers (README "Compression and caching")
+    metadata_cache_size: int = 64 << 20  # bytes of compressed study/series metadata kept
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WebSettings:
+        """The web layer's part of the service's settings."""
+        return cls(base_url=settings.base_url, trust_forwarded=settings.trust_forwarded,
+                   compression=not settings.no_compression, metadata_cache_size=settings.metadata_cache_size,
+                   changefeed_waiters=settings.changefeed_waiters,
+                   derived_dir=os.path.join(settings.data_dir, "derived"),
+                   derived_cache_bytes=settings.derived_cache_mb << 20, precompute=settings.precompute)
 
 
 class DICOMwebApp:
@@ -58,7 +82,15 @@ class DICOMwebApp:
         self.reactor = reactor
         self.pool = pool
         self.settings = settings or WebSettings()
-        self.wado = Wado(store, reactor, pool)
+        self.coder = Coder(reactor, pool, self.settings.compression)
+        derived = None
+        if self.settings.derived_dir and self.settings.derived_cache_bytes > 0:
+            derived = DerivedCache(self.settings.derived_dir, self.settings.derived_cache_bytes)
+        self.wado = Wado(store, reactor, pool, self.coder, BodyCache(self.settings.metadata_cache_size, self.metrics),
+                         derived, lambda result: self.metrics.derived.labels(result).inc())
+        self.precompute = Precompute(self.wado, self.settings.precompute) \
+            if self.settings.precompute != "none" else None
+        self.changefeed = ChangeFeed(store, reactor, self.settings.changefeed_waiters, self.metrics.changefeed_waiters)
 
     def resource(self) -> IResource:
         return self.app.resource()
@@ -86,21 +118,23 @@ class DICOMwebApp:
             if value is not None and not is_valid_uid(value):
                 raise bad_request(f"{name} is not a valid UID")
 
-    def _dataset_body(self, request: Request, datasets: list[dict[str, Any]], single: bool = False) -> bytes:
-        """Encode datasets as DICOM JSON or (multipart) XML, as negotiated."""
+    async def _dataset_body(self, request: Request, datasets: list[dict[str, Any]], single: bool = False) -> bytes:
+        """Encode datasets as DICOM JSON or (multipart) XML, as negotiated,
+        compressed when the client accepts it (compression.py)."""
         kind = negotiation.choose_dataset_type(request.getHeader(b"accept"))
+        add_vary(request, b"Accept")
         if kind == negotiation.DICOM_JSON:
             request.setHeader(b"content-type", b"application/dicom+json")
-            return _sized(request, dumps(datasets[0] if single else datasets))
+            return await self.coder.encode(request, dumps(datasets[0] if single else datasets))
         if single:
             request.setHeader(b"content-type", b"application/dicom+xml")
-            return _sized(request, to_xml(datasets[0]))
+            return await self.coder.encode(request, to_xml(datasets[0]))
         boundary = uuid.uuid4().hex
         request.setHeader(b"content-type",
                           f'multipart/related; type="application/dicom+xml"; boundary={boundary}'.encode())
         parts = [delimiter(boundary, first=(i == 0)) + part_header("application/dicom+xml") + to_xml(ds)
                  for i, ds in enumerate(datasets)]
-        return _sized(request, b"".join(parts) + close_delimiter(boundary))
+        return await self.coder.encode(request, b"".join(parts) + close_delimiter(boundary))
 
     # -- errors -------------------------------------------------------------
 
@@ -161,9 +195,9 @@ class DICOMwebApp:
         return b"store unavailable\n"
 
     @app.route("/metrics", methods=["GET"])
-    def metrics_text(self, request: Request) -> bytes:
+    async def metrics_text(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return self.metrics.exposition()
+        return await self.coder.encode(request, self.metrics.exposition())
 
     # -- STOW-RS ------------------------------------------------------------
 
@@ -182,19 +216,26 @@ class DICOMwebApp:
             if getattr(request, "too_large", False):
                 limit = getattr(request, "max_body", 0)
                 raise HTTPError(413, f"request body larger than the {limit} byte limit")
+            if (error := getattr(request, "receive_error", None)) is not None:
+                # RFC 4918 11.5: the server cannot store what the request needs.
+                raise HTTPError(507, f"{error} while receiving the body: nothing of it was stored",
+                                {"Retry-After": "60"})
             shape = body_shape(request.getHeader(b"content-type"))
             negotiation.choose_dataset_type(request.getHeader(b"accept"))  # 406 before storing anything
+            self.coder.choose(request)
             results = await store_body(self.store, self.reactor, self.pool, body, shape, study)
         finally:
             body.close()
         failures = sum(1 for r in results if r.failure)
+        if self.precompute is not None:
+            self.precompute.submit((r.study_uid, r.series_uid, r.sop_uid) for r in results if not r.failure)
         self.metrics.instances.labels("stored").inc(len(results) - failures)
         self.metrics.instances.labels("failed").inc(failures)
         status, dataset = stowresponse.response(results, self.base_url(request), study)
         request.setResponseCode(status)
         log.info("STOW: {stored} stored, {failed} failed", stored=sum(1 for r in results if not r.failure),
                  failed=sum(1 for r in results if r.failure))
-        return self._dataset_body(request, [dataset], single=True)
+        return await self._dataset_body(request, [dataset], single=True)
 
     # -- QIDO-RS ------------------------------------------------------------
 
@@ -232,12 +273,14 @@ class DICOMwebApp:
         """Search within the path's study/series; an unknown one gives 200 [] (README)."""
         self._uids(study=study, series=series)
         negotiation.choose_dataset_type(request.getHeader(b"accept"))  # 406 before any work
+        self.coder.choose(request)
         query = qido.parse(request.uri, level, study, series, self.settings.qido_max_limit)
         base = self.base_url(request)
         results = qido.finish(await self.store.search(query), query, base)
         for warning in qido.warning_headers(query, base):
             request.responseHeaders.addRawHeader(b"warning", warning)
-        return self._dataset_body(request, results)
+        request.setHeader(b"cache-control", CACHE_CONTROL)  # patient data: this user's cache only
+        return await self._dataset_body(request, results)
 
     # -- WADO-RS (the logic is in wado.py) ----------------------------------
 
@@ -259,17 +302,17 @@ class DICOMwebApp:
     @app.route("/studies/<study>/metadata", methods=["GET", "HEAD"])
     async def study_metadata(self, request: Request, study: str) -> bytes:
         self._uids(study=study)
-        return _sized(request, await self.wado.metadata(request, self.base_url(request), study))
+        return await self.wado.metadata(request, self.base_url(request), study)
 
     @app.route("/studies/<study>/series/<series>/metadata", methods=["GET", "HEAD"])
     async def series_metadata(self, request: Request, study: str, series: str) -> bytes:
         self._uids(study=study, series=series)
-        return _sized(request, await self.wado.metadata(request, self.base_url(request), study, series))
+        return await self.wado.metadata(request, self.base_url(request), study, series)
 
     @app.route("/studies/<study>/series/<series>/instances/<sop>/metadata", methods=["GET", "HEAD"])
     async def instance_metadata(self, request: Request, study: str, series: str, sop: str) -> bytes:
         self._uids(study=study, series=series, sop=sop)
-        return _sized(request, await self.wado.metadata(request, self.base_url(request), study, series, sop))
+        return await self.wado.metadata(request, self.base_url(request), study, series, sop)
 
     @app.route("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>", methods=["GET"])
     async def frames(self, request: Request, study: str, series: str, sop: str, frames: str) -> None:
@@ -358,18 +401,32 @@ class DICOMwebApp:
         request.setResponseCode(204)
         return b""
 
+    # -- change feed (README "Change feed"; the logic is in changefeed.py) -----
+
+    @app.route("/changefeed", methods=["GET", "HEAD"])
+    async def change_feed(self, request: Request) -> bytes:
+        body = await self.changefeed.feed(request, self.base_url(request))
+        return b"" if body is None else await self.coder.encode(request, body)  # None: an event stream, written
+
+    @app.route("/changefeed/latest", methods=["GET", "HEAD"])
+    async def change_feed_latest(self, request: Request) -> bytes:
+        return await self.coder.encode(request, await self.changefeed.latest(request, self.base_url(request)))
+
     # -- capabilities (PS3.18 8.9; the document is built in capabilities.py) ---
 
     # OPTIONS routes are added below the class, one per routed path (not a
     # catch-all: a path nothing is routed on must stay 404 for every method).
-    def options_route(self, request: Request, **_uids: str) -> bytes:
+    async def options_route(self, request: Request, **_uids: str) -> bytes:
         path = unquote(request.path.decode("latin-1"))
         allowed = capabilities.allowed_methods(self.app.url_map, path)
         request.setHeader(b"allow", ", ".join(allowed).encode())
         media = capabilities.choose_type(request.getHeader(b"accept"))
+        coding = self.coder.choose(request)
         scope = None if path == "/" else path
         request.setHeader(b"content-type", media.encode())
-        return capabilities.document(self.app.url_map, self.base_url(request), media, scope)
+        add_vary(request, b"Accept")
+        document = capabilities.document(self.app.url_map, self.base_url(request), media, scope)
+        return await self.coder.encode(request, document, coding)
 
     # -- WADO-URI ---------------------------------------------------------------
 
@@ -394,13 +451,6 @@ def _route_options(app: Klein) -> None:
 
 
 _route_options(DICOMwebApp.app)
-
-
-def _sized(request: Request, body: bytes) -> bytes:
-    """``body`` with its Content-Length set: a whole answer goes out as is,
-    without chunked framing (cheaper to write, and to read for clients)."""
-    request.setHeader(b"content-length", b"%d" % len(body))
-    return body
 
 
 def _with_port(host: bytes, scheme: bytes, port: int) -> bytes:

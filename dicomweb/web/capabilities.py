@@ -134,6 +134,9 @@ KINDS: dict[str, Operation] = {
     "wado_uri": _wado_uri(),
     "root": _wado_uri(),
     "delete_study": Operation(status=204),
+    "change_feed": Operation(query=("offset", "limit", "includemetadata", "timeout"),
+                             response=_reps("application/json", "text/event-stream")),
+    "change_feed_latest": Operation(query=("includemetadata",), response=_reps("application/json")),
     "reject_study": Operation(status=204),
 }
 KINDS["stow_study"] = KINDS["stow_all"]

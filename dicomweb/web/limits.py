@@ -12,15 +12,23 @@ and then closes:
 - a header line, the whole head, or the header count too large -> 431
   Request Header Fields Too Large.
 
-HTTP/2 (negotiated by ALPN) keeps its own limits: the channel is wrapped
-like twisted.web's own, so the site still offers h2.
+HTTP/2 (negotiated by ALPN) gets the same answers for the same bounds
+(:func:`http2_refusal`, asked by the request class before the resource is
+looked up): an over-long ``:path`` gets 414, a head larger than 16384 bytes
+(path and fields, each counted as an HTTP/1.1 line would be) or with more than
+500 fields gets 431, on that stream only. A field block over 65536 bytes, the
+SETTINGS_MAX_HEADER_LIST_SIZE the HTTP/2 layer announces (RFC 9113 6.5.2),
+ends the whole connection there, before any request exists. The channel is
+wrapped like twisted.web's own, so the site still offers h2.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+from twisted.web.http import HTTPChannel, Request
+
+from .http2 import GenericHTTPChannel
 
 
 def _answer(status: bytes, reason: str) -> bytes:
@@ -69,10 +77,30 @@ class LimitedHTTPChannel(HTTPChannel):
         self.loseConnection()
 
 
-def limited_channel(*_site: Any) -> _GenericHTTPChannelProtocol:
-    """A ``Site.protocol`` (set on the class or the instance): twisted.web's
-    protocol (h2 by ALPN) around a :class:`LimitedHTTPChannel`."""
-    return _GenericHTTPChannelProtocol(LimitedHTTPChannel())
+def http2_refusal(request: Request) -> tuple[int, str] | None:
+    """The (status, reason) an HTTP/2 request gets for an over-long head,
+    with the bounds of the HTTP/1.x channel; None when within them (and for
+    every HTTP/1.x request, which the channel has checked already)."""
+    if request.clientproto != b"HTTP/2":
+        return None
+    path = request.uri or b""
+    if len(path) > HTTPChannel.totalHeadersSize:
+        return 414, f"request path longer than {HTTPChannel.totalHeadersSize} bytes"
+    fields = [(name, value) for name, values in request.requestHeaders.getAllRawHeaders() for value in values]
+    if len(fields) > HTTPChannel.maxHeaders:
+        return 431, f"more than {HTTPChannel.maxHeaders} request headers"
+    # as HTTP/1.1 lines: "name: value" and the request line "GET path HTTP/1.1"
+    size = len(path) + 14 + sum(len(name) + 2 + len(value) for name, value in fields)
+    if size > HTTPChannel.totalHeadersSize:
+        return 431, f"request headers larger than {HTTPChannel.totalHeadersSize} bytes"
+    return None
 
 
-__all__ = ["LimitedHTTPChannel", "limited_channel"]
+def limited_channel(*_site: Any) -> GenericHTTPChannel:
+    """A ``Site.protocol`` (set on the class or the instance): the protocol
+    switch (HTTP/2 by ALPN, :mod:`dicomweb.web.http2`) around a
+    :class:`LimitedHTTPChannel`."""
+    return GenericHTTPChannel(LimitedHTTPChannel())
+
+
+__all__ = ["LimitedHTTPChannel", "http2_refusal", "limited_channel"]

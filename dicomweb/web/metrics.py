@@ -19,6 +19,7 @@ from twisted.web.http import Request
 
 from ..dicom.query import Query
 from ..store.base import InstanceRecord, Spool, Store, StoreItem, StoreOutcome
+from ..store.changes import Change
 from .stream import close_iterator
 
 T = TypeVar("T")
@@ -76,6 +77,14 @@ class Metrics:
         self.store_latency = Histogram("dicomweb_store_operation_duration_seconds", "Store call latency",
                                        ["store", "operation"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("dicomweb_http_requests_in_flight", "Requests being processed", registry=self.registry)
+        self.changefeed_waiters = Gauge("dicomweb_changefeed_waiters", "Change-feed long-polls waiting now",
+                                        registry=self.registry)
+        self.cache_lookups = Counter("dicomweb_metadata_cache_lookups", "Lookups of compressed study/series metadata",
+                                     ["result"], registry=self.registry)
+        self.cache_bytes = Gauge("dicomweb_metadata_cache_bytes", "Bytes of compressed metadata kept",
+                                 registry=self.registry)
+        self.derived = Counter("dicomweb_derived_frames", "Derived frame cache: hit, miss, precomputed", ["result"],
+                               registry=self.registry)
         # Route labels have fixed cardinality (see route_label), so this stays small.
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
@@ -107,7 +116,7 @@ class InstrumentedStore:
 
     Histogram ``dicomweb_store_operation_duration_seconds`` with labels
     (store name, operation): ``store_batch``, ``instances``, ``metadata``,
-    ``read``, ``search``, ``ready``, ``delete``, ``reject``, and ``chunk``
+    ``version``, ``read``, ``search``, ``ready``, ``delete``, ``reject``, ``changes``, and ``chunk``
     (the wait for each chunk of ``chunks``). Lifecycle calls and
     ``local_path`` (no I/O) are passed through untimed.
     """
@@ -157,6 +166,9 @@ class InstrumentedStore:
                        sop: str | None = None) -> list[bytes]:
         return await self._timed("metadata", self._store.metadata(study, series, sop))
 
+    async def version(self, study: str, series: str | None = None) -> str:
+        return await self._timed("version", self._store.version(study, series))
+
     async def read(self, record: InstanceRecord, offset: int, length: int) -> bytes:
         return await self._timed("read", self._store.read(record, offset, length))
 
@@ -190,3 +202,13 @@ class InstrumentedStore:
     async def purge_rejected(self, older_than: float) -> int:
         return await self._store.purge_rejected(older_than)
 
+
+    async def changes(self, offset: int, limit: int, metadata: bool) -> list[Change]:
+        return await self._timed("changes", self._store.changes(offset, limit, metadata))
+
+    async def latest_change(self, metadata: bool) -> Change | None:
+        return await self._timed("changes", self._store.latest_change(metadata))
+
+    async def wait_changes(self, offset: int, timeout: float) -> bool:
+        # Untimed: its duration is how long a client chose to wait.
+        return await self._store.wait_changes(offset, timeout)

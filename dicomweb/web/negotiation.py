@@ -100,9 +100,9 @@ def choose_instance_retrieve(header: bytes | None, allow_zip: bool = False) -> t
 def frame_ranges(header: bytes | None) -> list[tuple[str, str | None]]:
     """(media type, transfer-syntax or None) pairs acceptable for frames, best first.
 
-    ``multipart/related; type=X`` and a bare ``X`` both mean X (the answer is
-    multipart either way); a repeated ``transfer-syntax`` (OHIF) gives one
-    pair per value.
+    ``multipart/related; type=X`` and a bare ``X`` both mean X (whether the
+    answer is multipart is :func:`single_part`'s question); a repeated
+    ``transfer-syntax`` (OHIF) gives one pair per value.
     """
     out: list[tuple[str, str | None]] = []
     for media in accept_ranges(header):
@@ -112,6 +112,14 @@ def frame_ranges(header: bytes | None) -> list[tuple[str, str | None]]:
         named: list[str | None] = [*media.all_params("transfer-syntax")]
         out.extend((inner, ts) for ts in (named or [None]))
     return out
+
+
+def single_part(header: bytes | None) -> bool:
+    """Whether a one-frame answer is a single part: when Accept names bare
+    media types only (``image/jp2``, ``application/octet-stream``), the
+    single part payload of PS3.18 8.7.3; ``multipart/related``, ``multipart/*``,
+    ``*/*`` or no Accept keep the multipart form."""
+    return all(media.type not in (MULTIPART, *_WILDCARDS) for media in accept_ranges(header))
 
 
 def choose_bulk_form(header: bytes | None) -> str:

@@ -8,22 +8,39 @@ file system, (2) when the store offers a directory for part files
 one file per part as it arrives (:class:`~dicomweb.io.multipart.PartSplitter`),
 so the store renames each part into place instead of copying it, and (3)
 stops keeping bytes once the body passes the configured cap, so a client can
-never make the server hold more than that; the route then answers 413.
+never make the server hold more than that; the route then answers 413, and
+(4) when the disk refuses the body (full), discards the rest of it and tells
+the route, which answers 507 (nothing of such a body was acknowledged).
+
+Where the body goes is decided once every header is in: at the first body
+chunk, or at the end of a request without one. HTTP/1.x announces the length
+after the whole head, but an HTTP/2 stream announces it as soon as its
+``content-length`` field is decoded, possibly before ``content-type`` or
+``authorization`` (RFC 9113 8.2 leaves field order free).
+
+HTTP/2 requests also get the request-head limits here
+(:func:`~dicomweb.web.limits.http2_refusal`): the HTTP/1.x channel checks
+them while reading lines, which an HTTP/2 stream never does.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import time
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..io.multipart import MAX_BOUNDARY, PartSplitter
 from ..mediatype import parse_media_type
 from ..store.base import Spool
+from .limits import http2_refusal
 
 SMALL_BODY = 100_000
+
+log = Logger()
 
 
 class _Discard(io.BytesIO):
@@ -38,7 +55,12 @@ class DICOMwebRequest(Request):
     spool: Spool | None = None
 
     too_large = False
+    #: Why the body could not be written to disk (None: it could), e.g. a
+    #: full disk: the rest of the body is then discarded and the route answers
+    #: 507 without storing anything of it.
+    receive_error: str | None = None
     _received = 0
+    _length: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,6 +72,11 @@ class DICOMwebRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         self._received = 0
+        self._length = length
+        self.content = None  # chosen by _open_body once every header is in
+
+    def _open_body(self) -> None:
+        length = self._length
         if length is not None and length > self.max_body:
             self.too_large = True
             self.content = _Discard()
@@ -94,18 +121,51 @@ class DICOMwebRequest(Request):
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
+        if self.content is None:
+            self._open_body()
         content = self.content
-        assert content is not None  # gotLength set it before the first chunk
+        assert content is not None
         if not self.too_large and self._received > self.max_body:
             self.too_large = True
             content.close()
             content = self.content = _Discard()
-        content.write(data)
+        try:
+            content.write(data)
+        except OSError as exc:
+            self._failed_to_receive(exc)
+
+    def _failed_to_receive(self, exc: OSError) -> None:
+        self.receive_error = ("out of storage space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                              else "the body could not be written to disk")
+        log.error("receiving a request body failed: {error}", error=exc.strerror or str(exc))
+        content = self.content
+        self.content = _Discard()
+        if content is not None:
+            content.close()  # a splitter removes its part files
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.content is None:
+            self._open_body()  # a request without a body
         if isinstance(self.content, PartSplitter):
-            self.content.finish()  # before the resource sees the body
+            try:
+                self.content.finish()  # before the resource sees the body
+            except OSError as exc:
+                self._failed_to_receive(exc)
         super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        refusal = http2_refusal(self)
+        if refusal is None:
+            super().process()
+            return
+        self.site = getattr(self.channel, "site", None)  # the access log and metrics see it like any other
+        status, reason = refusal
+        body = (reason + "\n").encode("ascii")
+        self.setResponseCode(status)
+        self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
 
 
 def request_factory(max_body: int, spool: Spool | None) -> type[DICOMwebRequest]:

@@ -24,11 +24,23 @@ from .security import secure_root
 
 
 class MeteredSite(Site):
-    """A Site that reports every finished request to the metrics."""
+    """A Site that reports every finished request to the metrics.
 
-    def __init__(self, metrics: Metrics, *args: Any, **kwargs: Any) -> None:
+    Over TLS it offers HTTP/2 by ALPN (``h2``, then ``http/1.1``; RFC 9113
+    3.2) unless ``http2`` is off: ``--port ssl:...`` wraps the site in a TLS
+    factory that asks it which protocols to offer, and a connection that
+    negotiated ``h2`` is served by twisted.web's HTTP/2 channel with the same
+    request class and resource tree. Plain TCP stays HTTP/1.x (no h2c).
+    """
+
+    def __init__(self, metrics: Metrics, *args: Any, http2: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._metrics = metrics
+        self.http2 = http2
+
+    def acceptableProtocols(self) -> list[bytes]:
+        offered: list[bytes] = super().acceptableProtocols()
+        return offered if self.http2 else [p for p in offered if p != b"h2"]
 
     def log(self, request: Request) -> None:
         self._metrics.observe_request(request)
@@ -42,9 +54,10 @@ def build_site(settings: Settings, store: Store, reactor: IReactor, pool: Thread
     into part files)."""
     metrics = metrics or Metrics()
     app = DICOMwebApp(InstrumentedStore(store, metrics), reactor, pool,
-                      WebSettings(settings.base_url, settings.trust_forwarded), metrics)
+                      WebSettings.from_settings(settings), metrics)
     root = secure_root(app.resource(), settings, reactor, pool)
-    site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings))
+    site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings),
+                       http2=not settings.no_http2)
     site.requestFactory = request_factory(settings.max_request_size, spool or store.spool)
     site.displayTracebacks = False
     site.protocol = limited_channel  # type: ignore[method-assign]  # 414/431 for over-long request heads

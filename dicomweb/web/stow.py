@@ -10,7 +10,8 @@ Three body shapes (PS3.18 10.5.1.2) end in the same ingest call:
   body is one spooled file, read in place by the multipart reader, and each
   part is copied once into the store.
 - ``application/dicom``: the whole body is one Part 10 object.
-- ``multipart/related; type="application/dicom+json"``: DICOM JSON metadata
+- ``multipart/related; type="application/dicom+json"`` (or ``+xml``): DICOM
+  JSON (or PS3.19 XML, converted by :mod:`~dicomweb.dicom.fromxml`) metadata
   parts and bulk data parts; :mod:`~dicomweb.dicom.fromjson` joins them into
   Part 10 objects first.
 """
@@ -29,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from ..dicom import analyze as az
-from ..dicom import fromjson
+from ..dicom import fromjson, fromxml
 from ..dicom.stowresponse import StowResult
 from ..ingest import IngestItem, ingest
 from ..io.files import read_at
@@ -43,7 +44,11 @@ log = Logger()
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
-_ACCEPTED = 'use multipart/related; type="application/dicom" (or "application/dicom+json"), or application/dicom'
+DICOM_XML = "application/dicom+xml"
+#: Root types of a multipart body whose parts are metadata + bulk data.
+METADATA_TYPES = (DICOM_JSON, DICOM_XML)
+_ACCEPTED = ('use multipart/related; type="application/dicom" (or "application/dicom+json" or '
+             '"application/dicom+xml"), or application/dicom')
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ def body_shape(content_type: bytes | None) -> BodyShape:
     if media.type != "multipart/related":
         raise unsupported_media_type(f"{media.type[:60]} is not supported: {_ACCEPTED}")
     part_type = (media.param("type") or DICOM).lower()
-    if part_type not in (DICOM, DICOM_JSON):
+    if part_type not in (DICOM, *METADATA_TYPES):
         raise unsupported_media_type(f'multipart/related; type="{part_type[:40]}" is not supported: {_ACCEPTED}')
     boundary = media.param("boundary")
     if not boundary:
@@ -93,7 +98,7 @@ async def store_body(store: Store, reactor: IReactor, pool: ThreadPool, body: IO
         body.hold()  # the part files stay until the store is done with them
         try:
             if body.complete:
-                if shape.part_type == DICOM_JSON:
+                if shape.part_type in METADATA_TYPES:
                     readers = [(p.headers, _file_reader(p.path)) for p in body.parts]
                     return await _store_json(store, reactor, pool, readers, target_study)
                 items = [IngestItem(p.content_type, None, 0, p.length, p.path) for p in body.parts]
@@ -139,7 +144,7 @@ async def _store_spooled(store: Store, reactor: IReactor, pool: ThreadPool, body
         parts: list[Part] = await deferToThreadPool(reactor, pool, _list_parts, body, shape.boundary)
     except MultipartError as exc:
         raise bad_request(f"malformed multipart body: {exc}") from None
-    if shape.part_type == DICOM_JSON:
+    if shape.part_type in METADATA_TYPES:
         readers = [(p.headers, _span_reader(body, p)) for p in parts]
         return await _store_json(store, reactor, pool, readers, target_study)
     items = [IngestItem(p.content_type, body, p.offset, p.length) for p in parts]
@@ -178,9 +183,10 @@ def _build_instances(parts: list[PartReader]) -> list[IngestItem | StowResult]:
             media = parse_media_type(ctype).type
         except ValueError:
             media = ""
-        if media == DICOM_JSON:
+        if media in METADATA_TYPES:
+            parse = fromjson.parse_metadata if media == DICOM_JSON else fromxml.parse_metadata
             try:
-                metadata.extend(fromjson.parse_metadata(read()))
+                metadata.extend(parse(read()))
             except fromjson.Unusable as exc:
                 out.append(_failure(exc.reason))
         elif media == DICOM:  # a whole instance among the metadata: accepted as is

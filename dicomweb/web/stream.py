@@ -91,18 +91,30 @@ async def stream(request: Request, chunks: AsyncIterator[bytes]) -> None:
 
 
 def unregister(request: Request) -> None:
-    # After the connection is lost the channel has no transport left to
-    # unregister from; there is nothing to undo then.
+    # After the connection is lost an HTTP/1.x channel has no transport left
+    # to unregister from; there is nothing to undo then. An HTTP/2 stream
+    # has no transport of its own (it writes to its connection) and always
+    # takes the call.
     channel = getattr(request, "channel", None)
-    if channel is not None and getattr(channel, "transport", None) is not None:
+    if channel is not None and (_is_http2_stream(channel) or getattr(channel, "transport", None) is not None):
         request.unregisterProducer()
 
 
 def abort(request: Request) -> None:
-    transport = getattr(getattr(request, "channel", None), "transport", None)
-    abort = getattr(transport, "abortConnection", None)
+    """Cut the response so the client sees it broken: HTTP/1.x closes the
+    connection, an HTTP/2 stream is reset (RST_STREAM) and its connection's
+    other streams go on."""
+    channel = getattr(request, "channel", None)
+    target = channel if _is_http2_stream(channel) else getattr(channel, "transport", None)
+    abort = getattr(target, "abortConnection", None)
     if abort is not None:
         abort()
+
+
+def _is_http2_stream(channel: object) -> bool:
+    """Whether ``channel`` is one stream of an HTTP/2 connection (twisted.web's
+    H2Stream, told apart by its stream id)."""
+    return isinstance(getattr(channel, "streamID", None), int)
 
 
 async def close_iterator(iterator: object) -> None:

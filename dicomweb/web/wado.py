@@ -9,12 +9,12 @@ backpressure (``stream.stream``), so a client that goes away stops the work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
-import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,11 +30,23 @@ from ..dicom.stowresponse import instance_path
 from ..io.multipart import close_delimiter, delimiter, part_header
 from ..store import InstanceRecord, Store
 from ..twistedtypes import IReactor
-from . import negotiation
-from .errors import HTTPError, bad_request, not_found
-from .sendfile import FileSlice, Piece
+from . import negotiation, ranges
+from .compression import BodyCache, Coder, Made, compress_off_reactor, set_coded, worth_it
+from .derived import DerivedCache
+from .errors import bad_request, not_found
+from .sendfile import FileSlice, Piece, body_length
 from .sendfile import send as send_pieces
 from .stream import stream
+from .validators import (
+    add_vary,
+    boundary_of,
+    coded,
+    entity_tag,
+    if_range_allows,
+    instance_token,
+    not_modified,
+    validated,
+)
 
 log = Logger()
 T = TypeVar("T")
@@ -46,10 +58,6 @@ BULK_PATH = re.compile(r"[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8}){0,16}")
 _FRAME_NUMBER = re.compile(r"[0-9]{1,9}")
 MAX_FRAMES_PER_REQUEST = 10_000
 CHUNK = 1 << 20
-
-
-def new_boundary() -> str:
-    return uuid.uuid4().hex
 
 
 def multipart_type(media: str, boundary: str) -> bytes:
@@ -68,29 +76,6 @@ def parse_frame_list(text: str) -> list[int]:
             raise bad_request("frame numbers are positive integers separated by commas")
         numbers.append(int(item))
     return numbers
-
-
-def parse_range(header: bytes | None, size: int) -> tuple[int, int] | None:
-    """(start, length) of a single byte range, or None to send everything.
-
-    Multiple ranges and malformed headers are ignored (RFC 9110 14.2 lets a
-    server do that); an unsatisfiable single range is 416.
-    """
-    if not header:
-        return None
-    match = re.fullmatch(rb"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", header)
-    if not match or not (match.group(1) or match.group(2)):
-        return None
-    first, last = match.group(1), match.group(2)
-    if not first:  # suffix: the last N bytes
-        count = min(int(last), size)
-        start, end = size - count, size - 1
-    else:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start or (not first and count == 0):
-        raise HTTPError(416, "the requested range is outside the bulk data", {"Content-Range": f"bytes */{size}"})
-    return start, end - start + 1
 
 
 # -- rendering parameters ------------------------------------------------------
@@ -149,6 +134,12 @@ def render_options(args: dict[bytes, list[bytes]]) -> RenderOptions:
     if (text := last(b"quality")) is not None:
         quality = positive_int(text, "quality", 100)
     return RenderOptions(window, viewport, quality)
+
+
+def derived_family(target: str) -> str:
+    """The cache key syntax of ``target``: HTJ2K lossless and lossless RPCL
+    frames are the same codestream here (``htj2k`` writes RPCL always)."""
+    return pixels.HTJ2K_RPCL if target == pixels.HTJ2K_LOSSLESS else target
 
 
 def _producible(metadata: dict[str, Any] | None) -> Callable[[str, str], bool]:
@@ -262,13 +253,31 @@ class InstancePixels:
         return self.wado.part(self.record, offset, length)
 
     async def frame(self, index: int, target: str) -> bytes:
-        """Frame ``index`` (0-based) in ``target``: the stored bytes when possible."""
+        """Frame ``index`` (0-based) in ``target``: the stored bytes when
+        possible, else from the derived frame cache, else transcoded (and kept)."""
+        stored = self.stored
+        if self.record.frames is not None and (
+                target == stored or (target == EXPLICIT_LE and stored == pixels.IMPLICIT_VR_LE)):
+            fragments = await self.fragments(index)
+            return fragments[0] if len(fragments) == 1 else b"".join(fragments)
+        cache = self.wado.derived
+        if cache is None or target in pixels.NATIVE:
+            # Native frames are large and cheap to make again: not kept.
+            return await self.derive(index, target)
+        key = cache.key(self.record, derived_family(target), index)
+        data = await self.wado.cpu(cache.get, key)
+        self.wado.count_derived("hit" if data is not None else "miss")
+        if data is None:
+            data = await self.derive(index, target)
+            await self.wado.cpu(cache.put, key, data)
+        return data
+
+    async def derive(self, index: int, target: str) -> bytes:
+        """Frame ``index`` transcoded to ``target`` (in the thread pool)."""
         stored = self.stored
         if self.record.frames is None:
             return await self.wado.cpu(transcode.frame_from_instance, await self.whole(), index, target)
         fragments = await self.fragments(index)
-        if target == stored or (target == EXPLICIT_LE and stored == pixels.IMPLICIT_VR_LE):
-            return fragments[0] if len(fragments) == 1 else b"".join(fragments)
         # Big endian native data is byte-swapped here (cheap, no decoding):
         # viewers read octet-stream frames as little endian.
         metadata = await self.metadata()
@@ -301,10 +310,21 @@ class InstancePixels:
 # -- the service -----------------------------------------------------------------
 
 class Wado:
-    def __init__(self, store: Store, reactor: IReactor, pool: ThreadPool) -> None:
+    def __init__(self, store: Store, reactor: IReactor, pool: ThreadPool, coder: Coder | None = None,
+                 cache: BodyCache | None = None, derived: DerivedCache | None = None,
+                 on_derived: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.reactor = reactor
         self.pool = pool
+        self.coder = coder if coder is not None else Coder(reactor, pool)
+        self.cache = cache if cache is not None else BodyCache(0)
+        self.derived = derived if derived is not None and derived.enabled else None
+        self._on_derived = on_derived
+
+    def count_derived(self, result: str) -> None:
+        """Count a derived frame cache event (hit, miss, precomputed) in the metrics."""
+        if self._on_derived is not None:
+            self._on_derived(result)
 
     async def cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run decoding, transcoding or rendering in the thread pool, off the reactor."""
@@ -320,7 +340,12 @@ class Wado:
                        sop: str | None = None) -> None:
         kind, syntaxes = negotiation.choose_instance_retrieve(request.getHeader(b"accept"), allow_zip=sop is None)
         records = await self.store.instances(study, series, sop)
+        add_vary(request, b"Accept")
+        versions = [instance_token(r) for r in records]
         if kind == "zip":
+            # Weak: the entries are dated when they are sent.
+            if not_modified(request, entity_tag("zip", versions, weak=True)):
+                return
             request.setHeader(b"content-type", b"application/zip")
             name = f"{study}{'_' + series if series else ''}.zip"
             request.setHeader(b"content-disposition", f'attachment; filename="{name}"'.encode())
@@ -328,7 +353,10 @@ class Wado:
                 await stream(request, self._zip(records))
             return
         targets = await self._instance_targets(records, syntaxes, study, series, sop)
-        boundary = new_boundary()
+        tag = entity_tag("instances", base, targets, versions)
+        if not_modified(request, tag):
+            return
+        boundary = boundary_of(tag)
         request.setHeader(b"content-type", multipart_type(negotiation.DICOM, boundary))
         if request.method == b"HEAD":
             return
@@ -435,20 +463,55 @@ class Wado:
 
     async def metadata(self, request: Request, base: str, study: str, series: str | None = None,
                        sop: str | None = None) -> bytes:
-        """DICOM JSON joined from the stored texts (no parsing), or multipart XML."""
+        """DICOM JSON joined from the stored texts (no parsing), or multipart XML.
+
+        Study and series answers are named by the store's ``version`` of
+        the study or series (an indexed read, no metadata): a client that
+        has this version gets 304, and a compressed answer made before for
+        this version comes from the cache, so neither the metadata nor the
+        compression is redone. Instance answers are small; they are named
+        by their content.
+        """
         kind = negotiation.choose_dataset_type(request.getHeader(b"accept"))
-        texts = await self.store.metadata(study, series, sop)
+        coding = self.coder.choose(request)
+        add_vary(request, b"Accept")
+        texts: list[bytes] | None = None
+        if sop is None:
+            version = await self.store.version(study, series)
+        else:
+            texts = await self.store.metadata(study, series, sop)
+            version = hashlib.blake2b(b"\0".join(texts), digest_size=16).hexdigest()
+        tag = entity_tag("metadata", study, series, sop, version, kind, base)
+        coded_tag = coded(tag, coding.name)
+        if not_modified(request, coded_tag, tag):
+            return b""
+        boundary = boundary_of(tag)
+        request.setHeader(b"content-type", b"application/dicom+json" if kind == negotiation.DICOM_JSON
+                          else multipart_type(negotiation.DICOM_XML, boundary))
+
+        async def make() -> Made:
+            stored = texts if texts is not None else await self.store.metadata(study, series, sop)
+            body = await self._metadata_body(stored, kind, base, boundary)
+            if coding.name is None or not worth_it(coding, len(body)):
+                return body, False
+            return await compress_off_reactor(self.reactor, self.pool, body, coding.name), True
+
+        cacheable = sop is None and coding.name is not None
+        body, is_coded = await (self.cache.get_or_make(coded_tag, make) if cacheable else make())
+        if not is_coded:
+            validated(request, tag)  # sent as it is: the plain tag
+            return set_coded(request, body, None)
+        return set_coded(request, body, coding.name)
+
+    async def _metadata_body(self, texts: list[bytes], kind: str, base: str, boundary: str) -> bytes:
         prefix = b'"BulkDataURI":"' + base.encode() + b"/"
         texts = [t.replace(b'"BulkDataURI":"', prefix) for t in texts]
         if kind == negotiation.DICOM_JSON:
-            request.setHeader(b"content-type", b"application/dicom+json")
             return b"[" + b",".join(texts) + b"]"
         from ..dicom.dicomxml import to_xml
 
         datasets = [json.loads(t) for t in texts]
         parts = await self.cpu(lambda: [to_xml(ds) for ds in datasets])
-        boundary = new_boundary()
-        request.setHeader(b"content-type", multipart_type(negotiation.DICOM_XML, boundary))
         return b"".join(delimiter(boundary, first=(i == 0)) + part_header(negotiation.DICOM_XML) + xml
                         for i, xml in enumerate(parts)) + close_delimiter(boundary)
 
@@ -461,22 +524,48 @@ class Wado:
         await self.send_frames(request, base, source, numbers)
 
     async def send_frames(self, request: Request, base: str, source: InstancePixels, numbers: list[int]) -> None:
-        media, target = await source.negotiate_frames(negotiation.frame_ranges(request.getHeader(b"accept")))
-        boundary = new_boundary()
-        request.setHeader(b"content-type", multipart_type(media, boundary))
+        """The frames as one multipart answer, or one frame as a single part
+        when Accept names bare media types only; a single ``Range`` is
+        honoured whenever the body can be laid out before it is sent (frames
+        as stored, or one computed frame), see ranges.py."""
+        accept = _frame_accept(request)
+        media, target = await source.negotiate_frames(negotiation.frame_ranges(accept))
+        single = len(numbers) == 1 and negotiation.single_part(accept)
+        add_vary(request, b"Accept")
+        tag = entity_tag("frames", instance_token(source.record), numbers, media, target, single, base)
+        if not_modified(request, tag):
+            return
+        frames: list[Piece | None] = [source.stored_frame(n - 1, target) for n in numbers]
+        if not all(frames) and len(numbers) == 1 and (single or request.getHeader(b"range")):
+            frames = [await source.frame(numbers[0] - 1, target)]
         r = source.record
         location = f"{base}/{instance_path(r.study_uid, r.series_uid, r.sop_uid)}/frames/"
-        slices = [source.stored_frame(n - 1, target) for n in numbers]
-        if all(slices):
-            # As stored: the sizes are known and the kernel can send the bytes.
-            pieces: list[Piece] = []
-            for i, (number, piece) in enumerate(zip(numbers, slices, strict=True)):
-                assert piece is not None
-                pieces += [delimiter(boundary, first=(i == 0)) + self._frame_header(media, target, location, number,
-                                                                                    piece.length), piece]
-            await self.send(request, [*pieces, close_delimiter(boundary)])
+        boundary = boundary_of(tag)
+        if single and frames[0] is not None:
+            request.setHeader(b"content-type", f"{media}; transfer-syntax={target}".encode())
+            await self.send_rangeable(request, [frames[0]], tag, announce_length=True)
             return
-        await stream(request, self._frame_parts(source, numbers, media, target, boundary, location))
+        request.setHeader(b"content-type", multipart_type(media, boundary))
+        if not all(frames):
+            # Computed frame by frame: streamed as each is ready, whole (no ranges).
+            await stream(request, self._frame_parts(source, numbers, media, target, boundary, location))
+            return
+        pieces: list[Piece] = []
+        for i, (number, piece) in enumerate(zip(numbers, frames, strict=True)):
+            assert piece is not None
+            length = len(piece) if isinstance(piece, bytes) else piece.length
+            pieces += [delimiter(boundary, first=(i == 0)) + self._frame_header(media, target, location, number, length),
+                       piece]
+        await self.send_rangeable(request, [*pieces, close_delimiter(boundary)], tag)
+
+    async def send_rangeable(self, request: Request, pieces: list[Piece], tag: bytes,
+                             announce_length: bool = False) -> None:
+        """Send ``pieces`` whole, or the one range the request asks for (206)."""
+        request.setHeader(b"accept-ranges", b"bytes")
+        wanted = ranges.requested(request, body_length(pieces), tag)
+        if wanted is not None:
+            pieces, announce_length = ranges.slice_pieces(pieces, *wanted), True
+        await self.send(request, pieces, announce_length=announce_length)
 
     @staticmethod
     def _frame_header(media: str, target: str, location: str, number: int, length: int) -> bytes:
@@ -499,6 +588,9 @@ class Wado:
         path = path.upper()
         source = InstancePixels(self, await self.one(study, series, sop))
         where = source.record.bulk.get(path)
+        if where is None and source.stored == transcode.DEFLATED_LE:
+            await self._send_inflated(request, source, path)
+            return
         if where is None:
             raise not_found("the instance has no bulk data at this path")
         if path in PIXEL_KEYS and source.stored not in pixels.NATIVE:
@@ -511,26 +603,57 @@ class Wado:
         swap = path in PIXEL_KEYS and source.stored == pixels.EXPLICIT_VR_BE
         await self._send_bytes(request, source, where, form, swap, path in PIXEL_KEYS)
 
+    async def _send_inflated(self, request: Request, source: InstancePixels, path: str) -> None:
+        """Bulk data of a deflated object: its values have no range in the
+        stored file, so the object is inflated and the value taken from it."""
+        form = negotiation.choose_bulk_form(request.getHeader(b"accept"))
+        tag = entity_tag("bulk", instance_token(source.record), path, form, "inflated")
+        if not_modified(request, tag):
+            return
+        data = await self.cpu(transcode.element_value, await source.whole(), path)
+        if data is None:
+            raise not_found("the instance has no bulk data at this path")
+
+        async def body(start: int, length: int) -> Piece:
+            return data[start:start + length]
+        await self._send_bulk(request, len(data), body, form, path in PIXEL_KEYS, tag)
+
     async def _send_bytes(self, request: Request, source: InstancePixels, where: tuple[int, int], form: str,
                           swap: bool, is_pixels: bool) -> None:
         offset, size = where
-        wanted = parse_range(request.getHeader(b"range"), size)
+        tag = entity_tag("bulk", instance_token(source.record), offset, size, form, swap)
+        if not_modified(request, tag):
+            return
+
+        async def body(start: int, length: int) -> Piece:
+            if swap:
+                return await self._swapped(source, where, start, length)
+            return self.part(source.record, offset + start, length)
+        await self._send_bulk(request, size, body, form, is_pixels, tag)
+
+    async def _send_bulk(self, request: Request, size: int, body_of: Callable[[int, int], Awaitable[Piece]],
+                         form: str, is_pixels: bool, tag: bytes) -> None:
+        """One bulk data value as a single part (a ``Range`` of the whole
+        answer honoured) or a one-part multipart answer (a range is of the
+        value and goes in the part, with its Content-Range: what
+        dicomweb_client's retrieve_bulkdata with byte_range reads)."""
+        add_vary(request, b"Accept")
+        media = negotiation.OCTET_STREAM + (f"; transfer-syntax={EXPLICIT_LE}" if is_pixels else "")
+        if form == "single":
+            request.setHeader(b"content-type", media.encode())
+            await self.send_rangeable(request, [await body_of(0, size)], tag, announce_length=True)
+            return
+        request.setHeader(b"accept-ranges", b"bytes")
+        wanted = ranges.parse_range(request.getHeader(b"range"), size) if if_range_allows(request, tag) else None
         start, length = wanted or (0, size)
         if wanted is not None:
             request.setResponseCode(206)
-        content_range = f"bytes {start}-{start + length - 1}/{size}"
-        media = negotiation.OCTET_STREAM + (f"; transfer-syntax={EXPLICIT_LE}" if is_pixels else "")
-        body: Piece = (await self._swapped(source, where, start, length) if swap
-                       else self.part(source.record, offset + start, length))
-        if form == "single":
-            request.setHeader(b"content-type", media.encode())
-            if wanted is not None:
-                request.setHeader(b"content-range", content_range.encode())
-            await self.send(request, [body], announce_length=True)
-            return
-        boundary = new_boundary()
+        body = await body_of(start, length)
+        boundary = boundary_of(tag)
         request.setHeader(b"content-type", multipart_type(negotiation.OCTET_STREAM, boundary))
-        headers = {"Content-Length": str(length)} | ({"Content-Range": content_range} if wanted else {})
+        headers = {"Content-Length": str(length)}
+        if wanted is not None:
+            headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
         await self.send(request, [delimiter(boundary, first=True) + part_header(media, headers), body,
                                   close_delimiter(boundary)])
 
@@ -564,9 +687,18 @@ class Wado:
             number = numbers[0]
         source = InstancePixels(self, await self.one(study, series, sop))
         await source.check_frames([number])
+        if self.unchanged_image(request, source.record, media, options, number, thumb):
+            return b""
         data = await source.rendered(number - 1, media, options, thumb)
         request.setHeader(b"content-type", media.encode())
         return data
+
+    @staticmethod
+    def unchanged_image(request: Request, record: InstanceRecord, *representation: object) -> bool:
+        """Set the tag of a rendered image; True when the client has it (304):
+        then nothing is decoded or rendered."""
+        add_vary(request, b"Accept")
+        return not_modified(request, entity_tag("rendered", instance_token(record), representation))
 
     async def group_thumbnail(self, request: Request, study: str, series: str | None) -> bytes:
         """A study or series thumbnail: the middle image instance's first frame."""
@@ -577,6 +709,8 @@ class Wado:
         if not images:
             raise not_found("no instance with pixel data to make a thumbnail of")
         source = InstancePixels(self, images[len(images) // 2])
+        if self.unchanged_image(request, source.record, media, options, 1, True):
+            return b""
         data = await source.rendered(0, media, options, thumb=True)
         request.setHeader(b"content-type", media.encode())
         return data
@@ -602,6 +736,14 @@ class _Sink:
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
+
+
+def _frame_accept(request: Request) -> bytes | None:
+    """The Accept of a frames request: the ``accept`` query parameter wins
+    over the header (PS3.18 8.3.3.1), so a viewer that cannot set the header
+    can still ask for, e.g., ``multipart/related; type="image/jphc"``."""
+    query = _arg(request, b"accept")
+    return query.encode("latin-1", "replace") if query else request.getHeader(b"accept")
 
 
 def _arg(request: Request, name: bytes) -> str | None:

@@ -17,6 +17,7 @@ from ..dicom.uids import is_valid_uid
 from ..mediatype import parse_accept
 from . import negotiation
 from .errors import bad_request, not_acceptable
+from .validators import entity_tag, instance_token, not_modified
 from .wado import InstancePixels, RenderOptions, Wado, make_window, positive_int
 
 DICOM = "application/dicom"
@@ -112,11 +113,15 @@ async def answer(wado: Wado, request: Request) -> bytes | None:
     source = InstancePixels(wado, record)
     if query.content_type != DICOM:
         await source.check_frames([query.frame])
+        if wado.unchanged_image(request, record, query.content_type, query.options, query.frame, False):
+            return b""
         image = await source.rendered(query.frame - 1, query.content_type, query.options, thumb=False)
         request.setHeader(b"content-type", query.content_type.encode())
         return image
     target = pixels.negotiate_instance_syntax(
         record.transfer_syntax_uid, [query.transfer_syntax], transcode.can_transcode)
+    if not_modified(request, entity_tag("wado-uri", instance_token(record), target, query.transfer_syntax)):
+        return b""
     if target != record.transfer_syntax_uid:
         # The default (no transferSyntax) is a preference: a damaged object is sent as stored.
         data: bytes | None = (await wado.transcoded_or_none(record, target) if query.transfer_syntax is None

@@ -33,10 +33,32 @@ OHIF_DIST = os.path.join(OHIF_DIR, "node_modules", "@ohif", "app", "dist")
 MODES = ("wadors", "wadouri")
 
 
-def data_source(server_url: str, mode: str, name: str = "dicomweb") -> dict[str, Any]:
+def htj2k_progressive(chunk_size: int = 16384) -> dict[str, Any]:
+    """OHIF's ``stackRetrieveOptions`` for progressive HTJ2K loading (README "HTJ2K").
+
+    OHIF 3.13 sends one fixed Accept on frame requests, so the HTJ2K media
+    type goes in the ``accept`` query parameter (PS3.18 8.3.3.1); 4.202 is
+    the syntax its loader decodes from partial data. Two stages: the first
+    ``chunk_size`` bytes of each frame (a ``Range``, drawn at a low
+    resolution), then the rest (``bytes=N-``).
+    """
+    accept = urllib.parse.quote('multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.202')
+    return {
+        "stages": [{"id": "lossySequential", "retrieveType": "singleFast"},
+                   {"id": "finalSequential", "retrieveType": "singleFinal"}],
+        "retrieveOptions": {
+            "singleFast": {"rangeIndex": 0, "chunkSize": chunk_size, "decodeLevel": 2, "urlArguments": f"accept={accept}"},
+            "singleFinal": {"rangeIndex": -1, "chunkSize": chunk_size, "urlArguments": f"accept={accept}"},
+        },
+    }
+
+
+def data_source(server_url: str, mode: str, name: str = "dicomweb",
+                stack_retrieve: dict[str, Any] | None = None) -> dict[str, Any]:
     """The OHIF DICOMweb data source for our server, in ``wadors`` or ``wadouri`` mode.
 
-    This is the configuration README's "Use with OHIF" documents.
+    This is the configuration README's "Use with OHIF" documents;
+    ``stack_retrieve`` sets its ``stackRetrieveOptions`` (see :func:`htj2k_progressive`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -62,11 +84,12 @@ def data_source(server_url: str, mode: str, name: str = "dicomweb") -> dict[str,
             "dicomUploadEnabled": True,
             "omitQuotationForMultipartRequest": True,
             "bulkDataURI": {"enabled": True},
+            **({"stackRetrieveOptions": stack_retrieve} if stack_retrieve else {}),
         },
     }
 
 
-def app_config(server_url: str, mode: str) -> str:
+def app_config(server_url: str, mode: str, stack_retrieve: dict[str, Any] | None = None) -> str:
     """The text of ``app-config.js``: OHIF's defaults, one data source, no noise."""
     config = {
         "routerBasename": "/",
@@ -85,7 +108,7 @@ def app_config(server_url: str, mode: str) -> str:
         "showErrorDetails": "always",
         "maxNumRequests": {"interaction": 100, "thumbnail": 5, "prefetch": 10},
         "defaultDataSourceName": "dicomweb",
-        "dataSources": [data_source(server_url, mode)],
+        "dataSources": [data_source(server_url, mode, stack_retrieve=stack_retrieve)],
     }
     return ("/** Written by tests/e2e/ohif.py for the dicomweb end-to-end tests. */\n"
             f"window.config = {json.dumps(config, indent=2)};\n")
@@ -147,11 +170,11 @@ class OhifSite:
     """OHIF's ``dist/`` on ``http://127.0.0.1:PORT/`` (port 0: a free one), in a thread."""
 
     def __init__(self, server_url: str, mode: str, *, port: int = 0, dist: str = OHIF_DIST,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, stack_retrieve: dict[str, Any] | None = None) -> None:
         if not os.path.exists(os.path.join(dist, "index.html")):
             raise FileNotFoundError(f"no OHIF build at {dist}: run `npm ci --ignore-scripts` in tests/ohif")
         self.mode = mode
-        self.config_js = app_config(server_url, mode)
+        self.config_js = app_config(server_url, mode, stack_retrieve)
         self._httpd = _Server(("127.0.0.1", port), dist, self.config_js, verbose)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"ohif-{mode}", daemon=True)
 
