@@ -3,7 +3,7 @@
 - ``purge-rejected --older-than DAYS``: delete (bytes included) the instances
   rejected more than DAYS ago (README "Delete and reject"), on the embedded
   store (``--data-dir``) or CouchDB (``--couchdb URL --couchdb-db NAME``).
-- ``status`` (CouchDB): the database's sequence, the change follower's
+- ``status`` (CouchDB): the database's sequence, the repair follower's
   position and lag, this site's id, journals left, and the replications the
   server reports for the database (README "Several sites"); ``--json``.
 

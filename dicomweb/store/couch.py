@@ -17,7 +17,7 @@ Documents (see README "Running on CouchDB")::
                          path, key): see :mod:`couchsearch`.
     _local/dicomweb-schema  the schema version (see :mod:`couchschema`); also
                          ``-site`` (this replica's id), ``-follower`` (the
-                         change follower's position), ``-frontend-<id>``
+                         repair follower's position), ``-frontend-<id>``
                          (heartbeats). Local documents are not replicated.
 
 Write order for one instance (nothing acknowledged is lost, nothing half

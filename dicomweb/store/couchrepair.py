@@ -148,9 +148,9 @@ class Follower:
                     await self._save(caught_up=True)
                     continue
                 if isinstance(exc, StoreUnavailable | CouchError):
-                    log.warn("change follower paused: {error}", error=type(exc).__name__)
+                    log.warn("repair follower paused: {error}", error=type(exc).__name__)
                 else:
-                    log.failure("change follower failed; retrying")
+                    log.failure("repair follower failed; retrying")
                 await deferLater(self.reactor, delay)
                 delay = min(delay * 2, 10.0)
 
