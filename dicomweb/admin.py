@@ -2,8 +2,16 @@
 
 - ``purge-rejected --older-than DAYS``: delete (bytes included) the instances
   rejected more than DAYS ago (README "Delete and reject"), on the embedded
-  store (``--data-dir``) or CouchDB (``--couchdb URL --couchdb-db NAME``,
-  credentials from ``DICOMWEB_COUCHDB_USER``/``DICOMWEB_COUCHDB_PASSWORD``).
+  store (``--data-dir``) or CouchDB (``--couchdb URL --couchdb-db NAME``).
+- ``status`` (CouchDB): the database's sequence, the repair follower's
+  position and lag, this site's id, journals left, and the replications the
+  server reports for the database (README "Several sites"); ``--json``.
+
+The CouchDB settings come from the server's option table: ``--couchdb``,
+``--couchdb-db``, ``--couchdb-credentials``, ``--couchdb-ca`` and
+``--config`` here, or ``DICOMWEB_COUCHDB*`` variables and the config file
+(``couchdb-user``/``couchdb-password`` there or in the environment), read
+exactly as the server reads them.
 - ``orphans [--delete]``: list (or remove) files of the embedded store that
   no index row points to, which a crash between an index commit and the
   unlinks after it may leave (harmless: never served).
@@ -15,15 +23,18 @@ transactions (serialised across processes), CouchDB's are revisioned.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .twistedtypes import IReactor
 
 if TYPE_CHECKING:
-    from .store.base import Store
+    from .config import Settings
+    from .store.couch import CouchStore
     from .store.sqlindex import EmbeddedIndex
 
 DAY = 86400.0
@@ -39,9 +50,14 @@ def _embedded(data_dir: str) -> EmbeddedIndex:
 
 def purge_rejected(args: argparse.Namespace) -> int:
     older_than = args.older_than * DAY
-    if args.couchdb:
-        _on_couch(args, lambda store: store.purge_rejected(older_than))  # prints, exits
-    index = _embedded(args.data_dir)
+    settings = _settings(args)
+    if settings.couchdb:
+        async def purge(store: CouchStore) -> None:
+            await store.open()
+            _report(await store.purge_rejected(older_than))
+
+        _on_couch(settings, purge)  # exits
+    index = _embedded(settings.data_dir)
     try:
         _report(index.purge_rejected(older_than))
     finally:
@@ -54,7 +70,7 @@ def _report(count: int) -> None:
 
 
 def orphans(args: argparse.Namespace) -> int:
-    index = _embedded(args.data_dir)
+    index = _embedded(_settings(args).data_dir)
     try:
         found = index.orphan_files()
     finally:
@@ -67,8 +83,59 @@ def orphans(args: argparse.Namespace) -> int:
     return 0
 
 
-def _on_couch(args: argparse.Namespace, action: Callable[[Store], Awaitable[int]]) -> None:
-    """Run ``action(store)`` on the reactor, print its count, exit."""
+def status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.couchdb:
+        print("status needs a CouchDB store (--couchdb URL)", file=sys.stderr)
+        return 2
+
+    async def show(store: CouchStore) -> None:
+        found = await store.status()
+        print(json.dumps(found, indent=2, sort_keys=True) if args.json else _status_text(found))
+
+    _on_couch(settings, show)  # exits
+    return 0  # not reached
+
+
+def _status_text(found: dict[str, Any]) -> str:
+    follower = found["follower"]
+    lines = [f"database      {found['database']} (schema {found['schema']}, {found['doc_count']} documents)",
+             f"site          {found['site']}",
+             f"update_seq    {found['update_seq']}"]
+    if follower.get("seq") is None:
+        lines.append("follower      no position recorded (no frontend has followed this database yet)")
+    else:
+        age = time.time() - float(follower.get("at") or 0)
+        lines.append(f"follower      at {follower['seq']} ({follower['lag']} changes behind, "
+                     f"recorded {age:.0f}s ago by frontend {follower.get('frontend')})")
+    lines.append(f"journals      {found['journals']['this_site']} of this site in flight or left, "
+                 f"{found['journals']['other_sites']} replicated from other sites")
+    if not found["replications"]:
+        lines.append("replications  none reported for this database")
+    for rep in found["replications"]:
+        extra = ", ".join(f"{k} {rep[k]}" for k in ("changes_pending", "source_seq", "checkpointed_source_seq")
+                          if rep.get(k) is not None)
+        lines.append(f"replication   {rep['id']}: {rep['source']} -> {rep['target']} "
+                     f"({'continuous' if rep['continuous'] else 'one-off'}, {rep.get('state') or 'state unknown'}"
+                     f"{', ' + extra if extra else ''})")
+    return "\n".join(lines)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The store settings as the server reads them (option table: command
+    line here, ``DICOMWEB_*`` environment, config file)."""
+    from .config import load_settings
+
+    given = {"couchdb": args.couchdb, "couchdb-db": args.couchdb_db, "couchdb-credentials": args.couchdb_credentials,
+             "couchdb-ca": args.couchdb_ca, "config": args.config, "data-dir": args.data_dir}
+    try:
+        return load_settings(given)
+    except ValueError as exc:
+        raise SystemExit(f"dicomweb-admin: {exc}") from None
+
+
+def _on_couch(settings: Settings, action: Callable[[CouchStore], Awaitable[None]]) -> None:
+    """Run ``action(store)`` on the reactor, then exit."""
     from twisted.internet import task
     from twisted.internet.defer import ensureDeferred
 
@@ -76,12 +143,11 @@ def _on_couch(args: argparse.Namespace, action: Callable[[Store], Awaitable[int]
 
     async def run(reactor: IReactor) -> None:
         # the reactor's own pool: the maintenance actions never store, so it stays idle
-        store = CouchStore(args.couchdb, args.couchdb_db, reactor, reactor.getThreadPool(),
-                           user=os.environ.get("DICOMWEB_COUCHDB_USER"),
-                           password=os.environ.get("DICOMWEB_COUCHDB_PASSWORD"))
-        await store.open()
+        user, password = settings.couchdb_login()
+        store = CouchStore(settings.couchdb or "", settings.couchdb_db, reactor, reactor.getThreadPool(),
+                           user=user, password=password, ca_file=settings.couchdb_ca)
         try:
-            _report(await action(store))
+            await action(store)
         finally:
             await store.close()
 
@@ -91,9 +157,12 @@ def _on_couch(args: argparse.Namespace, action: Callable[[Store], Awaitable[int]
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dicomweb-admin", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="./dicomweb-data", help="embedded store directory")
-    p.add_argument("--couchdb", help="CouchDB URL (purge-rejected only)")
-    p.add_argument("--couchdb-db", default="dicomweb")
+    p.add_argument("--data-dir", help="embedded store directory [default: ./dicomweb-data]")
+    p.add_argument("--couchdb", help="CouchDB URL (purge-rejected, status)")
+    p.add_argument("--couchdb-db", help="CouchDB database [default: dicomweb]")
+    p.add_argument("--couchdb-credentials", help="file holding the CouchDB user:password")
+    p.add_argument("--couchdb-ca", help="PEM CA bundle for an https:// CouchDB URL")
+    p.add_argument("--config", help="the server's TOML config file (its store settings are used)")
     sub = p.add_subparsers(dest="command", required=True)
     purge = sub.add_parser("purge-rejected", help="delete instances rejected more than DAYS ago")
     purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
@@ -101,6 +170,9 @@ def parser() -> argparse.ArgumentParser:
     orphan = sub.add_parser("orphans", help="list files no index entry points to (embedded store)")
     orphan.add_argument("--delete", action="store_true", help="remove them")
     orphan.set_defaults(run=orphans)
+    state = sub.add_parser("status", help="replication and change-follower status of a CouchDB store")
+    state.add_argument("--json", action="store_true", help="as JSON")
+    state.set_defaults(run=status)
     return p
 
 

@@ -59,6 +59,7 @@ class Settings:
     couchdb_db: str = "dicomweb"
     couchdb_credentials: str | None = None
     couchdb_ca: str | None = None
+    couchdb_wait: float = 60.0
     couchdb_user: str | None = None
     couchdb_password: str | None = None
     # DIMSE (``dicomweb.dimse``): off unless ``dimse_port`` is set.

@@ -253,6 +253,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("couchdb-db", "CouchDB database name", default="dicomweb"),
     Option("couchdb-credentials", "File holding the CouchDB user:password (one line)"),
     Option("couchdb-ca", "PEM CA bundle trusted for an https:// CouchDB URL [default: system CAs]"),
+    Option("couchdb-wait", "Seconds to wait at start for CouchDB to answer, then exit with status 1",
+           parse=seconds, default="60"),
     Option("couchdb-user", "CouchDB user (config file or environment only)", command_line=False),
     Option("couchdb-password", "CouchDB password (config file or environment only)", command_line=False,
            secret=True),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from .store.couch import CouchStore
 
 log = Logger()
+
+#: Seconds shutdown waits for the store to close.
+CLOSE_TIMEOUT = 5.0
 
 
 class Options(usage.Options):
@@ -110,22 +114,39 @@ class _StoreThenListen(service.MultiService):
         d.addErrback(self._failed, reactor)
 
     def _failed(self, failure: Failure, reactor: IReactorCore) -> None:
-        log.failure("cannot open the store", failure)
+        """The store cannot be opened: stop, and exit with status 1 so that
+        a supervisor (systemd ``Restart=on-failure``, an orchestrator) sees
+        the failure and restarts the frontend. twistd itself always exits 0
+        once its reactor stops, so the status is set after the shutdown."""
+        if failure.check(RuntimeError):
+            log.critical("cannot open the store: {reason}", reason=str(failure.value))
+        else:
+            log.failure("cannot open the store", failure)
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
         reactor.stop()
 
     def stopService(self) -> Any:
+        """Stop listening, then close the store (shutdown waits for it, at
+        most CLOSE_TIMEOUT seconds: a CouchDB store says goodbye to its
+        database, so that other frontends know at once it is gone), then
+        stop the thread pool."""
+        from twisted.internet import reactor
+
         d = super().stopService()
 
-        def _after(_: Any) -> None:
-            ensureDeferred(self.store.close())
-            self.pool.stop()
+        def _after(_: Any) -> Deferred[None]:
+            closing = ensureDeferred(self.store.close())
+            closing.addTimeout(CLOSE_TIMEOUT, reactor)
+            closing.addErrback(lambda f: log.warn("the store did not close cleanly: {error}",
+                                                  error=f.type.__name__ if f.type else "?"))
+            closing.addBoth(lambda _: self.pool.stop())
+            return closing
 
         if self.drain is not None:
             drain = self.drain
             d = (d or succeed(None)).addBoth(lambda _: drain())
         if d is None:
-            _after(None)
-            return None
+            return _after(None)
         return d.addBoth(_after)
 
 
@@ -140,6 +161,14 @@ def build_store(settings: Settings, reactor: IReactor, pool: ThreadPool, worker:
     return EmbeddedStore(settings.data_dir, reactor, pool, worker=worker)
 
 
+def _exit_failed() -> None:
+    """End the process with status 1 (after the reactor stopped and every
+    service was stopped; log files are flushed line by line)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def _couch_store(settings: Settings, reactor: IReactor, pool: ThreadPool, maintenance: bool = True) -> CouchStore:
     from .store.couch import CouchStore
 
@@ -147,7 +176,7 @@ def _couch_store(settings: Settings, reactor: IReactor, pool: ThreadPool, mainte
         user, password = settings.couchdb_login()
         return CouchStore(settings.couchdb or "", settings.couchdb_db, reactor, pool, user=user, password=password,
                           spool_dir=os.path.join(settings.data_dir, "spool"), ca_file=settings.couchdb_ca,
-                          maintenance=maintenance)
+                          maintenance=maintenance, start_wait=settings.couchdb_wait)
     except (OSError, ValueError) as exc:
         raise usage.UsageError(f"CouchDB settings: {exc}") from None
 

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+from typing import Any
 
 import requests
 
@@ -66,3 +67,56 @@ class CouchServer(ChildProcess):
         self.stop()
         raise RuntimeError("pouchdb-server did not start:\n" + self.log()[-2000:])
 
+
+
+class TwoSites:
+    """Two pouchdb-servers, site A and site B, each an in-memory CouchDB-API
+    server of its own, and continuous replication of a database both ways
+    through ``_replicator`` documents (one at each source site), as the
+    README's "Several sites" sets up CouchDB 3."""
+
+    def __init__(self, directory: str) -> None:
+        self.a = CouchServer(os.path.join(directory, "site-a"))
+        self.b = CouchServer(os.path.join(directory, "site-b"))
+
+    def start(self) -> TwoSites:
+        self.a.start()
+        try:
+            self.b.start()
+        except Exception:
+            self.a.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.a.stop()
+        self.b.stop()
+
+    def __enter__(self) -> TwoSites:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def replicate(self, db: str) -> None:
+        """Start continuous replication of ``db`` A -> B and B -> A (the
+        databases exist: the frontends created them)."""
+        for source, target in ((self.a, self.b), (self.b, self.a)):
+            doc: dict[str, Any] = {"source": f"{source.url}/{db}", "target": f"{target.url}/{db}", "continuous": True}
+            requests.put(f"{source.url}/_replicator/{db}-to-{target.port}", json=doc, timeout=10).raise_for_status()
+
+    def pause(self, db: str) -> None:
+        """Stop both replications of ``db`` (delete their documents)."""
+        for source, target in ((self.a, self.b), (self.b, self.a)):
+            url = f"{source.url}/_replicator/{db}-to-{target.port}"
+            doc = requests.get(url, timeout=10)
+            if doc.ok:
+                requests.delete(url, params={"rev": doc.json()["_rev"]}, timeout=10).raise_for_status()
+
+    def in_step(self, db: str) -> bool:
+        """Whether both sites hold the same winning revision of every document."""
+        revs = []
+        for site in (self.a, self.b):
+            rows = requests.get(f"{site.url}/{db}/_all_docs", timeout=30).json()["rows"]
+            revs.append({r["id"]: r["value"]["rev"] for r in rows if not r["id"].startswith("_design/")})
+        return revs[0] == revs[1]

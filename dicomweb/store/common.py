@@ -12,6 +12,14 @@ T = TypeVar("T")
 
 #: Attempts of a write that loses a revision race (409) before it gives up.
 ATTEMPTS = 20
+#: Attempts of a read (a search, an instance list) that the database
+#: answered with an unexpected error: a CouchDB-API server's ``_find`` can
+#: fail (pouchdb-server: 400) while the documents it reads are being
+#: replaced. Pauses start at :data:`READ_BACKOFF` seconds and double (0.05,
+#: 0.1, 0.2, 0.4: under a second in all); then the read is reported
+#: unavailable (503 with Retry-After), never as a server error.
+READ_ATTEMPTS = 5
+READ_BACKOFF = 0.05
 #: Documents per page of a keyset-paged read.
 PAGE = 1000
 

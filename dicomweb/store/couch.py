@@ -11,10 +11,14 @@ Documents (see README "Running on CouchDB")::
                          and the aggregates NumberOfStudyRelatedSeries/-Instances,
                          ModalitiesInStudy, SOPClassesInStudy.
     se:<SeriesInstanceUID> one per series: series attributes and its count.
-    j:<random>           a journal entry per STOW batch in flight (crash repair).
+    j:<random>           a journal entry per STOW batch in flight (crash repair),
+                         naming its site and frontend.
     q:<hash>             QIDO match keys, one per (level, owner, generation,
                          path, key): see :mod:`couchsearch`.
-    _local/dicomweb-schema  the schema version (see :mod:`couchschema`).
+    _local/dicomweb-schema  the schema version (see :mod:`couchschema`); also
+                         ``-site`` (this replica's id), ``-follower`` (the
+                         repair follower's position), ``-frontend-<id>``
+                         (heartbeats). Local documents are not replicated.
 
 Write order for one instance (nothing acknowledged is lost, nothing half
 stored is visible):
@@ -33,7 +37,12 @@ stored is visible):
 
 A crash between 2 and 3 leaves correct instances but stale aggregates; the
 batch's journal document, written before 1 and deleted after 3, lets any
-frontend redo 3 (on start and every minute).
+frontend of the site redo 3 (on start, and within about 30 s once the
+frontend's heartbeat stops: see :meth:`CouchStore.sweep`).
+
+Replication between sites brings documents no frontend of this site wrote;
+the repair follower (:mod:`couchrepair`) recomputes what they affect and
+resolves replication conflicts.
 
 Collaborators, each with a public interface, composed here:
 :class:`~dicomweb.store.couchdocs.CouchDocs` (document access, paging,
@@ -52,9 +61,9 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import LoopingCall, deferLater
@@ -67,19 +76,32 @@ from ..dicom.dicomjson import first_text, int_value
 from ..dicom.order import retrieval_key
 from ..dicom.query import PATIENT, Query
 from ..twistedtypes import IReactor
-from . import couchchanges, couchpatients, couchsearch
+from . import couchchanges, couchpatients, couchrepair, couchsearch
 from .base import InstanceRecord, NotFound, Spool, StoreItem, StoreOutcome, StoreUnavailable, not_found
 from .changes import Change
-from .common import ATTEMPTS, gather
+from .common import ATTEMPTS, READ_ATTEMPTS, READ_BACKOFF, gather
 from .couchaggregates import Aggregates, LevelHints
 from .couchdocs import CouchDocs, instance_id
 from .couchhttp import BodyStream, Conflict, CouchClient, CouchError, Missing, RangeProducer, doc_path
 from .couchremove import Removal
-from .couchschema import SCHEMA_VERSION, Schema
+from .couchrepair import CHECKPOINT_DOC, Follower
+from .couchschema import SCHEMA_DOC, SCHEMA_VERSION, SITE_DOC, Schema
 
 log = Logger()
+T = TypeVar("T")
+
+HEARTBEAT_DOC = "_local/dicomweb-frontend-"
 
 JOURNAL_GRACE = 120.0  # seconds before another frontend may finish a batch's journal
+#: Every frontend writes ``_local/dicomweb-frontend-<id>`` this often (seconds);
+#: one not written for DEAD_AFTER seconds belongs to a frontend that died, and
+#: the journals it left are finished at once instead of after JOURNAL_GRACE.
+HEARTBEAT = 5.0
+DEAD_AFTER = 20.0
+#: Seconds between two journal sweeps, and the age after which a live
+#: frontend's journal is repaired anyway (its own repair may have failed).
+SWEEP_EVERY = 10.0
+REPAIR_AFTER = 60.0
 
 
 @dataclass
@@ -118,16 +140,19 @@ class CouchStore:
     def __init__(self, url: str, database: str, reactor: IReactor, pool: ThreadPool, *, user: str | None = None,
                  password: str | None = None, spool_dir: str | None = None, concurrency: int = 16,
                  timeout: float = 30.0, retry_for: float = 5.0, ca_file: str | None = None,
-                 maintenance: bool = True) -> None:
+                 maintenance: bool = True, start_wait: float = 60.0) -> None:
         """``maintenance``: this store runs the journal sweeps (at open and
-        every minute). A server with several worker processes
+        every SWEEP_EVERY seconds) and the change follower that repairs what
+        other sites wrote. A server with several worker processes
         (:mod:`dicomweb.workers`) gives that job to its supervising process
-        alone; its workers' stores pass False."""
+        alone; its workers' stores pass False (they still send heartbeats,
+        so their journals are left to them while they live)."""
         self.client = CouchClient(url, database, reactor, user=user, password=password, concurrency=concurrency,
                                   timeout=timeout, retry_for=retry_for, ca_file=ca_file)
         self.reactor = reactor
         self._pool = pool
         self.spool_dir = spool_dir
+        self.start_wait = start_wait
         self._spool = Spool(spool_dir)
         self._uploads = DeferredSemaphore(max(2, concurrency // 2))
         self._sweeper: LoopingCall | None = None
@@ -137,6 +162,9 @@ class CouchStore:
         self.removal = Removal(self.docs, self.aggregates)
         self.schema = Schema(self.docs, self.aggregates)
         self.feed = couchchanges.ChangeNumbering(self.docs, reactor)
+        self.follower = Follower(self.docs, self.aggregates, reactor)
+        self._heartbeat: LoopingCall | None = None
+        self._heartbeat_rev: str | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -144,28 +172,67 @@ class CouchStore:
         if self.spool_dir:
             os.makedirs(self.spool_dir, exist_ok=True)
         delay = 0.5
+        deadline = self.reactor.seconds() + self.start_wait
         while True:
             try:
                 await self.schema.open()
                 break
             except StoreUnavailable:
-                log.warn("CouchDB at {url} is not reachable yet; retrying in {delay:.0f}s",
+                if self.reactor.seconds() + delay > deadline:
+                    raise RuntimeError(f"CouchDB at {self.client.safe_url} did not answer within "
+                                       f"{self.start_wait:g}s") from None
+                log.warn("CouchDB at {url} is not reachable yet; retrying in {delay:.1f}s",
                          url=self.client.safe_url, delay=delay)
             await deferLater(self.reactor, delay)
             delay = min(delay * 2, 10)
+        self.docs.site = await self.schema.site()
+        await self._beat()
+        self._heartbeat = LoopingCall(self._beat_quietly)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(HEARTBEAT, now=False)
         if self._maintenance:
             await self.sweep(grace=0.0, finish=False)
             self._sweeper = LoopingCall(self._sweep_quietly)
             self._sweeper.clock = self.reactor
-            self._sweeper.start(60, now=False)
+            self._sweeper.start(SWEEP_EVERY, now=False)
         await self.feed.open()
-        log.info("CouchDB store ready at {url} (schema {version})", url=self.client.safe_url, version=SCHEMA_VERSION)
+        if self._maintenance:
+            await self.follower.start(fresh_database=self.schema.found_version == 0)
+        log.info("CouchDB store ready at {url} (schema {version}, site {site}, frontend {frontend})",
+                 url=self.client.safe_url, version=SCHEMA_VERSION, site=self.docs.site, frontend=self.docs.frontend)
 
     async def close(self) -> None:
-        if self._sweeper is not None and self._sweeper.running:
-            self._sweeper.stop()
+        for loop in (self._sweeper, self._heartbeat):
+            if loop is not None and loop.running:
+                loop.stop()
+        if self._maintenance:
+            await self.follower.stop()
         await self.feed.close()
+        if self._heartbeat_rev:  # stopped: journals it left are finished by the others at once
+            try:
+                await self.client.request("DELETE", doc_path(HEARTBEAT_DOC + self.docs.frontend),
+                                          params={"rev": self._heartbeat_rev}, retry=False, timeout=5)
+            except (StoreUnavailable, CouchError):
+                pass
         await self.client.close()
+
+    async def _beat(self) -> None:
+        """Say that this frontend is alive (see HEARTBEAT)."""
+        body: dict[str, Any] = {"at": time.time(), "site": self.docs.site}
+        if self._heartbeat_rev:
+            body["_rev"] = self._heartbeat_rev
+        path = HEARTBEAT_DOC + self.docs.frontend
+        try:
+            self._heartbeat_rev = (await self.docs.put(path, body)).get("rev")
+        except Conflict:
+            current = await self.docs.get(path)
+            self._heartbeat_rev = current["_rev"] if current else None
+
+    async def _beat_quietly(self) -> None:
+        try:
+            await self._beat()
+        except (StoreUnavailable, CouchError) as exc:
+            log.warn("heartbeat postponed: {error}", error=type(exc).__name__)
 
     async def ready(self) -> bool:
         try:
@@ -182,8 +249,30 @@ class CouchStore:
 
     # -- queries ----------------------------------------------------------------
 
+    async def _read(self, what: str, read: Callable[[], Awaitable[T]]) -> T:
+        """Run a read, again (with backoff) when the database answers with an
+        error that a retry may not see (see ``common.READ_ATTEMPTS``); when
+        it persists, :class:`StoreUnavailable` (503 with Retry-After)."""
+        delay = READ_BACKOFF
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return await read()
+            except (Missing, Conflict):
+                raise
+            except CouchError as exc:
+                if exc.status in (401, 403) or attempt == READ_ATTEMPTS - 1:
+                    log.warn("CouchDB {what} failed: {status} {error}", what=what, status=exc.status, error=exc.error)
+                    raise StoreUnavailable(f"CouchDB {what} failed") from None
+                log.debug("CouchDB {what} failed ({status}); retrying", what=what, status=exc.status)
+            await deferLater(self.reactor, random.uniform(delay / 2, delay))
+            delay *= 2
+        raise AssertionError("not reached")
+
     async def instances(self, study: str, series: str | None = None,
                         sop: str | None = None) -> list[InstanceRecord]:
+        return await self._read("instance read", lambda: self._instances(study, series, sop))
+
+    async def _instances(self, study: str, series: str | None, sop: str | None) -> list[InstanceRecord]:
         docs = await self._select(study, series, sop, ["study", "series", "sop", "sop_class", "ts", "size",
                                                        "frames", "bulk", "att", "series_number", "instance_number"])
         return [
@@ -199,7 +288,8 @@ class CouchStore:
 
     async def metadata(self, study: str, series: str | None = None,
                        sop: str | None = None) -> list[bytes]:
-        docs = await self._select(study, series, sop, ["meta", "series", "sop", "series_number", "instance_number"])
+        docs = await self._read("metadata read", lambda: self._select(
+            study, series, sop, ["meta", "series", "sop", "series_number", "instance_number"]))
         return [d["meta"].encode("utf-8") for d in docs]
 
     async def version(self, study: str, series: str | None = None) -> str:
@@ -346,7 +436,8 @@ class CouchStore:
             except CouchError as exc:
                 log.error("CouchDB refused an attachment: {status} {error}", status=exc.status, error=exc.error)
                 return StoreOutcome("failed", "storage write failed", PROCESSING_FAILURE)
-            doc = self._instance_doc(info, digest, item.length, att, doc_id, result["rev"])
+            self.docs.remember(doc_id, result["rev"])
+            doc = self._instance_doc(info, digest, item.length, att, doc_id, result["rev"], self.docs.site)
             try:
                 await self.docs.put(doc_id, doc)
             except Conflict:
@@ -361,12 +452,14 @@ class CouchStore:
         return StoreOutcome("failed", "too many concurrent writes", PROCESSING_FAILURE)
 
     @staticmethod
-    def _instance_doc(info: InstanceInfo, digest: _Digest, size: int, att: str, doc_id: str, rev: str) -> dict[str, Any]:
+    def _instance_doc(info: InstanceInfo, digest: _Digest, size: int, att: str, doc_id: str, rev: str,
+                      site: str) -> dict[str, Any]:
         return {
             "_id": doc_id,
             "_rev": rev,
             "doctype": "instance",
             "state": "stored",
+            "site": site,
             "study": info.study_uid,
             "series": info.series_uid,
             "sop": info.sop_uid,
@@ -407,11 +500,23 @@ class CouchStore:
     async def sweep(self, grace: float = JOURNAL_GRACE, finish: bool = True) -> int:
         """Redo the aggregates of batches whose frontend may have died.
 
-        Every journal is repaired (recomputing is idempotent and safe next to a
-        live writer); journals older than ``grace`` are also finished: their
-        never-stored instance docs are deleted and the journal removed.
+        Only this site's journals (a journal replicated from another site is
+        that site's business). With ``finish`` (the periodic sweep): the
+        journals of a frontend whose heartbeat stopped (DEAD_AFTER), and any
+        older than REPAIR_AFTER, are repaired (recomputing is idempotent and
+        safe next to a live writer); those of a dead frontend, and any older
+        than ``grace``, are also finished: their never-stored instance docs
+        are deleted and the journal removed. Without ``finish`` (on start):
+        every journal of the site is repaired, none finished.
         """
-        journals = await self.docs.journals()
+        journals = [j for j in await self.docs.journals() if j.get("site", self.docs.site) == self.docs.site]
+        now = time.time()
+        if finish:
+            dead = await self._dead_frontends({str(j["fe"]) for j in journals if j.get("fe")})
+            journals = [j for j in journals if j.get("fe") in dead
+                        or now - float(j.get("at", now)) >= min(REPAIR_AFTER, grace)]
+        else:
+            dead = set()
         if not journals:
             return 0
         studies = {s for j in journals for s in j.get("studies", [])}
@@ -425,23 +530,58 @@ class CouchStore:
         await couchsearch.forget_instances(self.docs, [d for d in removed.values() if d.get("state") != "stored"])
         # The change-feed events of those batches (ids known from the documents: no duplicates).
         await couchchanges.write_events(self.docs, couchchanges.repair_events([*docs.values(), *removed.values()]))
-        now = time.time()
+        finished = 0
         for j in journals:
-            if not finish or now - float(j.get("at", now)) < grace:
+            if not finish or (j.get("fe") not in dead and now - float(j.get("at", now)) < grace):
                 continue
             for doc_id in j.get("docs", []):
                 doc = await self.docs.get(doc_id)
                 if doc and doc.get("state") != "stored":
                     await self.docs.discard(doc_id, doc["_rev"])
             await self.docs.discard(j["_id"], j["_rev"])
-        log.info("repaired the aggregates of {n} interrupted STOW batches", n=len(journals))
+            finished += 1
+        log.info("repaired the aggregates of {n} interrupted batches ({m} finished)", n=len(journals), m=finished)
         return len(journals)
+
+    async def _dead_frontends(self, frontends: set[str]) -> set[str]:
+        """Those of ``frontends`` whose heartbeat is older than DEAD_AFTER (or gone)."""
+        dead = set()
+        now = time.time()
+        for fe in frontends - {self.docs.frontend}:
+            beat = await self.docs.get(HEARTBEAT_DOC + fe)
+            if beat is None or now - float(beat.get("at", 0)) > DEAD_AFTER:
+                dead.add(fe)
+        return dead
 
     async def _sweep_quietly(self) -> None:
         try:
             await self.sweep()
         except (StoreUnavailable, CouchError) as exc:
             log.warn("journal sweep postponed: {error}", error=type(exc).__name__)
+        except Exception:  # the next sweep runs anyway; say why this one did not
+            log.failure("journal sweep failed")
+
+    # -- operations -------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """Replication and change-follower status of this database, for
+        ``dicomweb-admin status`` (needs no :meth:`open`; reads only)."""
+        info = await self.client.request("GET")
+        site, schema, checkpoint = await gather([self.docs.get(SITE_DOC), self.docs.get(SCHEMA_DOC),
+                                                 self.docs.get(CHECKPOINT_DOC)])
+        journals = await self.docs.journals()
+        mine = (site or {}).get("site")
+        follower: dict[str, Any] = {"seq": None}
+        if checkpoint:
+            follower = {"seq": checkpoint.get("seq"), "at": checkpoint.get("at"), "frontend": checkpoint.get("frontend"),
+                        "lag": _seq_number(info.get("update_seq")) - _seq_number(checkpoint.get("seq"))}
+        return {
+            "database": self.client.safe_url, "update_seq": info.get("update_seq"), "doc_count": info.get("doc_count"),
+            "schema": (schema or {}).get("version"), "site": mine, "follower": follower,
+            "journals": {"this_site": sum(1 for j in journals if j.get("site", mine) == mine),
+                         "other_sites": sum(1 for j in journals if j.get("site", mine) != mine)},
+            "replications": await couchrepair.replications(self.client),
+        }
 
     # -- change feed (couchchanges) ---------------------------------------------------
 
@@ -460,8 +600,17 @@ class CouchStore:
         """QIDO answers from Mango indexes (see :mod:`couchsearch`; the
         patient level: :mod:`couchpatients`)."""
         if query.level == PATIENT:
-            return await couchpatients.search(self.docs, query)
-        return await couchsearch.search(self.docs, query)
+            return await self._read("search", lambda: couchpatients.search(self.docs, query))
+        return await self._read("search", lambda: couchsearch.search(self.docs, query))
+
+
+def _seq_number(seq: Any) -> int:
+    """The number in a change sequence: PouchDB's is one, a CouchDB 3
+    cluster's starts with one (``"1234-g1AAAA..."``, summed over shards)."""
+    try:
+        return int(str(seq).split("-", 1)[0])
+    except ValueError:
+        return 0
 
 
 def _level_hints(items: list[StoreItem], outcomes: list[StoreOutcome | None]) -> LevelHints:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,9 @@ SEARCH_DDOC = "dicomweb-search-v2"
 PATIENT_DDOC = "dicomweb-patients-v4"
 #: Ids per ``_all_docs`` request.
 CHUNK = 500
+#: Instance revisions this frontend wrote, remembered so that the change
+#: follower does not read its own writes back (the oldest are forgotten).
+OWN_REVISIONS = 50_000
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,48 @@ class CouchDocs:
 
     def __init__(self, client: CouchClient) -> None:
         self.client = client
+        #: The site: one database and its frontends, an id kept in the
+        #: database's ``_local/dicomweb-site`` (local documents are not
+        #: replicated, so each replica is a site of its own); set on open.
+        #: Instance documents and journals name the site that wrote them.
+        self.site = ""
+        #: This frontend process (journals name it; see ``CouchStore.sweep``).
+        self.frontend = uuid.uuid4().hex[:16]
+        self._own: OrderedDict[str, str] = OrderedDict()
+
+    # -- own writes -------------------------------------------------------------
+
+    def remember(self, doc_id: str, rev: str) -> None:
+        """Note an instance revision this frontend wrote (see :meth:`wrote`)."""
+        if doc_id.startswith("i:"):
+            self._own[doc_id] = rev
+            self._own.move_to_end(doc_id)
+            while len(self._own) > OWN_REVISIONS:
+                self._own.popitem(last=False)
+
+    def wrote(self, doc_id: str, rev: str) -> bool:
+        """Whether ``rev`` of ``doc_id`` is the last one this frontend wrote."""
+        return self._own.get(doc_id) == rev
+
+    # -- the database ---------------------------------------------------------------
+
+    async def update_seq(self) -> Any:
+        """The database's current sequence (``GET /db``)."""
+        info = await self.client.request("GET")
+        return info.get("update_seq")
+
+    # -- conflicts ----------------------------------------------------------------
+
+    async def with_conflicts(self, doc_id: str) -> dict[str, Any] | None:
+        """The winning revision of a document, with ``_conflicts`` (the
+        losing leaf revisions) when there are any."""
+        doc: dict[str, Any] | None = await self.client.get_or_none(doc_path(doc_id), params={"conflicts": "true"})
+        return doc
+
+    async def revision(self, doc_id: str, rev: str) -> dict[str, Any] | None:
+        """One revision of a document (a losing one of a conflict, say)."""
+        doc: dict[str, Any] | None = await self.client.get_or_none(doc_path(doc_id), params={"rev": rev})
+        return doc
 
     # -- reads ------------------------------------------------------------------
 
@@ -127,7 +174,9 @@ class CouchDocs:
         result = await self.client.post("_find", body)
         if result.get("warning") and "index" in str(result["warning"]).lower():
             log.warn("CouchDB _find on {index} did not use the index: {warning}", index=index, warning=result["warning"])
-        docs: list[dict[str, Any]] = result.get("docs", [])
+        # pouchdb-server answers null for a document deleted while the
+        # query ran: it is gone, so it is left out.
+        docs: list[dict[str, Any]] = [d for d in result.get("docs", []) if d]
         return docs
 
     async def instances(self, study: str | None, series: str | None, state: str,
@@ -175,6 +224,9 @@ class CouchDocs:
         if not docs:
             return []
         rows: list[dict[str, Any]] = await self.client.post("_bulk_docs", {"docs": list(docs)})
+        for row in rows:
+            if row.get("rev") and not row.get("error"):
+                self.remember(row.get("id", ""), row.get("rev", ""))
         return rows
 
     async def create_new(self, docs: Sequence[dict[str, Any]]) -> None:
@@ -197,6 +249,7 @@ class CouchDocs:
     async def put(self, doc_id: str, doc: dict[str, Any]) -> dict[str, Any]:
         """Write one document (``_rev`` in ``doc`` for an update); raises Conflict."""
         result: dict[str, Any] = await self.client.put(doc_path(doc_id), doc)
+        self.remember(doc_id, result.get("rev", ""))
         return result
 
     async def discard(self, doc_id: str, rev: str) -> None:
@@ -216,7 +269,8 @@ class CouchDocs:
         a STOW writes (``docs``) or the SOP Instance UIDs a removal takes away
         (``removed``). Returns (id, revision) for :meth:`close_journal`."""
         result = await self.client.post("", {"doctype": "journal", "at": time.time(), "studies": sorted(studies),
-                                              "docs": list(docs), "removed": list(removed)})
+                                              "docs": list(docs), "removed": list(removed),
+                                              "site": self.site, "fe": self.frontend})
         return result["id"], result["rev"]
 
     async def close_journal(self, journal: tuple[str, str]) -> None:

@@ -36,15 +36,24 @@ class ChangesPage:
 
 
 async def changes_since(client: CouchClient, since: Any, *, limit: int = 500,
-                        wait: float | None = None) -> ChangesPage:
+                        wait: float | None = None, all_revisions: bool = False) -> ChangesPage:
     """The changes after ``since``, at most ``limit``; with ``wait``, a
     long-poll that answers as soon as there is one, or after ``wait`` seconds
-    with none. A long-poll is not retried (its caller loops anyway)."""
+    with none. A long-poll is not retried (its caller loops anyway) and its
+    running out is not logged as an outage (pouchdb-server 4.2 ignores
+    ``timeout`` and holds the request while nothing changes: the caller then
+    gets StoreUnavailable after ``wait`` + the client's timeout). With
+    ``all_revisions`` (``style=all_docs``) each row's ``changes`` lists every
+    leaf revision of the document: more than one means replication left
+    conflicting revisions (or deleted branches of a conflict resolved
+    earlier)."""
     params: dict[str, Any] = {"since": since if isinstance(since, str) else str(since), "limit": limit}
+    if all_revisions:
+        params["style"] = "all_docs"
     if wait is not None:
         params["feed"] = "longpoll"
         params["timeout"] = int(wait * 1000)
-    result = await client.request("GET", "_changes", params=params, retry=wait is None,
+    result = await client.request("GET", "_changes", params=params, retry=wait is None, quiet=wait is not None,
                                   timeout=client.timeout + (wait or 0))
     rows: list[dict[str, Any]] = result.get("results", [])
     return ChangesPage(rows, result.get("last_seq", since))

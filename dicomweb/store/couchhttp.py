@@ -162,12 +162,13 @@ class CouchClient:
     async def request(self, method: str, path: str = "", *, params: Mapping[str, Any] | None = None,
                       json: Any = None, body: Callable[[], Any] | None = None,
                       headers: Mapping[str, str] | None = None, timeout: float | None = None,
-                      root: bool = False, stream: bool = False, retry: bool = True) -> Any:
+                      root: bool = False, stream: bool = False, retry: bool = True, quiet: bool = False) -> Any:
         """Send a request; return the decoded JSON body (or, with ``stream``,
         the :class:`IResponse` whose body is still to be read).
 
         Raises :class:`Missing` (404), :class:`Conflict` (409),
-        :class:`CouchError` (other errors) or :class:`StoreUnavailable`.
+        :class:`CouchError` (other errors) or :class:`StoreUnavailable`
+        (logged as a warning unless ``quiet``: a long poll that ran out).
         """
         url = self.url(path, params, root)
         all_headers = self._headers(headers)
@@ -180,7 +181,7 @@ class CouchClient:
             except _RETRYABLE as exc:
                 now = self.reactor.seconds()
                 if now + delay > deadline:
-                    log.warn("CouchDB at {url} unavailable: {method} failed ({error})",
+                    (log.debug if quiet else log.warn)("CouchDB at {url} unavailable: {method} failed ({error})",
                              url=self.safe_url, method=method, error=_describe(exc))
                     raise StoreUnavailable("CouchDB is unavailable") from None
                 log.debug("CouchDB {method} failed ({error}); retrying in {delay:.2f}s",

@@ -58,11 +58,11 @@ class Removal:
 
     async def delete(self, study: str, series: str | None, sop: str | None) -> int:
         """Replace the instance documents (stored or rejected) by stubs without bytes."""
-        return await self._remove(study, series, sop, frozenset({"stored", "rejected"}), deleted)
+        return await self._remove(study, series, sop, frozenset({"stored", "rejected"}), deleted(self.docs.site))
 
     async def reject(self, study: str, series: str | None, sop: str | None, code: str, scheme: str) -> int:
         """Mark the stored instances ``rejected`` (bytes kept until deleted or purged)."""
-        return await self._remove(study, series, sop, frozenset({"stored"}), rejected(code, scheme))
+        return await self._remove(study, series, sop, frozenset({"stored"}), rejected(code, scheme, self.docs.site))
 
     async def purge_rejected(self, older_than: float) -> int:
         """Delete the instance documents rejected more than ``older_than`` s ago.
@@ -79,7 +79,7 @@ class Removal:
                 "rejected_at": {"$lt": cutoff}}, ["_id", "_rev"], limit=PAGE)
             if not page:
                 return purged
-            result = await self.docs.bulk([deleted(d) for d in page])
+            result = await self.docs.bulk([deleted(self.docs.site)(d) for d in page])
             changed = sum(1 for row in result if not row.get("error"))
             purged += changed
             if not changed:
@@ -146,23 +146,30 @@ class Removal:
         return done
 
 
-def deleted(doc: dict[str, Any]) -> dict[str, Any]:
+def deleted(site: str) -> Change:
     """The stub that replaces a deleted instance (see the module docstring).
 
-    The stub of a visible instance also names its change-feed event (``ev``)
+    The stub names the site that deleted it and its study, so that another
+    site the deletion replicates to recomputes that study (``couchrepair``);
+    the stub of a visible instance also names its change-feed event (``ev``)
     and the UIDs that event needs, so the crash-repair sweep can write it."""
-    stub = {"_id": doc["_id"], "_rev": doc["_rev"], "doctype": "instance", "state": "deleted",
-            "deleted_at": time.time()}
-    if doc.get("state") == "stored":
-        stub.update(ev=couchchanges.new_token(), study=doc["study"], series=doc["series"], sop=doc["sop"])
-    return stub
+    def change(doc: dict[str, Any]) -> dict[str, Any]:
+        stub = {"_id": doc["_id"], "_rev": doc["_rev"], "doctype": "instance", "state": "deleted",
+                "deleted_at": time.time(), "site": site}
+        if doc.get("state") == "stored":
+            stub.update(ev=couchchanges.new_token(), study=doc["study"], series=doc["series"], sop=doc["sop"])
+        elif doc.get("study"):
+            stub["study"] = doc["study"]
+        return stub
+
+    return change
 
 
-def rejected(code: str, scheme: str) -> Change:
+def rejected(code: str, scheme: str, site: str) -> Change:
     def change(doc: dict[str, Any]) -> dict[str, Any]:
         # The whole document (attachment stubs included) is written back:
         # a document written without its stubs would lose the bytes.
         return {**doc, "state": "rejected", "rejection": {"code": code, "scheme": scheme},
-                "rejected_at": time.time(), "ev": couchchanges.new_token()}
+                "rejected_at": time.time(), "ev": couchchanges.new_token(), "site": site}
 
     return change

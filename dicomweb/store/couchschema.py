@@ -30,9 +30,12 @@ Only this module knows what older versions stored.
 
 from __future__ import annotations
 
+import random
 import time
+import uuid
 from typing import Any
 
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from . import couchchanges, couchsearch
@@ -46,6 +49,7 @@ log = Logger()
 
 SCHEMA_VERSION = 5
 SCHEMA_DOC = "_local/dicomweb-schema"
+SITE_DOC = "_local/dicomweb-site"
 #: Indexes of version 1 and 2, removed by the upgrade to 3 (in STORE_DDOC).
 OBSOLETE_INDEXES = ("studies-by-date", "studies-by-patient")
 #: Fields of version 1 and 2 study documents, removed by the upgrade to 3.
@@ -59,9 +63,16 @@ class Schema:
         self.docs = docs
         self.client = docs.client
         self.aggregates = aggregates
+        #: The schema version the database had when it was opened (0: new).
+        self.found_version: int | None = None
 
     async def open(self) -> None:
         """Create the database if needed, ensure the indexes, upgrade.
+
+        Any number of frontends may run this at once on a new or old
+        database: every step is idempotent, and a 409 on the schema or a
+        design document means another frontend got there first, so the
+        whole check is run again on what it wrote (a few times at most).
 
         Raises RuntimeError for what a retry cannot fix (credentials refused,
         a database of a newer schema), StoreUnavailable while CouchDB does
@@ -80,13 +91,27 @@ class Schema:
                 if exc.status in (401, 403):
                     raise RuntimeError("CouchDB refused to create the database (needs an admin)") from None
                 raise
+        for attempt in range(ATTEMPTS):
+            try:
+                await self._check_and_upgrade()
+                return
+            except Conflict:
+                log.info("another frontend is setting up {url} at the same time; checking again",
+                         url=self.client.safe_url)
+                await deferLater(self.docs.client.reactor, random.uniform(0.05, 0.1 * (attempt + 1)))
+        raise RuntimeError("could not set up the CouchDB database (conflicting writers kept winning)")
+
+    async def _check_and_upgrade(self) -> None:
+        """One pass of :meth:`open` after the database exists; Conflict
+        when another frontend wrote the schema or a design document meanwhile."""
         schema = await self.docs.get(SCHEMA_DOC)
         version = int(schema.get("version", 0)) if schema else 0
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"the CouchDB database has schema {version}, newer than this server ({SCHEMA_VERSION})")
+        if self.found_version is None:
+            self.found_version = version
         for name, index in INDEXES.items():
-            await self.client.post("_index", {"index": {"fields": list(index.fields)}, "ddoc": index.ddoc,
-                                              "name": name, "type": "json"})
+            await self._ensure_index(name, index.fields, index.ddoc)
         if 0 < version < 2:
             await self._upgrade_1_to_2()
         if 0 < version < 3:
@@ -99,8 +124,37 @@ class Schema:
             body: dict[str, Any] = {"version": SCHEMA_VERSION, "indexes": sorted(INDEXES), "upgraded_at": time.time()}
             if schema:
                 body["_rev"] = schema["_rev"]
-            await self.docs.put(SCHEMA_DOC, body)
+            await self.docs.put(SCHEMA_DOC, body)  # Conflict: another frontend recorded it first
             log.info("CouchDB schema upgraded from {old} to {new}", old=version, new=SCHEMA_VERSION)
+
+    async def site(self) -> str:
+        """This database's site id (``_local/dicomweb-site``, created by the
+        first frontend; local documents are not replicated, so every
+        replica of the database is a site of its own)."""
+        for _ in range(ATTEMPTS):
+            doc = await self.docs.get(SITE_DOC)
+            if doc is not None:
+                return str(doc["site"])
+            try:
+                await self.docs.put(SITE_DOC, {"site": uuid.uuid4().hex[:16], "created_at": time.time()})
+            except Conflict:
+                pass  # another frontend created it: read that one
+        raise RuntimeError("could not read the site id of the CouchDB database")
+
+    async def _ensure_index(self, name: str, fields: tuple[str, ...], ddoc: str) -> None:
+        """Create a Mango index (a no-op when it exists). Two frontends
+        creating indexes of one design document at once make the server
+        answer 409 (or, pouchdb-server, 500 with a conflict) to one of them:
+        raised as :class:`Conflict` so :meth:`open` checks again."""
+        body = {"index": {"fields": list(fields)}, "ddoc": ddoc, "name": name, "type": "json"}
+        try:
+            await self.client.post("_index", body)
+        except Conflict:
+            raise
+        except CouchError as exc:
+            if "conflict" in f"{exc.error} {exc.reason}".lower():
+                raise Conflict(exc.status, exc.error, exc.reason) from None
+            raise
 
     async def _upgrade_1_to_2(self) -> None:
         """Order keys and QIDO key documents for what a version 1 server stored."""

@@ -590,6 +590,8 @@ class _Search:
         by_uid = {item[SOP_UID]["Value"][0]: item for item in results}
         docs = await self.docs.get_docs("i:" + s for s in by_uid)
         for doc in docs.values():
+            if doc.get("sop") not in by_uid:  # deleted or rejected since it was found
+                continue
             metadata = json.loads(doc.get("meta") or "{}")
             by_uid[doc["sop"]].update({tag: metadata[tag] for tag in tags if tag in metadata})
 
