@@ -113,7 +113,7 @@ def test_the_startup_work_runs_once_in_the_supervisor(workers: ServerProcess) ->
     if workers.store == "embedded":  # type: ignore[attr-defined]
         assert not os.path.exists(os.path.join(workers.data_dir, "spool", "left-by-a-crash"))
     else:
-        assert log.count("repaired the aggregates of 1 interrupted STOW batches") == 1
+        assert log.count("repaired the aggregates of 1 interrupted batches") == 1
     assert log.count("starting 2 worker processes") == 1
 
 
