@@ -14,7 +14,9 @@ The CouchDB settings come from the server's option table: ``--couchdb``,
 exactly as the server reads them.
 - ``orphans [--delete]``: list (or remove) files of the embedded store that
   no index row points to, which a crash between an index commit and the
-  unlinks after it may leave (harmless: never served).
+  unlinks after it may leave (harmless: never served); on CouchDB, the QIDO
+  key documents no current document owns (``--grace`` seconds between two
+  scans, so a STOW in flight keeps its keys).
 
 Safe while the server runs: the embedded store's writes are SQLite
 transactions (serialised across processes), CouchDB's are revisioned.
@@ -70,7 +72,10 @@ def _report(count: int) -> None:
 
 
 def orphans(args: argparse.Namespace) -> int:
-    index = _embedded(_settings(args).data_dir)
+    settings = _settings(args)
+    if settings.couchdb:
+        return _couch_orphans(settings, args)
+    index = _embedded(settings.data_dir)
     try:
         found = index.orphan_files()
     finally:
@@ -81,6 +86,19 @@ def orphans(args: argparse.Namespace) -> int:
             os.unlink(path)
     print(f"{len(found)} orphan files" + (" deleted" if args.delete else ""), file=sys.stderr)
     return 0
+
+
+def _couch_orphans(settings: Settings, args: argparse.Namespace) -> int:
+    """QIDO key documents left by a crash (see dicomweb.store.couchorphans)."""
+
+    async def run(store: CouchStore) -> None:
+        found = await store.orphan_keys(delete=args.delete, grace=args.grace)
+        for doc_id in found:
+            print(doc_id)
+        print(f"{len(found)} orphan key documents" + (" deleted" if args.delete else ""), file=sys.stderr)
+
+    _on_couch(settings, run)  # exits
+    return 0  # not reached
 
 
 def status(args: argparse.Namespace) -> int:
@@ -167,8 +185,11 @@ def parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge-rejected", help="delete instances rejected more than DAYS ago")
     purge.add_argument("--older-than", type=float, required=True, metavar="DAYS")
     purge.set_defaults(run=purge_rejected)
-    orphan = sub.add_parser("orphans", help="list files no index entry points to (embedded store)")
+    orphan = sub.add_parser("orphans", help="list files no index entry points to (embedded store), or QIDO key "
+                                             "documents no current document owns (CouchDB store)")
     orphan.add_argument("--delete", action="store_true", help="remove them")
+    orphan.add_argument("--grace", type=float, default=60.0,
+                        help="CouchDB: seconds between the two scans (keys of a STOW in flight are left) [60]")
     orphan.set_defaults(run=orphans)
     state = sub.add_parser("status", help="replication and change-follower status of a CouchDB store")
     state.add_argument("--json", action="store_true", help="as JSON")

@@ -190,3 +190,35 @@ def _admin_stderr(*args: str) -> str:
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": REPO})
     assert done.returncode == 0, done.stderr
     return done.stderr
+
+
+def test_couch_orphan_key_documents_are_listed_and_removed(server: ServerProcess) -> None:
+    """Keys a crash left (of an instance document never written, of a
+    generation its owner no longer has) are found by `dicomweb-admin orphans`
+    and removed with --delete; the keys of what is stored stay, searches too."""
+    if not is_couch(server):
+        return  # the embedded store's orphans are files: test_kill_9_during_a_large_delete
+    from dicomweb.store.couchsearch import key_doc_id
+
+    study = store_study(server.url, (("CT", 2),))
+    url = server.extra[server.extra.index("--couchdb") + 1]
+    db = server.extra[server.extra.index("--couchdb-db") + 1]
+    instance = couch_doc(server, "i:" + study.series[0].sops[0])
+    assert instance is not None
+    left = [{"_id": key_doc_id("instance", "9.9.9", "gone", "00100010", "NEVER"), "doctype": "qkey",
+             "l": "instance", "u": "9.9.9", "g": "gone", "p": "00100010", "k": "NEVER", "t": study.uid},
+            {"_id": key_doc_id("instance", instance["sop"], "older", "00200013", "1"), "doctype": "qkey",
+             "l": "instance", "u": instance["sop"], "g": "older", "p": "00200013", "k": "1", "t": study.uid}]
+    requests.post(f"{url}/{db}/_bulk_docs", json={"docs": left}, timeout=30).raise_for_status()
+    args = ("--couchdb", url, "--couchdb-db", db, "orphans", "--grace", "0")
+    listed = _admin(*args).split()
+    assert set(listed) >= {d["_id"] for d in left}
+    _admin(*args, "--delete")
+    assert _admin(*args).split() == []
+    assert all(couch_doc(server, d["_id"]) is None for d in left)
+    found = requests.get(f"{server.url}/studies", params={"StudyInstanceUID": study.uid, "ModalitiesInStudy": "CT"},
+                         timeout=30).json()
+    assert len(found) == 1 and found[0]["00201208"]["Value"] == [2]
+    by_name = requests.get(f"{server.url}/studies/{study.uid}/instances", params={"InstanceNumber": "1"},
+                           timeout=30).json()
+    assert [i["00080018"]["Value"][0] for i in by_name] == [study.series[0].sops[0]]

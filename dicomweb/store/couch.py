@@ -497,6 +497,13 @@ class CouchStore:
 
     # -- crash repair -------------------------------------------------------------------
 
+    async def orphan_keys(self, delete: bool = False, grace: float = 60.0) -> list[str]:
+        """QIDO key documents no current document owns (left by a crash):
+        their ids, deleted with ``delete`` (see :mod:`.couchorphans`)."""
+        from . import couchorphans
+
+        return await couchorphans.collect(self.docs, self.reactor, delete, grace)
+
     async def sweep(self, grace: float = JOURNAL_GRACE, finish: bool = True) -> int:
         """Redo the aggregates of batches whose frontend may have died.
 
