@@ -26,7 +26,7 @@ import requests
 
 BENCH = Path(__file__).resolve().parent
 ORTHANC_PACKAGES = ["orthanc", "orthanc-dicomweb", "orthanc-gdcm"]
-_SITE_RE = re.compile(r"Site starting on (\d+)")
+_SITE_RE = re.compile(r"Site(?: \(TLS\))? starting on (\d+)")
 
 
 def free_port() -> int:

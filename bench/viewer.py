@@ -12,9 +12,11 @@ page's own timeline gives
 
 - *first image*: when the first non-blank image shows in the viewport (the
   e2e tests' probe), from the start of navigation;
-- *all images*: when the response of the last of the series' frames ended
-  (resource timing of every ``/frames/`` request; OHIF prefetches the whole
-  stack);
+- *all images*: when every image of the series had arrived (the end of the
+  first answer of each image's ``/frames/`` request, resource timing; OHIF
+  prefetches the whole stack). With progressive loading that first answer is
+  the low-resolution range; the table also counts the frame requests (the
+  images OHIF refined to full resolution are fetched twice);
 - the bytes of frames and metadata received (resource timing), and the
   protocol the browser negotiated.
 
@@ -108,9 +110,17 @@ FRAME_TIMES = """
   const frames = performance.getEntriesByType('resource').filter(e => e.name.includes('/frames/'));
   const meta = performance.getEntriesByType('resource').filter(e => e.name.includes('/metadata'));
   const first = performance.getEntriesByName('dicomweb-first-image');
+  // Each image's first answer (progressive loading fetches some images twice:
+  // a first range, then the rest, for the images it shows at full resolution).
+  const firstEnd = new Map();
+  for (const e of frames) {
+    const key = e.name.split('?')[0];
+    firstEnd.set(key, Math.min(firstEnd.get(key) ?? Infinity, e.responseEnd));
+  }
   return {
-    frames: frames.length,
-    last: frames.length ? Math.max(...frames.map(e => e.responseEnd)) : null,
+    frames: firstEnd.size,
+    requests: frames.length,
+    last: firstEnd.size ? Math.max(...firstEnd.values()) : null,
     frameBytes: frames.reduce((s, e) => s + (e.encodedBodySize || 0), 0),
     metaBytes: meta.reduce((s, e) => s + (e.encodedBodySize || 0), 0),
     metaDecoded: meta.reduce((s, e) => s + (e.decodedBodySize || 0), 0),
@@ -133,8 +143,6 @@ class Target:
         self.name, self.host, self.port, self.root, self.scheme = name, host, port, root, scheme
         self.procs = procs or []
         self.stack_retrieve = stack_retrieve
-        #: Requests per image: progressive loading fetches each frame in two ranges.
-        self.per_image = len(stack_retrieve["stages"]) if stack_retrieve else 1
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -270,13 +278,13 @@ def run(targets: list[Target], rtts: list[float], mbit: float | None, study: str
                     with netlink.NetLink((target.host, target.port), rtt_ms=rtt, mbit=mbit) as link:
                         url = f"{target.scheme}://127.0.0.1:{link.port}{target.root}"
                         with OhifSite(url, "wadors", stack_retrieve=target.stack_retrieve) as site:
-                            samples.append(open_series(playwright, executable, site, study,
-                                                       count * target.per_image, timeout))
+                            samples.append(open_series(playwright, executable, site, study, count, timeout))
                 first = statistics.median(s["firstImage"] for s in samples) / 1000
                 last = statistics.median(s["last"] for s in samples) / 1000
                 row = {"rtt": rtt, "server": target.name, "first": first, "all": last,
                        "frame_mb": samples[0]["frameBytes"] / 1e6, "meta_kb": samples[0]["metaBytes"] / 1e3,
-                       "meta_decoded_kb": samples[0]["metaDecoded"] / 1e3, "protocol": samples[0]["protocol"]}
+                       "meta_decoded_kb": samples[0]["metaDecoded"] / 1e3, "protocol": samples[0]["protocol"],
+                       "requests": samples[0]["requests"]}
                 say(f"  RTT {rtt:>3.0f} ms  {target.name:<40} first {first:6.2f} s  all {last:6.2f} s  "
                     f"({row['protocol'] or '?'})")
                 rows.append(row)
@@ -285,11 +293,11 @@ def run(targets: list[Target], rtts: list[float], mbit: float | None, study: str
 
 def table(rows: list[dict[str, Any]], mbit: float | None) -> str:
     link = f"{mbit:.0f} Mbit/s" if mbit else "unlimited"
-    out = [f"| RTT | server | first image (s) | all images (s) | frames (MB) | metadata on the wire (kB) | "
-           f"protocol | link {link} |", "|---|---|---|---|---|---|---|---|"]
+    out = [f"| RTT | server | first image (s) | all images (s) | frame requests | frames (MB) | "
+           f"metadata on the wire (kB) | protocol | link {link} |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         out.append(f"| {row['rtt']:.0f} ms | {row['server']} | {row['first']:.2f} | {row['all']:.2f} | "
-                   f"{row['frame_mb']:.1f} | {row['meta_kb']:.0f} (of {row['meta_decoded_kb']:.0f}) | "
+                   f"{row['requests']} | {row['frame_mb']:.1f} | {row['meta_kb']:.0f} (of {row['meta_decoded_kb']:.0f}) | "
                    f"{row['protocol']} | |")
     return "\n".join(out)
 
