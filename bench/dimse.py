@@ -89,8 +89,14 @@ def start_orthanc(tmp: Path, sink_port: int) -> Target:
                   servers.Server("Orthanc", base, proc, log))
 
 
+#: ``--workers`` for our server (1: one process).
+WORKERS = 1
+
+
 def start_ours(tmp: Path, store: str, sink_port: int, pouch: servers.Server | None) -> Target:
     extra = ["--dimse-port", "0", "--dimse-peer", f"{SINK_AE}=127.0.0.1:{sink_port}"]
+    if WORKERS > 1:
+        extra += ["--workers", str(WORKERS)]
     if store == "couch":
         assert pouch is not None
         extra += ["--couchdb", pouch.url]
@@ -99,7 +105,8 @@ def start_ours(tmp: Path, store: str, sink_port: int, pouch: servers.Server | No
     while time.monotonic() < deadline:
         match = _DIMSE_RE.search(servers.tail(server.log, 100_000))
         if match:
-            return Target(f"ours [{store}]", "DICOMWEB", int(match.group(1)), server)
+            name = f"ours [{store}]" + (f", {WORKERS} workers" if WORKERS > 1 else "")
+            return Target(name, "DICOMWEB", int(match.group(1)), server)
         time.sleep(0.05)
     raise RuntimeError("the DIMSE listener did not start")
 
@@ -288,9 +295,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--no-orthanc", action="store_true", help="our server only (while tuning it)")
     parser.add_argument("--big", action="store_true", help="only the 1 GiB C-STORE memory figure")
+    parser.add_argument("--workers", type=int, default=1, help="our server's --workers (DIMSE in each)")
     parser.add_argument("--client-nodelay", action="store_true",
                         help="TCP_NODELAY=1 for dcmtk's tools: clients and sink with Nagle off")
     args = parser.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     if args.client_nodelay:
         TOOL_ENV["TCP_NODELAY"] = "1"
     if shutil.which("Orthanc") is None:
@@ -330,7 +340,8 @@ def main() -> None:
         sink.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     say("")
-    flags = (" --quick" if args.quick else "") + (" --client-nodelay" if args.client_nodelay else "")
+    flags = ((" --quick" if args.quick else "") + (" --client-nodelay" if args.client_nodelay else "")
+             + (f" --workers {args.workers}" if args.workers > 1 else ""))
     say(f"`python bench/dimse.py{flags} --stores {args.stores}`")
     say("")
     say(table(results, n))

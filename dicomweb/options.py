@@ -294,7 +294,8 @@ OPTIONS: tuple[Option, ...] = (
            "(C-MOVE destination; allowlist)", parse=peer, repeatable=True, field="dimse_peers"),
     Option("dimse-refuse-unknown", "Refuse associations unless the calling AE is a --dimse-peer "
            "connecting from that peer's host", flag=True),
-    Option("dimse-max-associations", "Concurrent DIMSE associations at most", parse=at_least(1), default="10"),
+    Option("dimse-max-associations", "Concurrent DIMSE associations at most (per worker process)", parse=at_least(1),
+           default="10"),
     Option("dimse-acse-timeout", "Seconds to wait for association messages", parse=seconds, default="30"),
     Option("dimse-timeout", "Seconds to wait for a DIMSE message", parse=seconds, default="60"),
     Option("dimse-network-timeout", "Seconds an idle association stays open", parse=seconds, default="120"),

@@ -36,12 +36,12 @@ in Twisted's TLS protocol exactly as the reactor's own ``listenSSL`` does
 path needs the connection's TCP socket, which an adopted port's connections
 are (``tcp.Server``), so plain HTTP keeps it.
 
-DIMSE (``--dimse-port``) runs in worker 0 only: pynetdicom accepts and serves
-associations in threads of its own, not on the reactor, so more processes
-would not add much, and ``--dimse-max-associations`` stays one limit for the
-server, as configured. The supervisor opens the DIMSE socket too, and worker
-0 (and its replacement) serves it: associations requested while worker 0
-restarts wait in its queue.
+DIMSE (``--dimse-port``) runs in every worker, on one socket the supervisor
+opens, as HTTP does: a process receives at most about one core's worth of
+C-STOREs (pynetdicom's threads and the PDU decoding share the interpreter
+lock), so parallel associations need processes. ``--dimse-max-associations``
+is then a limit per worker. Associations requested while a worker restarts
+go to another, or wait in the socket's queue.
 
 Logs: a worker writes its log events as JSON records to its standard output;
 the supervisor publishes them in its own log (file or stdout, as twistd was
@@ -179,7 +179,7 @@ class Supervisor(service.Service):
         self._restarts.pop(index, None)
         if self.stopping:
             return
-        dimse = index == 0 and self.dimse_socket is not None
+        dimse = self.dimse_socket is not None
         settings = self.settings if dimse else replace(self.settings, dimse_port=None)
         worker = _Worker(self, index, WorkerConfig(index, settings, dimse))
         fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", HTTP_FD: self.port.fileno()}
