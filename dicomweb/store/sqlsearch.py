@@ -215,17 +215,19 @@ def _skips(query: Query) -> bool:
 
 def _study_skip(conn: sqlite3.Connection, query: Query) -> tuple[str, str, int] | None:
     """Where an unfiltered page deep in the order begins: the study holding
-    its first row and the offset within that study, found from the studies'
-    exact counts (a running sum over the ~20,000 studies of a million
-    instances) instead of by stepping over every row before it (an offset
-    of 500,000 instances cost 500,000 index steps). None: past the end."""
+    its first row and the offset within that study, found by adding up the
+    studies' exact counts in search order (one covering index scan over the
+    ~20,000 studies of a million instances, stopped at the study) instead of
+    stepping over every row before it (an offset of 500,000 instances cost
+    500,000 index steps). None: past the end."""
     weight = _WEIGHT[query.level]
-    row = conn.execute(
-        f"SELECT sort_date, study_uid, ? - (total - {weight}) FROM ("
-        f"  SELECT sort_date, study_uid, {weight}, SUM({weight}) OVER ("
-        f"    ORDER BY sort_date DESC, study_uid ROWS UNBOUNDED PRECEDING) AS total FROM studies"
-        f") WHERE total > ? LIMIT 1", (query.offset, query.offset)).fetchone()
-    return None if row is None else (row[0], row[1], int(row[2]))
+    passed = 0
+    rows = conn.execute(f"SELECT sort_date, study_uid, {weight} FROM studies ORDER BY sort_date DESC, study_uid")
+    for sort_date, study_uid, count in rows:
+        if passed + count > query.offset:
+            return sort_date, study_uid, query.offset - passed
+        passed += count
+    return None
 
 
 def answers(conn: sqlite3.Connection, query: Query, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
