@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from tests.server import REPO, ChildProcess
+from tests.server import REPO, ChildProcess, ServerProcess
 
 POUCHDB_SERVER = os.path.join(REPO, "node_modules", "pouchdb-server", "bin", "pouchdb-server")
 
@@ -120,3 +120,20 @@ class TwoSites:
             rows = requests.get(f"{site.url}/{db}/_all_docs", timeout=30).json()["rows"]
             revs.append({r["id"]: r["value"]["rev"] for r in rows if not r["id"].startswith("_design/")})
         return revs[0] == revs[1]
+
+
+def start_frontends(couch_url: str, db: str, base: str, count: int = 4) -> list[ServerProcess]:
+    """``count`` frontends (server processes) on database ``db``, started at
+    the same moment; each has its data directory and log under ``base``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fronts = [ServerProcess(os.path.join(base, f"f{n}"), os.path.join(base, f"f{n}.log"),
+                            "--couchdb", couch_url, "--couchdb-db", db) for n in range(count)]
+    try:
+        with ThreadPoolExecutor(count) as pool:
+            list(pool.map(lambda f: f.start(60), fronts))
+    except BaseException:
+        for front in fronts:
+            front.stop()
+        raise
+    return fronts

@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pydicom
@@ -38,11 +37,8 @@ KILL_AFTER = 5.0
 @pytest.fixture
 def fleet(couch_server: couchdb.CouchServer, tmp_path: os.PathLike[str]) -> Iterator[tuple[str, list[ServerProcess]]]:
     db = "fleet-" + uuid.uuid4().hex[:8]
-    fronts = [ServerProcess(os.path.join(tmp_path, f"f{n}"), os.path.join(tmp_path, f"f{n}.log"),
-                            "--couchdb", couch_server.url, "--couchdb-db", db) for n in range(4)]
+    fronts = couchdb.start_frontends(couch_server.url, db, str(tmp_path))
     try:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda f: f.start(60), fronts))
         yield db, fronts
     finally:
         for front in fronts:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest_twisted
 import requests
@@ -20,7 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 from dicomweb.store.couch import CouchStore
 from tests import couchdb
-from tests.server import REPO, ServerProcess
+from tests.server import REPO
 
 
 @pytest_twisted.ensureDeferred
@@ -40,11 +39,8 @@ async def test_eight_stores_opening_one_new_database_in_the_same_instant_all_ope
 def test_four_frontends_started_at_once_on_a_new_database_all_become_ready(
         couch_server: couchdb.CouchServer, tmp_path: os.PathLike[str]) -> None:
     db = "start-" + uuid.uuid4().hex[:8]
-    fronts = [ServerProcess(os.path.join(tmp_path, f"f{n}"), os.path.join(tmp_path, f"f{n}.log"),
-                            "--couchdb", couch_server.url, "--couchdb-db", db) for n in range(4)]
+    fronts = couchdb.start_frontends(couch_server.url, db, str(tmp_path))
     try:
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda f: f.start(60), fronts))
         for front in fronts:
             assert requests.get(front.url + "/ready", timeout=10).status_code == 200
         schema = requests.get(f"{couch_server.url}/{db}/_local/dicomweb-schema").json()
