@@ -21,7 +21,7 @@ from . import sqlchanges
 
 SOP_CLASSES_IN_STUDY = "00080062"
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: Level numbers stored in ``qido_keys.level``.
 STUDY, SERIES, INSTANCE, PATIENT = 0, 1, 2, 3
@@ -69,6 +69,63 @@ _TABLES: dict[str, str] = {
 _INDEX_V6 = """
 CREATE INDEX IF NOT EXISTS studies_order_counts ON studies(sort_date DESC, study_uid, num_instances, num_series);
 """
+
+#: Version 7: the studies' counts summed per block of the search order, so a
+#: deep unfiltered page finds its first study by reading a few hundred block
+#: rows instead of every study before it (sqlsearch's study skip: 20,000
+#: studies of 50 instances, offset 500,000: 7.0 -> 0.2 ms, bench/study_skip.py).
+#: A block of width w (4, 6, 8, 10: the year, month, day, hour of the
+#: fixed-width ``sort_date``) holds the studies whose ``sort_date`` starts with
+#: its prefix; a ``sort_date`` shorter than w ('' for no date, a date without
+#: a time at width 10) is its own block. Each block is one contiguous run of
+#: the search order, and truncating is monotone, so the blocks of a width in
+#: ``prefix DESC`` order are in search order too.
+#:
+#: Triggers on ``studies`` keep the sums exact inside every writer's
+#: transaction, whichever code wrote the row (STOW, DIMSE, delete, reject,
+#: restore, an upgrade's recomputation): a study's old values leave its four
+#: blocks, its new values enter them, a block left without studies goes.
+BLOCK_WIDTHS = (4, 6, 8, 10)
+_WIDTH_ROWS = "(VALUES " + ", ".join(f"({w})" for w in BLOCK_WIDTHS) + ")"
+
+
+def _block_add(row: str, sign: str) -> str:
+    """One statement adding (``+``) or subtracting (``-``) trigger row
+    ``row`` (``new`` or ``old``) to or from its blocks."""
+    return (f"INSERT INTO study_blocks (width, prefix, num_studies, num_series, num_instances)"
+            f" SELECT column1, substr({row}.sort_date, 1, column1), {sign}1, {sign}{row}.num_series,"
+            f" {sign}{row}.num_instances FROM {_WIDTH_ROWS} WHERE true"
+            " ON CONFLICT (width, prefix) DO UPDATE SET num_studies = num_studies + excluded.num_studies,"
+            " num_series = num_series + excluded.num_series, num_instances = num_instances + excluded.num_instances;")
+
+
+#: Blocks the old row left without studies go (one primary key lookup each).
+_BLOCK_PRUNE = "\n    ".join(f"DELETE FROM study_blocks WHERE width = {w} AND prefix = substr(old.sort_date, 1, {w})"
+                        " AND num_studies = 0;" for w in BLOCK_WIDTHS)
+
+#: Statements, not a script: a trigger body holds semicolons.
+_BLOCKS_V7 = (
+    """CREATE TABLE IF NOT EXISTS study_blocks (
+    width INTEGER NOT NULL, prefix TEXT NOT NULL,
+    num_studies INTEGER NOT NULL, num_series INTEGER NOT NULL, num_instances INTEGER NOT NULL,
+    PRIMARY KEY (width, prefix)
+) WITHOUT ROWID""",
+    f"""CREATE TRIGGER IF NOT EXISTS study_blocks_insert AFTER INSERT ON studies BEGIN
+    {_block_add("new", "+")}
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS study_blocks_delete AFTER DELETE ON studies BEGIN
+    {_block_add("old", "-")}
+    {_BLOCK_PRUNE}
+END""",
+    f"""CREATE TRIGGER IF NOT EXISTS study_blocks_update
+AFTER UPDATE OF sort_date, num_series, num_instances ON studies
+WHEN old.sort_date IS NOT new.sort_date OR old.num_series IS NOT new.num_series
+     OR old.num_instances IS NOT new.num_instances BEGIN
+    {_block_add("new", "+")}
+    {_block_add("old", "-")}
+    {_BLOCK_PRUNE}
+END""",
+)
 
 _INDEXES_V2 = """
 CREATE UNIQUE INDEX studies_order ON studies(sort_date DESC, study_uid);
@@ -171,6 +228,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             _script(conn, sqlchanges.SCHEMA_V5)
             sqlchanges.seed(conn)
         _script(conn, _INDEX_V6)
+        _upgrade_to_7(conn)
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
     except BaseException:
@@ -197,6 +255,18 @@ def _upgrade_1_to_2(conn: sqlite3.Connection) -> None:
         index_keys(conn, INSTANCE, uid, json.loads(attrs))
     for (uid,) in conn.execute("SELECT study_uid FROM studies").fetchall():
         _refresh_study_keys(conn, uid)
+
+
+def _upgrade_to_7(conn: sqlite3.Connection) -> None:
+    """The block table and its triggers, the sums seeded from the studies
+    (again from scratch when a step is repeated)."""
+    for statement in _BLOCKS_V7:
+        conn.execute(statement)
+    conn.execute("DELETE FROM study_blocks")
+    for width in BLOCK_WIDTHS:
+        conn.execute("INSERT INTO study_blocks (width, prefix, num_studies, num_series, num_instances)"
+                     " SELECT ?, substr(sort_date, 1, ?), COUNT(*), SUM(num_series), SUM(num_instances)"
+                     " FROM studies GROUP BY 2", (width, width))
 
 
 def _upgrade_to_4(conn: sqlite3.Connection) -> None:
