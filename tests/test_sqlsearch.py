@@ -333,16 +333,37 @@ def test_a_newer_schema_is_refused(tmp_path: Any) -> None:
         sqlschema.migrate(conn)
 
 
-def _paged_corpus(studies: int) -> list[InstanceInfo]:
-    """Studies of 0 to 6 series of 0 to 4 instances, dates shared by several studies (ties in the order)."""
+#: (StudyDate, StudyTime) of the paged studies, in turn: years, months, days
+#: and hours apart, several studies at one moment, no StudyDate (sorted last),
+#: no StudyTime on a day that also has timed studies, times of 2 and 4 digits.
+PAGED_DATES: list[tuple[str | None, str | None]] = [
+    ("20240315", "101500"), ("20240315", "101500"), ("20240315", None), ("20240315", "23"),
+    ("20240315", "1015"), ("20240316", "080000"), ("20231231", "235959.5"), ("20230101", None),
+    (None, None), (None, "101500"), ("19991231", "000000"), ("20240401", "101500"), ("20240315", "101500"),
+    ("20200101", "120000"), ("20200102", None), ("20240315", None),
+]
+
+
+def paged_study(uid: str, n: int) -> dict[str, Any]:
+    """Study ``n`` of the paged corpus, dated by :data:`PAGED_DATES`."""
+    day, moment = PAGED_DATES[n % len(PAGED_DATES)]
+    study = {"0020000D": el("UI", uid), "00100010": el("PN", {"Alphabetic": f"P{n}"})}
+    if day is not None:
+        study["00080020"] = el("DA", day)
+    if moment is not None:
+        study["00080030"] = el("TM", moment)
+    return study
+
+
+def _paged_corpus(studies: int, seed: int = 7) -> list[InstanceInfo]:
+    """Studies of 1 to 6 series of 1 to 4 instances, dated by :data:`PAGED_DATES` (ties in the order)."""
     import random
 
-    rng = random.Random(7)
+    rng = random.Random(seed)
     out = []
     for s in range(studies):
         uid = f"2.25.{s + 1}"
-        study = {"0020000D": el("UI", uid), "00080020": el("DA", f"2020010{s % 4 + 1}"),
-                 "00100010": el("PN", {"Alphabetic": f"P{s}"})}
+        study = paged_study(uid, s)
         for n in range(rng.randint(1, 6)):
             series = {"0020000E": el("UI", f"{uid}.{n}"), "00080060": el("CS", "CT"), "00200011": el("IS", n)}
             for k in range(rng.randint(1, 4)):
@@ -352,27 +373,49 @@ def _paged_corpus(studies: int) -> list[InstanceInfo]:
     return out
 
 
+def page_uids(conn: sqlite3.Connection, level: Any, offset: int, limit: int) -> list[str]:
+    """The UIDs of an unfiltered page of ``level`` (series or instance)."""
+    tag = {"series": "0020000E", "instance": "00080018"}[level]
+    query = parse_query(level, [("limit", str(limit)), ("offset", str(offset))])
+    return [r[tag]["Value"][0] for r in sqlsearch.search(conn, query)]
+
+
+def assert_deep_pages_agree(conn: sqlite3.Connection, level: Any, monkeypatch: pytest.MonkeyPatch,
+                            step: int = 7, limits: tuple[int, ...] = (1, 5, 40)) -> None:
+    """Pages that skip whole studies give the rows plain OFFSET pages give, at
+    every ``step``-th offset, the last row and past the end; only past the end
+    do the studies' counts get added up one by one."""
+    total = conn.execute(f"SELECT COUNT(*) FROM {'series' if level == 'series' else 'instances'}").fetchone()[0]
+    offsets = (*range(0, total + 3, step), total - 1, total)
+    monkeypatch.setattr(sqlsearch, "SKIP_FROM", 1 << 40)
+    stepped = {(o, n): page_uids(conn, level, o, n) for o in offsets for n in limits}
+    monkeypatch.setattr(sqlsearch, "SKIP_FROM", 1)
+    scanned: list[int] = []
+    scan = sqlsearch._scan_skip
+
+    def counted(conn: sqlite3.Connection, weight: str, offset: int, mismatch: bool) -> Any:
+        scanned.append(offset)
+        return scan(conn, weight, offset, mismatch)
+
+    monkeypatch.setattr(sqlsearch, "_scan_skip", counted)
+    skipped = {(o, n): page_uids(conn, level, o, n) for o, n in stepped}
+    monkeypatch.setattr(sqlsearch, "_scan_skip", scan)
+    assert skipped == stepped
+    assert all(o >= total for o in scanned), scanned
+    assert stepped[(total, limits[-1])] == [] and len(stepped[(total - 1, limits[-1])]) == 1
+
+
 @pytest.mark.parametrize("level", ["series", "instance"])
 def test_deep_pages_skip_whole_studies_and_give_the_same_rows(level: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unfiltered page far into the order starts from the study its first
-    row is in (found by the studies' counts): the same rows as stepping over
-    every row before it, at every offset, the last page and past the end."""
+    row is in (found by the blocks' and studies' counts): the same rows as
+    stepping over every row before it, at every offset, the last page and past
+    the end, over studies years, months, days and hours apart, at the same
+    moment, without a date or without a time."""
     conn = sqlite3.connect(":memory:", isolation_level=None)
     sqlschema.migrate(conn)
     store_all(conn, _paged_corpus(120))
-    tag = {"series": "0020000E", "instance": "00080018"}[level]
-    total = conn.execute(f"SELECT COUNT(*) FROM {'series' if level == 'series' else 'instances'}").fetchone()[0]
-
-    def page(offset: int, limit: int) -> list[str]:
-        query = parse_query(level, [("limit", str(limit)), ("offset", str(offset))])
-        return [r[tag]["Value"][0] for r in sqlsearch.search(conn, query)]
-
-    monkeypatch.setattr(sqlsearch, "SKIP_FROM", 1 << 40)
-    stepped = {(o, n): page(o, n) for o in (*range(0, total + 3, 7), total - 1, total) for n in (1, 5, 40)}
-    monkeypatch.setattr(sqlsearch, "SKIP_FROM", 1)
-    skipped = {(o, n): page(o, n) for o, n in stepped}
-    assert skipped == stepped
-    assert stepped[(total, 5)] == [] and len(stepped[(total - 1, 5)]) == 1
+    assert_deep_pages_agree(conn, level, monkeypatch)
 
 
 def test_version_5_gets_the_counted_order_index_and_keeps_its_feed(tmp_path: Any) -> None:
