@@ -6,7 +6,10 @@ instances in 2 series each, dated like bench/qido.py's layout (2015-01-01 +
 3n days, 10:15:00), i.e. the studies of a million instances. The figure is the
 median time of ``sqlsearch._study_skip`` for ``/instances?limit=100&offset=N``
 with N half the instances (the deep page of bench/qido.py's query d), then the
-whole page (skip + SELECT), over ``--runs`` calls each.
+whole page (skip + SELECT), over ``--runs`` calls each. Last, what the
+index's triggers on ``studies`` (if any) cost a writer: the median time of
+one study's count update (what a STOW batch does per study), with them and
+with them dropped.
 """
 
 from __future__ import annotations
@@ -62,6 +65,19 @@ def median_ms(call: Callable[[], object], runs: int) -> float:
     return statistics.median(times) * 1000
 
 
+def update_us(conn: sqlite3.Connection, studies: int, runs: int) -> float:
+    """Median microseconds of one study's count update, in its own transaction."""
+    times = []
+    for n in range(runs):
+        uid = f"1.2.826.0.1.3680043.10.1.1.{1000000 + n * 7 % studies}"
+        began = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.execute("UPDATE studies SET num_instances = num_instances + 1 WHERE study_uid = ?", (uid,))
+        conn.execute("COMMIT")
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=20000)
@@ -78,6 +94,13 @@ def main() -> None:
     print(f"{args.studies} studies, {args.studies * PER_STUDY} instances (built in {built:.1f} s);"
           f" offset {offset} starts at {start}")
     print(f"study skip p50 {skip:.3f} ms; whole page (skip + SELECT) p50 {page:.3f} ms; {args.runs} runs")
+    triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='studies'")]
+    with_triggers = update_us(conn, args.studies, 20 * args.runs)
+    for name in triggers:
+        conn.execute(f"DROP TRIGGER {name}")
+    without = update_us(conn, args.studies, 20 * args.runs)
+    print(f"one study's count update p50 {with_triggers:.1f} us with the {len(triggers)} triggers on studies,"
+          f" {without:.1f} us without")
 
 
 if __name__ == "__main__":

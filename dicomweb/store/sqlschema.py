@@ -73,7 +73,11 @@ CREATE INDEX IF NOT EXISTS studies_order_counts ON studies(sort_date DESC, study
 #: Version 7: the studies' counts summed per block of the search order, so a
 #: deep unfiltered page finds its first study by reading a few hundred block
 #: rows instead of every study before it (sqlsearch's study skip: 20,000
-#: studies of 50 instances, offset 500,000: 7.0 -> 0.2 ms, bench/study_skip.py).
+#: studies of 50 instances a few days apart, offset 500,000: 6.5-7.2 ms with
+#: schema 6's index, 0.07-0.14 ms through ~100 block rows and one study;
+#: ``python bench/study_skip.py``). Each study count update costs a writer
+#: ~25 us more (8 -> 29-35 us in memory, same bench): a STOW batch makes one
+#: per study it touched.
 #: A block of width w (4, 6, 8, 10: the year, month, day, hour of the
 #: fixed-width ``sort_date``) holds the studies whose ``sort_date`` starts with
 #: its prefix; a ``sort_date`` shorter than w ('' for no date, a date without

@@ -224,7 +224,7 @@ def _study_skip(conn: sqlite3.Connection, query: Query) -> tuple[str, str, int] 
     ``study_blocks``): the years in order, whole ones stepped over until the
     one holding the row, then its months, days and hours the same way, then
     the studies of that hour (covering index ``studies_order_counts``). For
-    20,000 studies of 50 instances and offset 500,000 that reads ~200 rows
+    20,000 studies of 50 instances and offset 500,000 that reads ~100 rows
     instead of the 10,000 studies before the page.
 
     Triggers keep the blocks exact (sqlschema, schema 7). Should they still
@@ -238,7 +238,7 @@ def _study_skip(conn: sqlite3.Connection, query: Query) -> tuple[str, str, int] 
     block: tuple[int, str] | None = None  # (width, prefix) holding the row so far
     for width in BLOCK_WIDTHS:
         if block is not None and len(block[1]) < block[0]:
-            break  # an exact sort_date: its narrower blocks are itself
+            break  # an exact sort_date: its blocks at the wider widths are the same studies
         found = _pick_block(conn, weight, width, block, left)
         if found is None:
             # Past the end (the years hold fewer rows), or blocks that do not add up.
