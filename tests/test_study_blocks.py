@@ -203,7 +203,7 @@ def test_blocks_that_disagree_give_the_right_page_and_one_log_line(
 
 def downgrade_to_6(conn: sqlite3.Connection) -> None:
     """Make a current database what a version 6 server wrote (no blocks)."""
-    for trigger in ("study_blocks_insert", "study_blocks_delete", "study_blocks_update"):
+    for (trigger,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
         conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("DROP TABLE study_blocks")
     conn.execute("UPDATE meta SET value='6' WHERE key='schema_version'")
