@@ -13,13 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .dicom import analyze as az
 from .dicom.stowresponse import StowResult
+from .io.files import fsync_path
+from .io.multipart import PartFile
 from .mediatype import parse_media_type
 from .store import Store, StoreItem
 from .twistedtypes import IReactor
@@ -28,10 +30,26 @@ log = Logger()
 
 #: Parts analysed per thread-pool call, and stored per store transaction.
 ANALYZE_BATCH = 10
+#: Parts analysed ahead (:class:`PartPreparer`) stored per store transaction:
+#: with the analysis done, a larger batch only saves commits (each one an
+#: fsync of the index log: 4 ms of the 6 ms a batch of 10 spent indexing here).
+PREPARED_BATCH = 50
 #: Store batches in flight while the next batch is analysed: enough to keep
 #: the analysis and the store's fsyncs overlapping, and a bound on the part
 #: files held open and the analysed metadata held in memory for a huge body.
 MAX_STORING = 2
+
+
+#: What analysing one part gives: the instance, or why it is refused.
+Analysed = az.InstanceInfo | StowResult
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What was done to a part file while the rest of its body arrived."""
+
+    analysed: Analysed | None  # None: not analysed ahead (analysed with the rest)
+    synced: bool  # the file's bytes are durable
 
 
 @dataclass
@@ -43,12 +61,20 @@ class IngestItem:
     offset: int
     length: int
     path: str | None = None  # a part file of its own, which the store may move
+    #: Work started on the part file while the body arrived (:class:`PartPreparer`).
+    prepared: Deferred[Prepared] | None = None
+    synced: bool = False  # ``path`` is durable already (StoreItem.synced)
+
+    def open(self) -> None:
+        """Open the part file, if that is where the bytes are (blocking)."""
+        if self.source is None and self.path is not None:
+            self.source = open(self.path, "rb")  # kept open for the store; ``close``
 
     def store_item(self, info: az.InstanceInfo) -> StoreItem:
         """What the store needs of this analysed item (its source is open:
-        analysis opened it and only ``close`` releases it)."""
+        ``open`` or analysis opened it and only ``close`` releases it)."""
         assert self.source is not None
-        return StoreItem(info, self.source, self.offset, self.length, self.path)
+        return StoreItem(info, self.source, self.offset, self.length, self.path, self.synced)
 
     def close(self) -> None:
         if self.path is not None and self.source is not None:
@@ -56,14 +82,91 @@ class IngestItem:
             self.source = None
 
 
-def _analyze_parts(items: Sequence[IngestItem], target_study: str | None) -> list[az.InstanceInfo | StowResult]:
-    out: list[az.InstanceInfo | StowResult] = []
+#: Parts of one body analysed while the rest of it still arrives: a bound on
+#: the analysed metadata held until the body is complete (the parts after
+#: these are analysed once it is, as any spooled part is). Their files are
+#: all synced ahead: that holds nothing in memory.
+PREPARE_AHEAD = 100
+#: Part files of one body being prepared at once in the thread pool, so one
+#: large upload cannot queue its parts ahead of every other request's work.
+PREPARING = 2
+
+
+class PartPreparer:
+    """Works on the part files of one ``multipart/related; type="application/dicom"``
+    body while the rest of it arrives (the receiver's :class:`~dicomweb.io.multipart.PartSplitter`
+    calls :meth:`part_done`): each complete part is analysed (the first
+    ``PREPARE_AHEAD``) and fsynced in the thread pool. Once the last byte is
+    in, STOW is left with the moves and the index transaction: on this
+    machine, 20 parts of 0.5 MB spent 38 ms after their body arrived, most of
+    it fsyncs and analysis (PS3.18 10.5: the response is sent only after
+    every instance is stored or refused, so that wait is the client's).
+
+    Nothing is stored or acknowledged here: a body that turns out malformed,
+    too large or refused leaves only files that are removed with it, and a
+    part whose preparation failed (its file already removed, an I/O error) is
+    analysed and synced again by the usual path, which reports any error.
+    """
+
+    def __init__(self, reactor: IReactor, pool: ThreadPool) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._limit = DeferredSemaphore(PREPARING)
+        self._started: dict[str, Deferred[Prepared]] = {}
+
+    def part_done(self, part: PartFile) -> None:
+        item = IngestItem(part.content_type, None, 0, part.length, part.path)
+        analyse = len(self._started) < PREPARE_AHEAD
+        d: Deferred[Prepared] = self._limit.run(deferToThreadPool, self._reactor, self._pool,
+                                                _prepare, item, analyse)
+        self._started[part.path] = d.addErrback(_not_prepared)
+
+    def item(self, part: PartFile) -> IngestItem:
+        """The ingest item of ``part``, with the work started on it."""
+        return IngestItem(part.content_type, None, 0, part.length, part.path, self._started.get(part.path))
+
+
+def _prepare(item: IngestItem, analyse: bool) -> Prepared:
+    """Analyse (when asked) and fsync one part file (blocking). An instance
+    refused by analysis is not synced: it will not be stored."""
+    analysed = None
+    if analyse:
+        try:
+            analysed = _analyze_one(item)
+        finally:
+            item.close()
+        if isinstance(analysed, StowResult):
+            return Prepared(analysed, False)
+    assert item.path is not None
+    fsync_path(item.path)
+    return Prepared(analysed, True)
+
+
+def _not_prepared(failure: Any) -> Prepared:
+    # The file is gone (the request ended) or could not be read or synced:
+    # the usual path does that work again and says what is wrong, if anything.
+    return Prepared(None, False)
+
+
+def _analyze_parts(items: Sequence[IngestItem]) -> list[Analysed]:
+    return [_analyze_one(item) for item in items]
+
+
+def _open_all(items: Sequence[IngestItem]) -> None:
     for item in items:
-        out.append(_analyze_one(item, target_study))
-    return out
+        item.open()
 
 
-def _analyze_one(item: IngestItem, target_study: str | None) -> az.InstanceInfo | StowResult:
+def _for_target(result: Analysed, target_study: str | None) -> Analysed:
+    """A STOW to /studies/{study} refuses instances of any other study (PS3.18 10.5.3)."""
+    if isinstance(result, StowResult) or target_study is None or result.study_uid == target_study:
+        return result
+    log.info("instance refused: StudyInstanceUID differs from the target study")
+    return StowResult(result.sop_class_uid, result.sop_uid, result.study_uid, result.series_uid,
+                      failure=az.DATASET_DOES_NOT_MATCH, reason="StudyInstanceUID differs from the target study")
+
+
+def _analyze_one(item: IngestItem) -> Analysed:
     ctype = item.content_type
     if ctype is not None:
         try:
@@ -72,8 +175,7 @@ def _analyze_one(item: IngestItem, target_study: str | None) -> az.InstanceInfo 
             return StowResult("", "", failure=az.CANNOT_UNDERSTAND, reason="malformed part Content-Type")
         if media.type != "application/dicom":
             return StowResult("", "", failure=az.CANNOT_UNDERSTAND, reason="the part is not application/dicom")
-    if item.source is None and item.path is not None:
-        item.source = open(item.path, "rb")  # kept open for the store; IngestItem.close
+    item.open()
     assert item.source is not None
     try:
         info = az.analyze(item.source, item.offset, item.length)
@@ -88,10 +190,6 @@ def _analyze_one(item: IngestItem, target_study: str | None) -> az.InstanceInfo 
         where = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
         log.error("instance refused: analysis raised {kind} at {where}", kind=type(exc).__name__, where=where)
         return StowResult("", "", failure=az.PROCESSING_FAILURE, reason=f"analysis failed ({type(exc).__name__})")
-    if target_study is not None and info.study_uid != target_study:
-        log.info("instance refused: StudyInstanceUID differs from the target study")
-        return StowResult(info.sop_class_uid, info.sop_uid, info.study_uid, info.series_uid,
-                          failure=az.DATASET_DOES_NOT_MATCH, reason="StudyInstanceUID differs from the target study")
     return info
 
 
@@ -103,12 +201,13 @@ async def ingest(store: Store, reactor: IReactor, pool: ThreadPool, items: list[
     results: list[StowResult | None] = [None] * len(items)
     storing: list[Deferred[None]] = []
     try:
-        for start in range(0, len(items), ANALYZE_BATCH):
+        start = 0
+        while start < len(items):
             if len(storing) >= MAX_STORING:
                 await _finished(storing[-MAX_STORING])
-            chunk = items[start:start + ANALYZE_BATCH]
+            chunk = items[start:start + (PREPARED_BATCH if items[start].prepared is not None else ANALYZE_BATCH)]
             try:
-                analysed = await deferToThreadPool(reactor, pool, _analyze_parts, chunk, target_study)
+                analysed = [_for_target(r, target_study) for r in await _analyse(reactor, pool, chunk)]
             except BaseException:
                 for item in chunk:
                     item.close()
@@ -123,7 +222,8 @@ async def ingest(store: Store, reactor: IReactor, pool: ThreadPool, items: list[
             if pending:
                 # Store this batch while the next one is analysed: a spooled
                 # body is read with pread, so both threads can read it at once.
-                storing.append(Deferred.fromCoroutine(_store(store, items, pending, results)))
+                storing.append(Deferred.fromCoroutine(_store(store, reactor, pool, items, pending, results)))
+            start += len(chunk)
     finally:
         if storing:
             try:
@@ -147,10 +247,26 @@ def _finished(d: Deferred[None]) -> Deferred[None]:
     return done
 
 
-async def _store(store: Store, items: list[IngestItem], pending: list[tuple[int, az.InstanceInfo]],
-                 results: list[StowResult | None]) -> None:
-    batch = [items[i].store_item(info) for i, info in pending]
+async def _analyse(reactor: IReactor, pool: ThreadPool, chunk: list[IngestItem]) -> list[Analysed]:
+    """The analysis of each item of ``chunk``: what its preparation found, or
+    analysed now in the thread pool (one call for the chunk)."""
+    found: list[Analysed | None] = []
+    for item in chunk:
+        prepared = await item.prepared if item.prepared is not None else None
+        item.prepared = None
+        item.synced = prepared is not None and prepared.synced
+        found.append(prepared.analysed if prepared is not None else None)
+    todo = [item for item, result in zip(chunk, found, strict=True) if result is None]
+    fresh = iter(await deferToThreadPool(reactor, pool, _analyze_parts, todo) if todo else [])
+    return [result if result is not None else next(fresh) for result in found]
+
+
+async def _store(store: Store, reactor: IReactor, pool: ThreadPool, items: list[IngestItem],
+                 pending: list[tuple[int, az.InstanceInfo]], results: list[StowResult | None]) -> None:
     try:
+        if any(items[i].source is None for i, _info in pending):  # analysed ahead, then closed
+            await deferToThreadPool(reactor, pool, _open_all, [items[i] for i, _info in pending])
+        batch = [items[i].store_item(info) for i, info in pending]
         outcomes = await store.store_batch(batch)
     finally:
         for i, _info in pending:
@@ -162,4 +278,4 @@ async def _store(store: Store, items: list[IngestItem], pending: list[tuple[int,
                                 reason=reason)
 
 
-__all__ = ["ANALYZE_BATCH", "MAX_STORING", "IngestItem", "ingest"]
+__all__ = ["ANALYZE_BATCH", "MAX_STORING", "IngestItem", "PartPreparer", "Prepared", "ingest"]

@@ -152,7 +152,7 @@ def test_an_unexpected_error_in_analysis_becomes_a_failure_item(monkeypatch: pyt
 
     monkeypatch.setattr(az, "analyze", boom)
     item = ingest.IngestItem("application/dicom", io.BytesIO(_ct()), 0, 10)
-    result = ingest._analyze_one(item, None)
+    result = ingest._analyze_one(item)
     assert getattr(result, "failure", None) == az.PROCESSING_FAILURE
 
 

@@ -8,6 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -22,7 +23,7 @@ def spool(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _feed(body: bytes, boundary: str, directory: Path, sizes: list[int], **kwargs: int) -> PartSplitter:
+def _feed(body: bytes, boundary: str, directory: Path, sizes: list[int], **kwargs: Any) -> PartSplitter:
     """Feed ``body`` in chunks of ``sizes`` (cycled), then the end."""
     splitter = PartSplitter(boundary, str(directory), **kwargs)
     pos = 0

@@ -279,11 +279,17 @@ class PartSplitter:
     body bytes, and the framing (``MAX_FRAMING_BYTES``). ``close`` removes
     every file still in the directory (parts the store did not move into
     place); while a user holds the splitter (``hold``), closing waits for it.
+
+    ``on_part`` is called with each part as soon as its file is complete
+    (closed, writeback started), while later parts may still be arriving: the
+    receiver can start work on it early. It must not raise.
     """
 
-    def __init__(self, boundary: str, directory: str, max_parts: int = MAX_PARTS) -> None:
+    def __init__(self, boundary: str, directory: str, max_parts: int = MAX_PARTS,
+                 on_part: Callable[[PartFile], None] | None = None) -> None:
         self.directory = directory
         self.parts: list[PartFile] = []
+        self._on_part = on_part
         self._dash = b"--" + boundary.encode("latin-1")
         self._delimiter = b"\r\n" + self._dash
         self._max_parts = max_parts
@@ -517,6 +523,8 @@ class PartSplitter:
         self._segments.append(self._delimiter)
         self._framing_kept += len(self._delimiter)
         self._state = _DELIMITER
+        if self._on_part is not None:
+            self._on_part(part)
 
     def _give_up(self, buf: bytes | bytearray, pos: int) -> int:
         """Stop splitting: ``buf[pos:]`` and everything after it is kept raw,

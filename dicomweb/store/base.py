@@ -58,6 +58,10 @@ class StoreItem:
     #: the store may *move* into place instead of copying; after a stored or
     #: replaced outcome it may be gone. None: copy from ``source``.
     path: str | None = None
+    #: ``path`` is already durable (fsynced by the receiver while the rest of
+    #: the body arrived): a store that moves it into place need not sync its
+    #: data again, only the directory it lands in.
+    synced: bool = False
 
 
 @dataclass(frozen=True)

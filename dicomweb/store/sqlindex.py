@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 from twisted.logger import Logger
 
 from ..dicom.analyze import OUT_OF_RESOURCES, PROCESSING_FAILURE, InstanceInfo
-from ..io.files import copy_range, read_at, start_writeback
+from ..io.files import copy_range, fsync_dir, fsync_path, read_at, start_writeback
 from . import sqlchanges, sqlremove, sqlschema
 from .base import InstanceRecord, StoreItem, StoreOutcome, not_found
 
@@ -226,6 +226,7 @@ class EmbeddedIndex:
         """Write, fsync, then index ``items`` in one transaction (module docstring)."""
         outcomes: list[StoreOutcome | None] = [None] * len(items)
         written: dict[int, str] = {}
+        to_sync: list[str] = []
         dirs: set[str] = set()
         conn = self.connection()
         bucket = time.strftime("%Y%m%d/%H")  # one batch, one directory to fsync
@@ -234,18 +235,20 @@ class EmbeddedIndex:
                 if self._is_identical(conn, item):
                     outcomes[i] = StoreOutcome("unchanged")
                     continue
-                path = self._write_file(item, bucket, dirs)
+                path, moved = self._write_file(item, bucket, dirs)
             except OSError as exc:
                 outcomes[i] = _io_failure(exc)
                 continue
             written[i] = path
+            if not (moved and item.synced):  # a synced part keeps its inode and data when renamed
+                to_sync.append(path)
         try:
             # fsync after all writes: the file system commits the batch's data
             # together, so the later fsyncs are cheap.
-            for path in written.values():
-                _fsync_path(path)
+            for path in to_sync:
+                fsync_path(path)
             for directory in dirs:
-                _fsync_dir(directory)
+                fsync_dir(directory)
         except OSError as exc:
             return _abandon(outcomes, written, _io_failure(exc))
         replaced_paths: list[str] = []
@@ -307,9 +310,11 @@ class EmbeddedIndex:
             return False
         return True
 
-    def _write_file(self, item: StoreItem, bucket: str, dirs: set[str]) -> str:
+    def _write_file(self, item: StoreItem, bucket: str, dirs: set[str]) -> tuple[str, bool]:
         """Write one instance's bytes to a new file under ``files/<bucket>``;
-        ``dirs`` collects the directories whose entries changed (to fsync)."""
+        ``dirs`` collects the directories whose entries changed (to fsync).
+        Returns the new path and whether the item's own file was moved there
+        (else its bytes were copied into a new file)."""
         day, hour = bucket.split("/")
         parent = os.path.join(self.files_dir, day)
         directory = os.path.join(parent, hour)
@@ -327,7 +332,7 @@ class EmbeddedIndex:
             # it was received; the batch's fsyncs make it durable.
             try:
                 os.rename(item.path, path)
-                return path
+                return path, True
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
@@ -339,7 +344,7 @@ class EmbeddedIndex:
         except BaseException:
             _unlink(path)
             raise
-        return path
+        return path, False
 
     def _index_one(self, conn: sqlite3.Connection, info: InstanceInfo, path: str,
                    replaced_paths: list[str]) -> StoreOutcome:
@@ -531,22 +536,6 @@ def _io_failure(exc: OSError) -> StoreOutcome:
         return StoreOutcome("failed", "out of storage space", OUT_OF_RESOURCES)
     log.error("writing an instance failed: {error}", error=exc.strerror or str(exc))
     return StoreOutcome("failed", "storage write failed", PROCESSING_FAILURE)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: str) -> None:

@@ -223,7 +223,8 @@ class DICOMwebApp:
             shape = body_shape(request.getHeader(b"content-type"))
             negotiation.choose_dataset_type(request.getHeader(b"accept"))  # 406 before storing anything
             self.coder.choose(request)
-            results = await store_body(self.store, self.reactor, self.pool, body, shape, study)
+            results = await store_body(self.store, self.reactor, self.pool, body, shape, study,
+                                       getattr(request, "preparer", None))
         finally:
             body.close()
         failures = sum(1 for r in results if r.failure)

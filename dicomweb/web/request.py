@@ -28,17 +28,20 @@ from __future__ import annotations
 import errno
 import io
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from ..ingest import PartPreparer
 from ..io.multipart import MAX_BOUNDARY, PartSplitter
 from ..mediatype import parse_media_type
 from ..store.base import Spool
 from .limits import http2_refusal
 
 SMALL_BODY = 100_000
+DICOM = "application/dicom"
 
 log = Logger()
 
@@ -53,6 +56,10 @@ class _Discard(io.BytesIO):
 class DICOMwebRequest(Request):
     max_body: int = 1 << 30
     spool: Spool | None = None
+    #: Makes the :class:`~dicomweb.ingest.PartPreparer` of a split body (None: no work ahead).
+    preparer_factory: Callable[[], PartPreparer] | None = None
+    #: The preparer working on this request's part files, if any.
+    preparer: PartPreparer | None = None
 
     too_large = False
     #: Why the body could not be written to disk (None: it could), e.g. a
@@ -108,6 +115,10 @@ class DICOMwebRequest(Request):
         boundary = media.param("boundary")
         if media.type != "multipart/related" or not boundary or len(boundary) > MAX_BOUNDARY:
             return None
+        if self.preparer_factory is not None and (media.param("type") or DICOM).lower() == DICOM:
+            # Whole Part 10 parts: analysed and synced while the rest arrives.
+            self.preparer = self.preparer_factory()
+            return PartSplitter(boundary, directory, on_part=self.preparer.part_done)
         return PartSplitter(boundary, directory)
 
     def _refused_whatever_the_body(self) -> bool:
@@ -168,9 +179,12 @@ class DICOMwebRequest(Request):
         self.finish()
 
 
-def request_factory(max_body: int, spool: Spool | None) -> type[DICOMwebRequest]:
-    """A request class bound to this service's limits and its store's spool."""
-    return type("BoundDICOMwebRequest", (DICOMwebRequest,), {"max_body": max_body, "spool": spool})
+def request_factory(max_body: int, spool: Spool | None,
+                    preparer_factory: Callable[[], PartPreparer] | None = None) -> type[DICOMwebRequest]:
+    """A request class bound to this service's limits, its store's spool and
+    the work started on part files as they arrive."""
+    return type("BoundDICOMwebRequest", (DICOMwebRequest,),
+                {"max_body": max_body, "spool": spool, "preparer_factory": preparer_factory})
 
 
 __all__ = ["DICOMwebRequest", "request_factory"]

@@ -6,6 +6,7 @@ in-process tests serve exactly the same resource tree and request handling.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.python.threadpool import ThreadPool
@@ -13,6 +14,7 @@ from twisted.web.http import Request
 from twisted.web.server import Site
 
 from ..config import Settings
+from ..ingest import PartPreparer
 from ..store import Spool, Store
 from ..twistedtypes import IReactor
 from .accesslog import access_log_formatter
@@ -59,7 +61,7 @@ def build_site(settings: Settings, store: Store, reactor: IReactor, pool: Thread
     site = MeteredSite(metrics, root, reactor=reactor, logFormatter=access_log_formatter(settings.log_query_strings),
                        http2=not settings.no_http2)
     site.requestFactory = metrics.requests_in_flight.counting(
-        request_factory(settings.max_request_size, spool or store.spool))
+        request_factory(settings.max_request_size, spool or store.spool, partial(PartPreparer, reactor, pool)))
     site.displayTracebacks = False
     site.protocol = limited_channel  # type: ignore[method-assign]  # 414/431 for over-long request heads
     return site

@@ -32,7 +32,7 @@ from twisted.python.threadpool import ThreadPool
 from ..dicom import analyze as az
 from ..dicom import fromjson, fromxml
 from ..dicom.stowresponse import StowResult
-from ..ingest import IngestItem, ingest
+from ..ingest import IngestItem, PartPreparer, ingest
 from ..io.files import read_at
 from ..io.multipart import MAX_BOUNDARY, MultipartError, Part, PartSplitter, iter_parts
 from ..mediatype import parse_media_type
@@ -89,9 +89,11 @@ def body_shape(content_type: bytes | None) -> BodyShape:
 
 
 async def store_body(store: Store, reactor: IReactor, pool: ThreadPool, body: IO[bytes] | PartSplitter,
-                     shape: BodyShape, target_study: str | None) -> list[StowResult]:
+                     shape: BodyShape, target_study: str | None,
+                     preparer: PartPreparer | None = None) -> list[StowResult]:
     """Analyse and store every instance of ``body``; one result per instance
-    (and one failure per part that makes none)."""
+    (and one failure per part that makes none). ``preparer``: the work
+    already started on a split body's parts as they arrived."""
     if shape.boundary is None:
         return await _store_single(store, reactor, pool, body, target_study)
     if isinstance(body, PartSplitter):
@@ -101,7 +103,8 @@ async def store_body(store: Store, reactor: IReactor, pool: ThreadPool, body: IO
                 if shape.part_type in METADATA_TYPES:
                     readers = [(p.headers, _file_reader(p.path)) for p in body.parts]
                     return await _store_json(store, reactor, pool, readers, target_study)
-                items = [IngestItem(p.content_type, None, 0, p.length, p.path) for p in body.parts]
+                items = [preparer.item(p) if preparer is not None else IngestItem(p.content_type, None, 0, p.length, p.path)
+                         for p in body.parts]
                 return await _ingest(store, reactor, pool, items, target_study)
             # The splitter gave up: the reader sees the exact body, and says
             # what is wrong with it (or reads what the splitter did not).
