@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from .dicom import analyze as az
@@ -87,8 +88,8 @@ class IngestItem:
 #: these are analysed once it is, as any spooled part is). Their files are
 #: all synced ahead: that holds nothing in memory.
 PREPARE_AHEAD = 100
-#: Part files of one body being prepared at once in the thread pool, so one
-#: large upload cannot queue its parts ahead of every other request's work.
+#: Pool calls preparing part files of one body at once, so one large upload
+#: cannot queue its parts ahead of every other request's work.
 PREPARING = 2
 
 
@@ -99,8 +100,9 @@ class PartPreparer:
     ``PREPARE_AHEAD``) and fsynced in the thread pool. Once the last byte is
     in, STOW is left with the moves and the index transaction: on this
     machine, 20 parts of 0.5 MB spent 38 ms after their body arrived, most of
-    it fsyncs and analysis (PS3.18 10.5: the response is sent only after
-    every instance is stored or refused, so that wait is the client's).
+    it fsyncs and analysis, and 18 ms with this (PS3.18 10.5: the response is
+    sent only after every instance is stored or refused, so that wait is the
+    client's). Syncing ahead without analysing ahead gained nothing measurable.
 
     Nothing is stored or acknowledged here: a body that turns out malformed,
     too large or refused leaves only files that are removed with it, and a
@@ -111,15 +113,33 @@ class PartPreparer:
     def __init__(self, reactor: IReactor, pool: ThreadPool) -> None:
         self._reactor = reactor
         self._pool = pool
-        self._limit = DeferredSemaphore(PREPARING)
+        self._running = 0
+        self._waiting: list[tuple[IngestItem, bool, Deferred[Prepared]]] = []
         self._started: dict[str, Deferred[Prepared]] = {}
 
     def part_done(self, part: PartFile) -> None:
         item = IngestItem(part.content_type, None, 0, part.length, part.path)
-        analyse = len(self._started) < PREPARE_AHEAD
-        d: Deferred[Prepared] = self._limit.run(deferToThreadPool, self._reactor, self._pool,
-                                                _prepare, item, analyse)
-        self._started[part.path] = d.addErrback(_not_prepared)
+        done: Deferred[Prepared] = Deferred()
+        self._waiting.append((item, len(self._started) < PREPARE_AHEAD, done))
+        self._started[part.path] = done
+        self._run()
+
+    def _run(self) -> None:
+        """Start the parts waiting, in one pool call while fewer than
+        ``PREPARING`` run: small parts that complete together (50 instances
+        of 1 kB arrive in one read) cost one thread hop, not 50."""
+        while self._waiting and self._running < PREPARING:
+            batch, self._waiting = self._waiting, []
+            self._running += 1
+            d = deferToThreadPool(self._reactor, self._pool, _prepare_all, [(i, a) for i, a, _d in batch])
+            d.addErrback(_none_prepared, len(batch))
+            d.addCallback(self._finished, [done for _i, _a, done in batch])
+
+    def _finished(self, results: list[Prepared], waiting: list[Deferred[Prepared]]) -> None:
+        self._running -= 1
+        for done, result in zip(waiting, results, strict=True):
+            done.callback(result)
+        self._run()
 
     def item(self, part: PartFile) -> IngestItem:
         """The ingest item of ``part``, with the work started on it."""
@@ -142,10 +162,22 @@ def _prepare(item: IngestItem, analyse: bool) -> Prepared:
     return Prepared(analysed, True)
 
 
-def _not_prepared(failure: Any) -> Prepared:
-    # The file is gone (the request ended) or could not be read or synced:
-    # the usual path does that work again and says what is wrong, if anything.
-    return Prepared(None, False)
+def _none_prepared(failure: Failure, count: int) -> list[Prepared]:
+    log.failure("preparing part files failed", failure)
+    return [Prepared(None, False)] * count
+
+
+def _prepare_all(work: list[tuple[IngestItem, bool]]) -> list[Prepared]:
+    return [_prepare_or_not(item, analyse) for item, analyse in work]
+
+
+def _prepare_or_not(item: IngestItem, analyse: bool) -> Prepared:
+    try:
+        return _prepare(item, analyse)
+    except Exception:
+        # The file is gone (the request ended) or could not be read or synced:
+        # the usual path does that work again and says what is wrong, if anything.
+        return Prepared(None, False)
 
 
 def _analyze_parts(items: Sequence[IngestItem]) -> list[Analysed]:
