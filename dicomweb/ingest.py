@@ -66,6 +66,11 @@ class IngestItem:
     prepared: Deferred[Prepared] | None = None
     synced: bool = False  # ``path`` is durable already (StoreItem.synced)
 
+    @classmethod
+    def of_part(cls, part: PartFile, prepared: Deferred[Prepared] | None = None) -> IngestItem:
+        """The item of a part file the body was split into."""
+        return cls(part.content_type, None, 0, part.length, part.path, prepared)
+
     def open(self) -> None:
         """Open the part file, if that is where the bytes are (blocking)."""
         if self.source is None and self.path is not None:
@@ -118,7 +123,7 @@ class PartPreparer:
         self._started: dict[str, Deferred[Prepared]] = {}
 
     def part_done(self, part: PartFile) -> None:
-        item = IngestItem(part.content_type, None, 0, part.length, part.path)
+        item = IngestItem.of_part(part)
         done: Deferred[Prepared] = Deferred()
         self._waiting.append((item, len(self._started) < PREPARE_AHEAD, done))
         self._started[part.path] = done
@@ -143,7 +148,7 @@ class PartPreparer:
 
     def item(self, part: PartFile) -> IngestItem:
         """The ingest item of ``part``, with the work started on it."""
-        return IngestItem(part.content_type, None, 0, part.length, part.path, self._started.get(part.path))
+        return IngestItem.of_part(part, self._started.get(part.path))
 
 
 def _prepare(item: IngestItem, analyse: bool) -> Prepared:

@@ -92,9 +92,9 @@ class Aggregates:
             if any(r.get("error") != "conflict" for r in conflicts):
                 log.error("CouchDB refused an aggregate write: {error}", error=conflicts[0].get("error"))
             # Exponential backoff with full jitter (5 ms doubling up to 0.5 s):
-            # with a linear 10 ms step, eight writers on one study through two
-            # frontends on a loaded 2-core machine still collided 20 times
-            # running and one STOW was answered 503.
+            # eight writers on one study through two frontends on a loaded
+            # 2-core machine collided 20 times running with pauses of at most
+            # 10 ms per attempt, and one STOW was answered 503.
             await deferLater(self.reactor, random.uniform(0, min(0.5, 0.005 * 2 ** attempt)))
         raise StoreUnavailable("could not update study aggregates (too much contention)")
 

@@ -258,11 +258,8 @@ def _pick_block(conn: sqlite3.Connection, weight: str, width: int, parent: tuple
     if parent is not None:
         sql += " AND prefix >= ? AND prefix < ?"
         args += [parent[1], parent[1] + _TOP]
-    for prefix, count in conn.execute(sql + " ORDER BY prefix DESC", args):
-        if left < count:
-            return prefix, left
-        left -= count
-    return None
+    found = _landing(conn.execute(sql + " ORDER BY prefix DESC", args), left)
+    return None if found is None else (found[0][0], found[1])
 
 
 def _pick_study(conn: sqlite3.Connection, weight: str, block: tuple[int, str],
@@ -273,12 +270,24 @@ def _pick_study(conn: sqlite3.Connection, weight: str, block: tuple[int, str],
         where, args = "sort_date = ?", [prefix]
     else:
         where, args = "sort_date >= ? AND sort_date < ?", [prefix, prefix + _TOP]
-    rows = conn.execute(f"SELECT sort_date, study_uid, {weight} FROM studies WHERE {where}"
-                        " ORDER BY sort_date DESC, study_uid", args)
-    for sort_date, study_uid, count in rows:
-        if left < count:
-            return sort_date, study_uid, left
-        left -= count
+    return _study_at(conn.execute(f"SELECT sort_date, study_uid, {weight} FROM studies WHERE {where}"
+                                  " ORDER BY sort_date DESC, study_uid", args), left)
+
+
+def _study_at(rows: Iterable[tuple[str, str, int]], left: int) -> tuple[str, str, int] | None:
+    """(sort_date, study_uid, offset within it) of the study of ``rows`` holding the row ``left`` rows on."""
+    found = _landing(rows, left)
+    return None if found is None else (found[0][0], found[0][1], found[1])
+
+
+def _landing(rows: Iterable[tuple[Any, ...]], left: int) -> tuple[tuple[Any, ...], int] | None:
+    """The first of ``rows`` (in order, each ending with its row count) that
+    holds the row ``left`` rows on, and how many of its rows come before it;
+    None when they hold fewer."""
+    for row in rows:
+        if left < row[-1]:
+            return row, left
+        left -= row[-1]
     return None
 
 
@@ -292,14 +301,8 @@ def _scan_skip(conn: sqlite3.Connection, weight: str, offset: int, mismatch: boo
     the offset past the end and the studies do not. Logged once, with
     nothing but the level's count column."""
     global _mismatch_logged
-    start = None
-    passed = 0
-    rows = conn.execute(f"SELECT sort_date, study_uid, {weight} FROM studies ORDER BY sort_date DESC, study_uid")
-    for sort_date, study_uid, count in rows:
-        if passed + count > offset:
-            start = sort_date, study_uid, offset - passed
-            break
-        passed += count
+    start = _study_at(conn.execute(f"SELECT sort_date, study_uid, {weight} FROM studies"
+                                   " ORDER BY sort_date DESC, study_uid"), offset)
     if (mismatch or start is not None) and not _mismatch_logged:
         _mismatch_logged = True
         log.error("study_blocks disagree with the studies' {weight}: deep pages add up every study instead",

@@ -39,9 +39,9 @@ from ..io.multipart import MAX_BOUNDARY, PartSplitter
 from ..mediatype import parse_media_type
 from ..store.base import Spool
 from .limits import http2_refusal
+from .stow import DICOM
 
 SMALL_BODY = 100_000
-DICOM = "application/dicom"
 
 log = Logger()
 

@@ -103,8 +103,7 @@ async def store_body(store: Store, reactor: IReactor, pool: ThreadPool, body: IO
                 if shape.part_type in METADATA_TYPES:
                     readers = [(p.headers, _file_reader(p.path)) for p in body.parts]
                     return await _store_json(store, reactor, pool, readers, target_study)
-                items = [preparer.item(p) if preparer is not None else IngestItem(p.content_type, None, 0, p.length, p.path)
-                         for p in body.parts]
+                items = [preparer.item(p) if preparer is not None else IngestItem.of_part(p) for p in body.parts]
                 return await _ingest(store, reactor, pool, items, target_study)
             # The splitter gave up: the reader sees the exact body, and says
             # what is wrong with it (or reads what the splitter did not).
