@@ -47,17 +47,27 @@ def check(resp: requests.Response, ok: Iterable[int] = (200,)) -> requests.Respo
     return resp
 
 
+PART_HEAD = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+
+
 def part(blob: bytes) -> bytes:
-    return f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + blob + b"\r\n"
+    return PART_HEAD + blob + b"\r\n"
 
 
 def stow_body(blobs: list[bytes]) -> bytes:
-    return b"".join(part(b) for b in blobs) + f"--{BOUNDARY}--\r\n".encode()
+    """The multipart/related body of ``blobs``, copied once (joining ready-made
+    parts would copy every instance three times: 19 ms for 20 x 0.5 MB here)."""
+    pieces = []
+    for blob in blobs:
+        pieces += (PART_HEAD, blob, b"\r\n")
+    pieces.append(f"--{BOUNDARY}--\r\n".encode())
+    return b"".join(pieces)
 
 
-def stow(target: Target, blobs: list[bytes] | LazyMultipart, timeout: float = 600) -> requests.Response:
-    """POST /studies; raises NotAnswered unless every instance was stored."""
-    body = blobs if isinstance(blobs, LazyMultipart) else stow_body(blobs)
+def stow(target: Target, blobs: list[bytes] | bytes | LazyMultipart, timeout: float = 600) -> requests.Response:
+    """POST /studies; raises NotAnswered unless every instance was stored.
+    ``blobs``: the instances, or a body built beforehand (:func:`stow_body`)."""
+    body = stow_body(blobs) if isinstance(blobs, list) else blobs
     resp = target.session.post(f"{target.url}/studies", data=body, timeout=timeout,
                                headers={"Content-Type": STOW_TYPE, "Accept": DICOM_JSON})
     check(resp)

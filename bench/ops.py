@@ -93,8 +93,8 @@ def stow_round(corpus: Corpus, instances: list[Instance], per_request: int, vari
     def run(t: Target, r: int) -> list[float]:
         elapsed = 0.0
         for i in range(0, len(instances), per_request):
-            blobs = [corpus.read(inst, variant + r) for inst in instances[i:i + per_request]]
-            elapsed += timed(lambda b=blobs: stow(t, b))  # type: ignore[misc]
+            body = stow_body([corpus.read(inst, variant + r) for inst in instances[i:i + per_request]])
+            elapsed += timed(lambda b=body: stow(t, b))  # type: ignore[misc]
         return [len(instances) / elapsed]
 
     return run

@@ -24,7 +24,7 @@ import ops
 import pydicom
 import report
 import servers
-from client import LazyMultipart, NotAnswered, Target, get_streamed, stow
+from client import LazyMultipart, NotAnswered, Target, get_streamed, stow, stow_body
 from corpus import BIG_STUDY, FULL, QUICK, SCALE, Corpus, Layout, Spec, Template, ensure_corpus, make_template, render_layout
 from ops import Outcome
 from report import MB, Goal, MiB, Row, ms, ratio_row
@@ -192,9 +192,9 @@ class Bench:
         total = layout.total
         elapsed, step = 0.0, max(per_request, total // 10)
         for i in range(start, total, per_request):
-            blobs = list(render_layout(tpl, layout, i, min(i + per_request, total)))
+            body = stow_body(list(render_layout(tpl, layout, i, min(i + per_request, total))))
             try:
-                elapsed += ops.timed(lambda b=blobs: stow(t, b))  # type: ignore[misc]
+                elapsed += ops.timed(lambda b=body: stow(t, b))  # type: ignore[misc]
             except (NotAnswered, OSError) as exc:
                 say(f"    {t.name}: load failed at {i}: {exc}")
                 return None

@@ -17,13 +17,12 @@ from dicomweb.mediatype import parse_media_type
 def multipart_body(parts: list[bytes], boundary: str | None = None,
                    content_type: str = "application/dicom") -> tuple[bytes, str]:
     boundary = boundary or uuid.uuid4().hex
-    out = io.BytesIO()
+    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+    pieces: list[bytes] = []
     for part in parts:
-        out.write(f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode())
-        out.write(part)
-        out.write(b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), boundary
+        pieces += (head, part, b"\r\n")
+    pieces.append(f"--{boundary}--\r\n".encode())
+    return b"".join(pieces), boundary  # one copy of each part
 
 
 def session(target: Any) -> tuple[Any, str]:
