@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dicomweb.dicom import levels
 from dicomweb.dicom.analyze import InstanceInfo
@@ -430,3 +432,59 @@ def test_version_5_gets_the_counted_order_index_and_keeps_its_feed(tmp_path: Any
     plan = " ".join(str(r[-1]) for r in conn.execute(
         "EXPLAIN QUERY PLAN SELECT sort_date, study_uid, num_instances FROM studies ORDER BY sort_date DESC, study_uid"))
     assert "COVERING INDEX studies_order_counts" in plan, plan
+
+
+# -- repeated study and series rows in one batch ----------------------------------
+
+_STUDY_UIDS, _SERIES_UIDS, _SOP_UIDS = ("1.7.1", "1.7.2"), ("1.7.1.1", "1.7.1.2", "1.7.2.1"), ("1.7.9.1", "1.7.9.2", "1.7.9.3")
+
+
+@st.composite
+def _batch(draw: st.DrawFn) -> list[InstanceInfo]:
+    """Instances of a few studies and series, some stored twice, series that
+    move between studies and instances between series, study attributes that
+    change from one instance to the next."""
+    out = []
+    for _ in range(draw(st.integers(1, 8))):
+        study_uid = draw(st.sampled_from(_STUDY_UIDS))
+        name = draw(st.sampled_from(["Brown^A", "Brown^B"]))
+        study = {"0020000D": el("UI", study_uid), "00100010": el("PN", {"Alphabetic": name}),
+                 "00100020": el("LO", draw(st.sampled_from(["P1", "P2"]))), "00080020": el("DA", "20240101")}
+        series = {"0020000E": el("UI", draw(st.sampled_from(_SERIES_UIDS))),
+                  "00080060": el("CS", draw(st.sampled_from(["CT", "MR"])))}
+        instance = {"00080016": el("UI", "1.2.3"), "00080018": el("UI", draw(st.sampled_from(_SOP_UIDS)))}
+        out.append(info(study, series, instance))
+    return out
+
+
+def _rows(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every table's content but the times of writing."""
+    times = {"updated_at", "stored_at", "at"}
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+    out = {}
+    for table in tables:
+        columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})") if r[1] not in times]
+        out[table] = sorted(conn.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall(), key=repr)
+    return out
+
+
+def _store_batches(batches: list[list[InstanceInfo]], remember: bool) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    sqlschema.migrate(conn)
+    for batch in batches:
+        written = sqlschema.Written() if remember else None
+        conn.execute("BEGIN IMMEDIATE")
+        for item in batch:
+            sqlschema.upsert_instance(conn, item, "x.dcm", written if remember else sqlschema.Written())
+            if written is not None:
+                written.remember(item)
+        sqlschema.refresh_aggregates(conn, {i.study_uid for i in batch}, {i.series_uid for i in batch})
+        conn.execute("COMMIT")
+    return _rows(conn)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_batch(), min_size=1, max_size=3))
+def test_a_batch_that_skips_repeated_study_and_series_rows_leaves_the_same_index(
+        batches: list[list[InstanceInfo]]) -> None:
+    assert _store_batches(batches, remember=True) == _store_batches(batches, remember=False)

@@ -259,11 +259,12 @@ class EmbeddedIndex:
         except OSError as exc:
             return _abandon(outcomes, written, _io_failure(exc))
         replaced_paths: list[str] = []
+        rows = sqlschema.Written()
         with self._writing():
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for i, path in written.items():
-                    outcome = outcomes[i] = self._index_one(conn, items[i].info, path, replaced_paths)
+                    outcome = outcomes[i] = self._index_one(conn, items[i].info, path, replaced_paths, rows)
                     if outcome.outcome == "failed":
                         _unlink(path)
                 sqlschema.refresh_aggregates(conn, {items[i].info.study_uid for i in written},
@@ -287,12 +288,13 @@ class EmbeddedIndex:
 
         def change(conn: sqlite3.Connection) -> list[StoreOutcome]:
             outcomes: list[StoreOutcome] = []
+            rows = sqlschema.Written()
             for info, path in zip(infos, paths, strict=True):
                 row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
                 if row is not None and row[0] == os.path.abspath(path):
                     outcomes.append(StoreOutcome("unchanged"))
                     continue
-                outcomes.append(self._index_one(conn, info, os.path.abspath(path), replaced))
+                outcomes.append(self._index_one(conn, info, os.path.abspath(path), replaced, rows))
             sqlschema.refresh_aggregates(conn, {i.study_uid for i in infos}, {i.series_uid for i in infos})
             return outcomes
 
@@ -354,17 +356,19 @@ class EmbeddedIndex:
         return path, False
 
     def _index_one(self, conn: sqlite3.Connection, info: InstanceInfo, path: str,
-                   replaced_paths: list[str]) -> StoreOutcome:
+                   replaced_paths: list[str], written: sqlschema.Written) -> StoreOutcome:
         # Files linked in place (offline import) keep their absolute path.
         rel = os.path.relpath(path, self.files_dir) if self._owned(path) else path
         conn.execute("SAVEPOINT one")
         try:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
-            sqlschema.upsert_instance(conn, info, rel)
+            sqlschema.upsert_instance(conn, info, rel, written)
             was_rejected = sqlremove.forget_rejected(conn, info.sop_uid)  # storing again restores it
             sqlchanges.created(conn, info.sop_uid, info.series_uid, info.study_uid)
             conn.execute("RELEASE one")
+            written.remember(info)
         except sqlite3.Error as exc:
+            written.remember(None)  # its rows were rolled back with the rest of it
             try:
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..dicom import levels
@@ -327,10 +328,45 @@ def _refresh_study_keys(conn: sqlite3.Connection, uid: str) -> None:
                      [(SOP_CLASSES_IN_STUDY, c, uid, STUDY) for c in classes])
 
 
-def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> None:
+@dataclass
+class Written:
+    """The study and series rows the instance indexed just before wrote, in
+    this transaction. An instance of the same study and series with the same
+    attributes (most of a batch: a series sent together) leaves those rows as
+    they are: the upserts would rewrite identical values, two statements and
+    two JSON encodings per instance. Only consecutive repeats are skipped, so
+    ``updated_at`` still orders studies by when they last received an instance."""
+
+    study: tuple[str, dict[str, Any]] | None = None
+    series: tuple[str, str, dict[str, Any]] | None = None
+
+    def remember(self, info: InstanceInfo | None) -> None:
+        """``info`` was indexed (None: the last instance was rolled back)."""
+        self.study = None if info is None else (info.study_uid, info.study)
+        self.series = None if info is None else (info.series_uid, info.study_uid, info.series)
+
+
+def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str, written: Written | None = None) -> None:
     """Insert or replace one instance and its study/series rows."""
+    written = written or Written()
     now = time.time()
-    study, series, inst = info.study, info.series, info.instance
+    old = conn.execute("SELECT study_uid, series_uid FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
+    if written.study != (info.study_uid, info.study):
+        _upsert_study(conn, info, now)
+    series_was = None
+    if written.series != (info.series_uid, info.study_uid, info.series):
+        series_was = _upsert_series(conn, info, now)
+    _upsert_instance_row(conn, info, path, now)
+    if old is not None and tuple(old) != (info.study_uid, info.series_uid):
+        # The instance moved: the aggregates of where it was must be redone too.
+        refresh_aggregates(conn, {old[0]}, {old[1]})
+    if series_was is not None and series_was != info.study_uid:
+        # The series now belongs to another study: its old study lost it.
+        refresh_aggregates(conn, {series_was}, set())
+
+
+def _upsert_study(conn: sqlite3.Connection, info: InstanceInfo, now: float) -> None:
+    study = info.study
     conn.execute(
         "INSERT INTO studies (study_uid, patient_name, patient_id, patient_birth_date, patient_sex,"
         " study_date, study_time, accession_number, referring_physician_name, study_id,"
@@ -347,7 +383,12 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
          first_text(study, "00080030"), first_text(study, "00080050"), first_text(study, "00080090"),
          first_text(study, "00200010"), first_text(study, "00081030"), dumps(study).decode(), now),
     )
-    series_was = conn.execute("SELECT study_uid FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
+
+
+def _upsert_series(conn: sqlite3.Connection, info: InstanceInfo, now: float) -> str | None:
+    """Returns the study the series belonged to before, if it existed."""
+    series = info.series
+    was = conn.execute("SELECT study_uid FROM series WHERE series_uid=?", (info.series_uid,)).fetchone()
     conn.execute(
         "INSERT INTO series (series_uid, study_uid, modality, series_number, series_description,"
         " pps_start_date, pps_start_time, attrs, updated_at, sort_number) VALUES (?,?,?,?,?,?,?,?,?,?)"
@@ -360,7 +401,11 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
          first_text(series, "0008103E"), first_text(series, "00400244"), first_text(series, "00400245"),
          dumps(series).decode(), now, sort_number(series, "00200011")),
     )
-    old = conn.execute("SELECT study_uid, series_uid FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
+    return None if was is None else str(was[0])
+
+
+def _upsert_instance_row(conn: sqlite3.Connection, info: InstanceInfo, path: str, now: float) -> None:
+    inst = info.instance
     conn.execute(
         "INSERT OR REPLACE INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
         " instance_number, rows, columns, bits_allocated, number_of_frames, transfer_syntax_uid,"
@@ -376,12 +421,6 @@ def upsert_instance(conn: sqlite3.Connection, info: InstanceInfo, path: str) -> 
     index_keys(conn, INSTANCE, info.sop_uid, inst)
     conn.execute("INSERT OR REPLACE INTO metadata (sop_uid, json) VALUES (?, ?)",
                  (info.sop_uid, info.metadata_bytes()))
-    if old is not None and (old[0], old[1]) != (info.study_uid, info.series_uid):
-        # The instance moved: the aggregates of where it was must be redone too.
-        refresh_aggregates(conn, {old[0]}, {old[1]})
-    if series_was is not None and series_was[0] != info.study_uid:
-        # The series now belongs to another study: its old study lost it.
-        refresh_aggregates(conn, {series_was[0]}, set())
 
 
 def refresh_aggregates(conn: sqlite3.Connection, studies: Iterable[str], series: Iterable[str]) -> None:
