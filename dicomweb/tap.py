@@ -184,11 +184,14 @@ def _couch_store(settings: Settings, reactor: IReactor, pool: ThreadPool, mainte
 def _tune_transports() -> None:
     """Move bytes in bigger steps than Twisted's defaults (128 KB per send,
     64 KB per receive): DICOM bodies are megabytes, and every step is a trip
-    round the reactor loop in Python."""
+    round the reactor loop in Python plus a write to a part file. Receiving
+    up to 1 MB per read instead of 256 KB stored 20-part STOW requests of
+    0.5 MB instances 12-18% faster here (three alternating runs), with less
+    CPU per instance; 4 MB gained nothing more."""
     from twisted.internet import abstract, tcp
 
     abstract.FileDescriptor.SEND_LIMIT = 1 << 20
-    tcp.Connection.bufferSize = 256 * 1024
+    tcp.Connection.bufferSize = 1 << 20
 
 
 def http_listener(settings: Settings, site: Site, reactor: Any) -> service.Service:
