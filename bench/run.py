@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ops
@@ -45,7 +45,7 @@ class Plan:
     clients: int = 16
 
 
-PLANS = {"full": Plan(FULL, rounds=5, samples=10, slow_samples=3, duration=10, stow_rounds=3),
+PLANS = {"full": Plan(FULL, rounds=5, samples=10, slow_samples=3, duration=10, stow_rounds=5),
          "quick": Plan(QUICK, rounds=1, samples=5, slow_samples=2, duration=3, stow_rounds=1)}
 
 
@@ -178,6 +178,8 @@ class Bench:
             self.step("stow", f"STOW round {r + 1}", ops.stow_round(self.corpus, main, self.plan.stow_batch, 1 + r),
                       rounds=1, warmup=0)
             self.copies += 1
+        for name, samples in self._out("stow").samples.items():
+            say(f"    {name}: " + ", ".join(f"{v:.0f}" for v in samples) + " inst/s per round")
 
     def scale(self) -> None:
         say(f"scale: storing {SCALE.total:,} small instances in each server (this takes a while) ...")
@@ -363,6 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only", default="", help="comma list of operations to measure (e.g. stow,retrieve); "
                     "default all: stow, qido_studies, qido_instances, metadata, retrieve, frame_native, "
                     "frame_j2k, concurrent")
+    ap.add_argument("--stow-rounds", type=int, default=None, help="measured STOW rounds (default: 5, --quick 1)")
     ap.add_argument("--no-report", action="store_true", help="print only; do not append to bench/REPORT.md")
     args = ap.parse_args(argv)
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -385,6 +388,8 @@ def run_all(bench: Bench, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = PLANS["quick" if args.quick else "full"]
+    if args.stow_rounds is not None:
+        plan = replace(plan, stow_rounds=args.stow_rounds)
     t0 = time.monotonic()
     corpus = ensure_corpus(plan.spec, say)
     servers.ensure_orthanc(say)
