@@ -475,7 +475,7 @@ def _store_batches(batches: list[list[InstanceInfo]], remember: bool) -> dict[st
         written = sqlschema.Written() if remember else None
         conn.execute("BEGIN IMMEDIATE")
         for item in batch:
-            sqlschema.upsert_instance(conn, item, "x.dcm", written if remember else sqlschema.Written())
+            sqlschema.upsert_instance(conn, item, "x.dcm", written)
             if written is not None:
                 written.remember(item)
         sqlschema.refresh_aggregates(conn, {i.study_uid for i in batch}, {i.series_uid for i in batch})

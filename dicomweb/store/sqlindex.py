@@ -356,19 +356,19 @@ class EmbeddedIndex:
         return path, False
 
     def _index_one(self, conn: sqlite3.Connection, info: InstanceInfo, path: str,
-                   replaced_paths: list[str], written: sqlschema.Written) -> StoreOutcome:
+                   replaced_paths: list[str], rows: sqlschema.Written) -> StoreOutcome:
         # Files linked in place (offline import) keep their absolute path.
         rel = os.path.relpath(path, self.files_dir) if self._owned(path) else path
         conn.execute("SAVEPOINT one")
         try:
             old = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (info.sop_uid,)).fetchone()
-            sqlschema.upsert_instance(conn, info, rel, written)
+            sqlschema.upsert_instance(conn, info, rel, rows)
             was_rejected = sqlremove.forget_rejected(conn, info.sop_uid)  # storing again restores it
             sqlchanges.created(conn, info.sop_uid, info.series_uid, info.study_uid)
             conn.execute("RELEASE one")
-            written.remember(info)
+            rows.remember(info)
         except sqlite3.Error as exc:
-            written.remember(None)  # its rows were rolled back with the rest of it
+            rows.remember(None)  # its rows were rolled back with the rest of it
             try:
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")
